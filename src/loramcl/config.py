@@ -1,0 +1,117 @@
+"""Validated configuration dataclasses of the LoRA-MCL core.
+
+`MCLConfig` says how the K hypotheses compete (the winner-takes-all family of SPEC section 2),
+`LoRAConfig` says where the K low-rank adapters go and how large they are. Both check every value
+in `__post_init__` and fail with one specific message per bad value, so that a wrong sweep value
+is reported before any model is built. Hydra configs map one-to-one onto these fields.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+MODES = ("wta", "relaxed-wta", "annealed-wta", "random-wta")
+SCHEDULE_UNITS = ("step", "epoch")
+
+
+@dataclass
+class MCLConfig:
+    """How the K hypotheses share the loss.
+
+    Attributes:
+        num_hypotheses: K, the number of adapters; K = 1 is the MLE baseline.
+        mode: "wta", "relaxed-wta", "annealed-wta" or "random-wta".
+        epsilon: relaxed-wta weight given to the losers in total (each gets epsilon / (K - 1)).
+        temperature_init: annealed-wta tau_0.
+        temperature_min: annealed-wta switches to plain wta once tau_t <= tau_min.
+        temperature_decay: rho in tau_t = tau_0 * rho ** t.
+        schedule_unit: what t counts: optimizer "step" (global_step) or "epoch".
+    """
+
+    num_hypotheses: int = 1
+    mode: str = "wta"
+    epsilon: float = 0.05  # paper, audio captioning
+    temperature_init: float = 1.0  # paper
+    temperature_min: float = 1e-6  # paper
+    temperature_decay: float = 0.999  # paper, per optimizer step
+    schedule_unit: str = "step"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_hypotheses, bool) or not isinstance(self.num_hypotheses, int):
+            raise ValueError(f"num_hypotheses must be an integer >= 1, got {self.num_hypotheses!r}")
+        if self.num_hypotheses < 1:
+            raise ValueError(f"num_hypotheses must be >= 1, got {self.num_hypotheses}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not 0.0 <= float(self.epsilon) < 1.0:
+            raise ValueError(f"epsilon must be in [0, 1), got {self.epsilon}")
+        if not float(self.temperature_init) > 0.0:
+            raise ValueError(f"temperature_init must be > 0, got {self.temperature_init}")
+        if not float(self.temperature_min) > 0.0:
+            raise ValueError(f"temperature_min must be > 0, got {self.temperature_min}")
+        if not 0.0 < float(self.temperature_decay) <= 1.0:
+            raise ValueError(f"temperature_decay must be in (0, 1], got {self.temperature_decay}")
+        if self.schedule_unit not in SCHEDULE_UNITS:
+            raise ValueError(
+                f"schedule_unit must be one of {', '.join(SCHEDULE_UNITS)}, got {self.schedule_unit!r}"
+            )
+
+    def temperature(self, step: int = 0, epoch: int = 0) -> Optional[float]:
+        """tau_t = tau_0 * rho ** t, or None once tau_t <= tau_min (plain wta from then on)."""
+        t = step if self.schedule_unit == "step" else epoch
+        log_tau = math.log(self.temperature_init) + t * math.log(self.temperature_decay)
+        if log_tau <= math.log(self.temperature_min):
+            return None
+        return math.exp(log_tau)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LoRAConfig:
+    """Where the K adapters go and their shape: y_k = W x + (alpha / r) B_k A_k dropout(x).
+
+    Attributes:
+        r: rank of each adapter.
+        alpha: scaling numerator; the update is multiplied by alpha / r in training and inference.
+        dropout: dropout on the adapter input (independent mask per hypothesis).
+        target_modules: module-name suffixes (["q_proj", "v_proj"]), a regex string matched
+            against the full module name, or "all-linear" (every nn.Linear but the output layer).
+        exclude_modules: suffixes or a regex of modules never adapted (e.g. a frozen encoder).
+    """
+
+    r: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    target_modules: Union[str, Sequence[str]] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    exclude_modules: Optional[Union[str, Sequence[str]]] = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"r must be an integer >= 1, got {self.r!r}")
+        if not float(self.alpha) > 0.0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.target_modules, str):
+            if not self.target_modules:
+                raise ValueError("target_modules must not be empty")
+        else:
+            self.target_modules = list(self.target_modules)
+            if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+                raise ValueError(
+                    f"target_modules must be a non-empty list of names, a regex or 'all-linear', "
+                    f"got {self.target_modules!r}"
+                )
+        if self.exclude_modules is not None and not isinstance(self.exclude_modules, str):
+            self.exclude_modules = list(self.exclude_modules)
+
+    @property
+    def scaling(self) -> float:
+        return float(self.alpha) / self.r
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,219 @@
+"""The K-way LoRA linear layer and its injection into any PyTorch / Hugging Face model.
+
+`MultiLoRALinear` wraps a frozen `nn.Linear` W and holds K low-rank pairs (A_k, B_k):
+
+    y_k = W x + (alpha / r) * B_k A_k dropout(x)
+
+All K hypotheses run in ONE forward pass: the caller replicates the batch K times, hypothesis-major
+(rows [k * B, (k + 1) * B) belong to hypothesis k), and the layer routes each block to its adapter
+with two batched matmuls. The same layer also runs one chosen hypothesis on an un-replicated batch,
+or an arbitrary row -> hypothesis map (used by batched decoding, where beam search multiplies the
+rows). The routing is a plain attribute set by `set_routing` (or the `MCLModel.route` context).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Iterable, Sequence, Union
+
+import torch
+from torch import nn
+
+from loramcl.config import LoRAConfig
+
+Routing = Union[None, int, torch.Tensor]
+
+
+class MultiLoRALinear(nn.Module):
+    """A frozen linear layer with K LoRA adapters (`lora_A`: (K, r, d_in), `lora_B`: (K, d_out, r)).
+
+    Routing (attribute `routing`):
+        None: the batch is K replicas, hypothesis-major; replica k goes through adapter k.
+        int k: every row goes through adapter k (un-replicated batch).
+        LongTensor ids of shape (N,): row n goes through adapter ids[n]; if the batch has
+            m * N rows (beam search expands each row into m contiguous rows), ids are repeated.
+        "base": adapters disabled, plain W x.
+    """
+
+    def __init__(self, base_layer: nn.Linear, num_hypotheses: int, r: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"MultiLoRALinear wraps nn.Linear, got {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.num_hypotheses = num_hypotheses
+        self.r = r
+        self.alpha = alpha
+        self.scaling = alpha / r
+        d_out, d_in = base_layer.weight.shape
+        factory = {"device": base_layer.weight.device, "dtype": torch.float32}
+        self.lora_A = nn.Parameter(torch.empty(num_hypotheses, r, d_in, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(num_hypotheses, d_out, r, **factory))
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.routing: Routing = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """LoRA init per hypothesis: A_k Kaiming-uniform (a = sqrt 5), B_k = 0, so y_k = W x at start."""
+        with torch.no_grad():
+            for k in range(self.num_hypotheses):
+                nn.init.kaiming_uniform_(self.lora_A[k], a=math.sqrt(5))
+            self.lora_B.zero_()
+
+    def extra_repr(self) -> str:
+        d_out, d_in = self.base_layer.weight.shape
+        return f"in={d_in}, out={d_out}, num_hypotheses={self.num_hypotheses}, r={self.r}, scaling={self.scaling:g}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        routing = self.routing
+        if isinstance(routing, str) and routing == "base":
+            return result
+        x_in = self.lora_dropout(x).to(self.lora_A.dtype)
+        if routing is None:
+            delta = self._replicated_delta(x_in)
+        elif isinstance(routing, int):
+            # (..., d_in) -> (..., r) -> (..., d_out)
+            delta = (x_in @ self.lora_A[routing].T) @ self.lora_B[routing].T
+        else:
+            delta = self._routed_delta(x_in, routing)
+        return result + (self.scaling * delta).to(result.dtype)
+
+    def _replicated_delta(self, x: torch.Tensor) -> torch.Tensor:
+        K = self.num_hypotheses
+        if x.shape[0] % K:
+            raise ValueError(
+                f"all-hypotheses forward expects a batch replicated {K} times, got {x.shape[0]} rows"
+            )
+        xs = x.reshape(K, -1, x.shape[-1])  # (K, M, d_in), M = B * seq
+        h = torch.bmm(xs, self.lora_A.transpose(1, 2))  # (K, M, r)
+        delta = torch.bmm(h, self.lora_B.transpose(1, 2))  # (K, M, d_out)
+        return delta.reshape(*x.shape[:-1], delta.shape[-1])
+
+    def _routed_delta(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if n != ids.shape[0]:
+            if n % ids.shape[0]:
+                raise ValueError(f"routing has {ids.shape[0]} rows but the batch has {n}")
+            ids = ids.repeat_interleave(n // ids.shape[0])
+        ids = ids.to(x.device)
+        xs = x.reshape(n, -1, x.shape[-1])  # (N, L, d_in)
+        h = torch.bmm(xs, self.lora_A[ids].transpose(1, 2))  # (N, L, r)
+        delta = torch.bmm(h, self.lora_B[ids].transpose(1, 2))  # (N, L, d_out)
+        return delta.reshape(*x.shape[:-1], delta.shape[-1])
+
+    @torch.no_grad()
+    def merged_weight(self, k: int) -> torch.Tensor:
+        """W + (alpha / r) B_k A_k, in the base weight's dtype."""
+        w = self.base_layer.weight
+        update = self.scaling * (self.lora_B[k] @ self.lora_A[k])
+        return (w.float() + update.to(w.device)).to(w.dtype)
+
+    def merged_linear(self, k: int) -> nn.Linear:
+        """A plain nn.Linear equal to hypothesis k of this layer (without dropout)."""
+        base = self.base_layer
+        out = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                        device=base.weight.device, dtype=base.weight.dtype)
+        with torch.no_grad():
+            out.weight.copy_(self.merged_weight(k))
+            if base.bias is not None:
+                out.bias.copy_(base.bias)
+        return out
+
+
+def _matches(name: str, spec: Union[str, Sequence[str]]) -> bool:
+    if isinstance(spec, str):
+        return re.fullmatch(spec, name) is not None
+    return any(name == t or name.endswith("." + t) for t in spec)
+
+
+def find_target_modules(model: nn.Module, cfg: LoRAConfig) -> list[str]:
+    """Names of the modules that `cfg` selects (peft-like matching), in model order."""
+    output_layer = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = []
+    for name, module in model.named_modules():
+        if not name or isinstance(module, MultiLoRALinear):
+            continue
+        if cfg.target_modules == "all-linear":
+            selected = isinstance(module, nn.Linear) and module is not output_layer
+        else:
+            selected = _matches(name, cfg.target_modules)
+        if selected and cfg.exclude_modules is not None and _matches(name, cfg.exclude_modules):
+            selected = False
+        if selected:
+            names.append(name)
+    return names
+
+
+def inject_adapters(model: nn.Module, cfg: LoRAConfig, num_hypotheses: int) -> list[str]:
+    """Freeze `model` and replace every selected nn.Linear by a `MultiLoRALinear`; return the names.
+
+    Raises ValueError when nothing matches (listing some linear layers that exist) or when a
+    selected module is not an nn.Linear.
+    """
+    names = find_target_modules(model, cfg)
+    if not names:
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        suffixes = sorted({n.rsplit(".", 1)[-1] for n in linears})
+        raise ValueError(
+            f"lora.target_modules={cfg.target_modules!r} matches no module of "
+            f"{type(model).__name__}; its linear layers end with: {', '.join(suffixes) or 'none'}"
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        module = getattr(parent, child)
+        if not isinstance(module, nn.Linear):
+            raise ValueError(
+                f"lora.target_modules selects {name!r}, a {type(module).__name__}; only nn.Linear "
+                f"layers can carry K-way adapters (narrow target_modules)"
+            )
+        setattr(parent, child, MultiLoRALinear(module, num_hypotheses, cfg.r, cfg.alpha, cfg.dropout))
+    return names
+
+
+def lora_layers(model: nn.Module) -> list[MultiLoRALinear]:
+    return [m for m in model.modules() if isinstance(m, MultiLoRALinear)]
+
+
+def set_routing(layers: Iterable[MultiLoRALinear], routing: Routing) -> None:
+    """Route every K-way layer: None (replicated batch), int k, per-row ids, or "base"."""
+    if isinstance(routing, bool):
+        raise TypeError("routing must be None, an int, a LongTensor or 'base'")
+    if isinstance(routing, torch.Tensor) and routing.ndim == 0:
+        routing = int(routing)
+    for layer in layers:
+        if isinstance(routing, int) and not 0 <= routing < layer.num_hypotheses:
+            raise ValueError(f"hypothesis_idx must be in [0, {layer.num_hypotheses - 1}], got {routing}")
+        layer.routing = routing
+
+
+def replace_with_merged(model: nn.Module, k: int) -> nn.Module:
+    """Replace every K-way layer of `model` (in place) by the plain nn.Linear of hypothesis k."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, MultiLoRALinear):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.merged_linear(k))
+    return model
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the trainable adapter tensors (what checkpoints hold), keyed by their module path."""
+    return {n: p.detach() for n, p in model.named_parameters() if ".lora_A" in n or ".lora_B" in n}
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def check_routing_ids(ids: torch.Tensor, num_hypotheses: int) -> torch.Tensor:
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    if ids.numel() and (ids.min() < 0 or ids.max() >= num_hypotheses):
+        raise ValueError(f"hypothesis ids must be in [0, {num_hypotheses - 1}], got {ids.tolist()}")
+    return ids
+

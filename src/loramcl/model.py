@@ -1,0 +1,237 @@
+"""`MCLModel`: the public Python API of LoRA-MCL for any Hugging Face causal language model.
+
+    from loramcl import MCLModel, MCLConfig, LoRAConfig
+    model = MCLModel.from_pretrained(
+        "path/or/hub-name",
+        mcl=MCLConfig(num_hypotheses=3, mode="relaxed-wta", epsilon=0.05),
+        lora=LoRAConfig(r=16, alpha=16, dropout=0.1, target_modules=["q_proj", "v_proj"]),
+    )
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    out.loss                    # the MCL loss (plain wta in eval mode)
+    out.hypothesis_losses       # (K, B) mean token NLL of every sequence under every hypothesis
+    model.generate(ids, hypothesis_idx=1, max_new_tokens=40)
+
+The backbone is frozen; K low-rank adapters are injected into the target linear layers (see
+`loramcl.layers`). A training forward replicates the batch K times, hypothesis-major, and runs all
+hypotheses in one pass. The object trains with the plain `transformers.Trainer`; `MCLTrainer`
+additionally feeds the optimizer step to `annealed-wta`.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from loramcl.config import LoRAConfig, MCLConfig
+from loramcl.layers import (
+    Routing,
+    adapter_state_dict,
+    check_routing_ids,
+    count_parameters,
+    inject_adapters,
+    lora_layers,
+    replace_with_merged,
+    set_routing,
+)
+from loramcl.losses import mcl_loss, sequence_nll
+
+ADAPTER_FILE = "mcl_adapters.safetensors"
+CONFIG_FILE = "mcl_config.json"
+
+
+@dataclass
+class MCLOutput(ModelOutput):
+    """Output of `MCLModel.forward`.
+
+    loss: scalar MCL loss (None without labels).
+    logits: (K, B, S, V) with all hypotheses, (B, S, V) with one `hypothesis_idx`.
+    hypothesis_losses: (K, B) per-sequence mean NLL ((1, B) with one hypothesis).
+    weights: (K, B) detached weights the loss used.
+    winners: (B,) index of the best hypothesis per sequence.
+    """
+
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    hypothesis_losses: Optional[torch.Tensor] = None
+    weights: Optional[torch.Tensor] = None
+    winners: Optional[torch.Tensor] = None
+
+
+def replicate(value: Any, num_hypotheses: int, batch_size: int) -> Any:
+    """Repeat a batch tensor K times along dim 0, hypothesis-major; leave everything else."""
+    if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch_size:
+        return value.repeat(num_hypotheses, *([1] * (value.ndim - 1)))
+    return value
+
+
+class MCLModel(nn.Module):
+    """A frozen causal LM with K LoRA hypotheses trained by a winner-takes-all loss."""
+
+    def __init__(self, model: nn.Module, mcl: Optional[MCLConfig] = None, lora: Optional[LoRAConfig] = None):
+        super().__init__()
+        self.mcl_config = mcl or MCLConfig()
+        self.lora_config = lora or LoRAConfig()
+        self.base_model = model
+        self.target_names = inject_adapters(model, self.lora_config, self.mcl_config.num_hypotheses)
+        self._layers = lora_layers(model)
+        self.step = 0
+        self.epoch = 0
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_or_path: Union[str, Path, nn.Module],
+        mcl: Optional[MCLConfig] = None,
+        lora: Optional[LoRAConfig] = None,
+        **load_kwargs: Any,
+    ) -> "MCLModel":
+        """Wrap a loaded model, or load one with `AutoModelForCausalLM.from_pretrained`."""
+        if isinstance(model_or_path, nn.Module):
+            return cls(model_or_path, mcl, lora)
+        from transformers import AutoModelForCausalLM
+
+        return cls(AutoModelForCausalLM.from_pretrained(str(model_or_path), **load_kwargs), mcl, lora)
+
+    @property
+    def num_hypotheses(self) -> int:
+        return self.mcl_config.num_hypotheses
+
+    @property
+    def config(self):  # the backbone's transformers config (used by HF Trainer and generate)
+        return self.base_model.config
+
+    def set_progress(self, step: int, epoch: int = 0) -> None:
+        """Tell the annealed-wta schedule the current optimizer step and epoch."""
+        self.step, self.epoch = int(step), int(epoch)
+
+    @property
+    def temperature(self) -> Optional[float]:
+        if self.mcl_config.mode != "annealed-wta":
+            return None
+        return self.mcl_config.temperature(self.step, self.epoch)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        return count_parameters(self)
+
+    # ------------------------------------------------------------------ routing
+    @contextmanager
+    def route(self, routing: Routing) -> Iterator[None]:
+        """Run the enclosed calls with a routing (None: replicated batch; k; per-row ids; "base")."""
+        previous = [layer.routing for layer in self._layers]
+        if isinstance(routing, (list, tuple)) or isinstance(routing, torch.Tensor) and routing.ndim == 1:
+            routing = check_routing_ids(routing, self.num_hypotheses)
+        set_routing(self._layers, routing)
+        try:
+            yield
+        finally:
+            for layer, r in zip(self._layers, previous):
+                layer.routing = r
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        hypothesis_idx: Optional[int] = None,
+        **kwargs: Any,
+    ) -> MCLOutput:
+        """All K hypotheses in one pass (default), or hypothesis `hypothesis_idx` alone."""
+        if hypothesis_idx is not None:
+            with self.route(int(hypothesis_idx)):
+                out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            logits = out.logits
+            if labels is None:
+                return MCLOutput(logits=logits)
+            nll, count = sequence_nll(logits, labels, attention_mask)
+            valid = count > 0
+            loss = nll[valid].mean() if valid.any() else nll.sum() * 0.0
+            return MCLOutput(loss=loss, logits=logits, hypothesis_losses=nll[None])
+
+        K = self.num_hypotheses
+        ref = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+        B = ref.shape[0]
+        rep = {k: replicate(v, K, B) for k, v in kwargs.items()}
+        with self.route(None):
+            out = self.base_model(
+                input_ids=replicate(input_ids, K, B),
+                attention_mask=replicate(attention_mask, K, B),
+                **rep,
+            )
+        logits = out.logits.view(K, B, *out.logits.shape[1:])  # (K, B, S, V)
+        if labels is None:
+            return MCLOutput(logits=logits)
+        nll, count = sequence_nll(out.logits, replicate(labels, K, B), replicate(attention_mask, K, B))
+        losses = nll.view(K, B)  # (K, B)
+        result = mcl_loss(losses, self.mcl_config, self.step, self.epoch, self.training, valid=count[:B] > 0)
+        return MCLOutput(
+            loss=result.loss, logits=logits, hypothesis_losses=losses, weights=result.weights, winners=result.winners
+        )
+
+    @torch.no_grad()
+    def generate(self, *args: Any, hypothesis_idx: Union[int, Sequence[int], torch.Tensor, None] = None, **kwargs: Any):
+        """`generate` of the backbone with hypothesis k (int) or one hypothesis per input row (ids)."""
+        if hypothesis_idx is None:
+            if self.num_hypotheses > 1:
+                raise ValueError(
+                    f"this model has {self.num_hypotheses} hypotheses: pass hypothesis_idx=k "
+                    f"(0..{self.num_hypotheses - 1}) or one index per input row"
+                )
+            hypothesis_idx = 0
+        with self.route(hypothesis_idx):
+            return self.base_model.generate(*args, **kwargs)
+
+    # ------------------------------------------------------------------ adapters in / out
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        return adapter_state_dict(self)
+
+    def save_adapters(self, directory: Union[str, Path]) -> Path:
+        """Write the K adapters (safetensors) and the MCL / LoRA configs; never the backbone."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.contiguous().cpu() for k, v in self.adapter_state_dict().items()}
+        save_file(tensors, str(directory / ADAPTER_FILE))
+        meta = {"mcl": self.mcl_config.to_dict(), "lora": self.lora_config.to_dict(), "targets": self.target_names}
+        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        return directory
+
+    def load_adapters(self, directory: Union[str, Path]) -> None:
+        """Load adapters written by `save_adapters`; refuses another K, rank or target set."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta = json.loads((directory / CONFIG_FILE).read_text())
+        saved_k, saved_r = meta["mcl"]["num_hypotheses"], meta["lora"]["r"]
+        if saved_k != self.num_hypotheses or saved_r != self.lora_config.r:
+            raise ValueError(
+                f"{directory} holds adapters with K={saved_k}, r={saved_r}; this model has "
+                f"K={self.num_hypotheses}, r={self.lora_config.r}"
+            )
+        state = load_file(str(directory / ADAPTER_FILE))
+        own = self.adapter_state_dict()
+        if set(state) != set(own):
+            missing = sorted(set(own) - set(state))[:3]
+            raise ValueError(f"{directory} does not match this model's adapted layers (e.g. missing {missing})")
+        with torch.no_grad():
+            params = dict(self.named_parameters())
+            for name, value in state.items():
+                params[name].copy_(value)
+
+    def merge_and_unload(self, hypothesis_idx: int) -> nn.Module:
+        """Fold hypothesis k into the base weights and return the plain backbone (in place)."""
+        if not 0 <= hypothesis_idx < self.num_hypotheses:
+            raise ValueError(f"hypothesis_idx must be in [0, {self.num_hypotheses - 1}], got {hypothesis_idx}")
+        model = replace_with_merged(self.base_model, hypothesis_idx)
+        self._layers = []
+        return model
+
