@@ -14,6 +14,7 @@ rows). The routing is a plain attribute set by `set_routing` (or the `MCLModel.r
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from typing import Iterable, Sequence, Union
 
@@ -184,6 +185,10 @@ def set_routing(layers: Iterable[MultiLoRALinear], routing: Routing) -> None:
         raise TypeError("routing must be None, an int, a LongTensor or 'base'")
     if isinstance(routing, torch.Tensor) and routing.ndim == 0:
         routing = int(routing)
+    if isinstance(routing, numbers.Integral):  # numpy ints too: otherwise taken for per-row ids
+        routing = int(routing)
+    if not (routing is None or isinstance(routing, (int, torch.Tensor)) or routing == "base"):
+        raise TypeError(f"routing must be None, an int, a LongTensor or 'base', got {routing!r}")
     for layer in layers:
         if isinstance(routing, int) and not 0 <= routing < layer.num_hypotheses:
             raise ValueError(f"hypothesis_idx must be in [0, {layer.num_hypotheses - 1}], got {routing}")

@@ -74,6 +74,11 @@ def replicate(value: Any, num_hypotheses: int, batch_size: int) -> Any:
 class MCLModel(nn.Module):
     """A frozen causal LM with K LoRA hypotheses trained by a winner-takes-all loss."""
 
+    # The loss is a mean over samples and ignores `num_items_in_batch`. Without this flag the HF
+    # Trainer sees `**kwargs` in `forward`, assumes the model normalises by that count, and skips
+    # dividing by gradient_accumulation_steps (gradients and logged loss G times too large).
+    accepts_loss_kwargs = False
+
     def __init__(self, model: nn.Module, mcl: Optional[MCLConfig] = None, lora: Optional[LoRAConfig] = None):
         super().__init__()
         self.mcl_config = mcl or MCLConfig()

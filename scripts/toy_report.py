@@ -1,0 +1,40 @@
+"""Print the acceptance table of toy runs from their summary.json files.
+
+    python scripts/toy_report.py logs/transition1 logs/transition2      # every summary.json below
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from loramcl.toy.acceptance import check_summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", type=Path, help="summary.json files or folders to search")
+    args = parser.parse_args()
+    files = [p for path in args.paths for p in ([path] if path.is_file() else sorted(path.rglob("summary.json")))]
+    if not files:
+        print("no summary.json found under " + ", ".join(map(str, args.paths)), file=sys.stderr)
+        return 1
+    failed = 0
+    print("| run | mode | seed | MCL loss | band | MLE loss | MLE opt (RF opt) | MCL matrix err | MLE matrix err | pass |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for f in files:
+        s = json.loads(f.read_text())
+        checks = check_summary(s)
+        ok = all(passed for passed, _ in checks.values())
+        failed += not ok
+        th, mle, mcl = s["theory"], s["models"]["mle"], s["models"]["mcl"]
+        errs = ", ".join(f"{a['max_abs_error']:.3f}" for a in mcl["assignment"])
+        print(f"| {s['experiment']} | {mcl['mode']} | {s['seed']} | {mcl['eval_wta_loss']:.4f} | "
+              f"[{th['mcl_band'][0]:.4f}, {th['mcl_band'][1]:.4f}] | {mle['eval_wta_loss']:.4f} | "
+              f"{th['mle_optimum']:.4f} ({th['mle_receptive_field_optimum']:.4f}) | {errs} | "
+              f"{mle['average_max_abs_error']:.3f} | {'yes' if ok else 'NO: ' + '; '.join(k for k, (p, _) in checks.items() if not p)} |")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

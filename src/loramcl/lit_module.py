@@ -1,0 +1,120 @@
+"""`MCLLitModule`: Lightning training of any causal-LM backbone with K LoRA hypotheses.
+
+Logs, per training step, the MCL loss, every hypothesis' mean loss and the fraction of samples
+each hypothesis wins (plus the annealing temperature); per validation epoch the same under plain
+WTA (`val/wta_loss`, `val/hyp{k}_loss`, `val/win_rate_hyp{k}`). A hypothesis that never wins is
+the classic MCL collapse: it shows as a win rate of 0. Checkpoints hold the adapter weights and
+the optimizer state only, never the frozen backbone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import lightning as L
+import torch
+from torch import nn
+
+from loramcl.config import LoRAConfig, MCLConfig
+from loramcl.losses import win_counts
+from loramcl.model import MCLModel
+
+
+class MCLLitModule(L.LightningModule):
+    """Trains the adapters of an `MCLModel`; the backbone stays frozen."""
+
+    strict_loading = False  # checkpoints carry only the adapters
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        mcl: MCLConfig,
+        lora: LoRAConfig,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Optional[Callable[..., Any]] = None,
+    ):
+        super().__init__()
+        self.model = MCLModel(backbone, mcl, lora)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.val_history: list[dict[str, float]] = []
+        self._val_sums: Optional[dict[str, torch.Tensor]] = None
+
+    @property
+    def num_hypotheses(self) -> int:
+        return self.model.num_hypotheses
+
+    def forward(self, **batch: torch.Tensor):
+        return self.model(**batch)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.model.set_progress(self.global_step, self.current_epoch)
+        out = self.model(**batch)
+        K, B = out.hypothesis_losses.shape
+        rates = win_counts(out.winners, K).float() / B
+        metrics = {"train/loss": out.loss.detach()}
+        for k in range(K):
+            metrics[f"train/hyp{k}_loss"] = out.hypothesis_losses[k].detach().mean()
+            metrics[f"train/win_rate_hyp{k}"] = rates[k]
+        if self.model.temperature is not None:
+            metrics["train/temperature"] = torch.tensor(self.model.temperature)
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=B)
+        self.log("train/loss_epoch", out.loss.detach(), on_step=False, on_epoch=True, batch_size=B, prog_bar=True)
+        return out.loss
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        K = self.num_hypotheses
+        self._val_sums = {"wta": torch.zeros(()), "hyp": torch.zeros(K), "wins": torch.zeros(K), "n": torch.zeros(())}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self.model(**batch)  # eval mode: plain WTA
+        losses = out.hypothesis_losses.detach().float().cpu()  # (K, B)
+        s = self._val_sums
+        s["wta"] += losses.min(dim=0).values.sum()
+        s["hyp"] += losses.sum(dim=1)
+        s["wins"] += win_counts(out.winners, self.num_hypotheses).float()
+        s["n"] += losses.shape[1]
+
+    def on_validation_epoch_end(self) -> None:
+        s = self._val_sums
+        if s is None or s["n"] == 0:
+            return
+        n = s["n"]
+        metrics = {"val/wta_loss": s["wta"] / n}
+        for k in range(self.num_hypotheses):
+            metrics[f"val/hyp{k}_loss"] = s["hyp"][k] / n
+            metrics[f"val/win_rate_hyp{k}"] = s["wins"][k] / n
+        self.log("val/wta_loss", metrics.pop("val/wta_loss"), prog_bar=True)
+        self.log_dict(metrics)
+        metrics["val/wta_loss"] = s["wta"] / n
+        if not self.trainer.sanity_checking:
+            self.val_history.append({"step": int(self.global_step), **{k: float(v) for k, v in metrics.items()}})
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only the trainable (adapter) tensors, plus K and r to refuse a mismatched resume."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["loramcl"] = {"num_hypotheses": self.num_hypotheses, "r": self.model.lora_config.r,
+                                 "targets": self.model.target_names}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("loramcl")
+        if meta is None:
+            raise ValueError("this checkpoint was not written by loramcl (no 'loramcl' entry)")
+        if meta["num_hypotheses"] != self.num_hypotheses or meta["r"] != self.model.lora_config.r:
+            raise ValueError(
+                f"checkpoint has K={meta['num_hypotheses']}, r={meta['r']}; this run has "
+                f"K={self.num_hypotheses}, r={self.model.lora_config.r}"
+            )

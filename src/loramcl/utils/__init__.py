@@ -1,0 +1,1 @@
+"""Run utilities: config printing, MLflow store handling, environment tweaks."""

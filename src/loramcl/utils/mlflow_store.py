@@ -1,0 +1,100 @@
+"""MLflow helpers: a safe sqlite store shared by parallel jobs, parent/child runs, artifacts.
+
+MLflow 3.17's sqlite store races when several processes create its schema at once, so the first
+touch of a store happens under an exclusive file lock next to the database. Runs are created with
+an explicit artifact location (the experiment's), never MLflow's cwd-relative default.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+MAX_PARAM_LENGTH = 6000
+
+
+def sqlite_path(tracking_uri: str) -> Optional[Path]:
+    return Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
+
+
+@contextmanager
+def store_lock(tracking_uri: str) -> Iterator[None]:
+    """Exclusive lock on `<db>.lock` for sqlite stores (no-op for other stores)."""
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(db) + ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def get_experiment_id(tracking_uri: str, experiment_name: str, artifact_location: str) -> str:
+    """Create the store (schema) and the experiment if needed, race-free; return its id."""
+    from mlflow.tracking import MlflowClient
+
+    with store_lock(tracking_uri):
+        client = MlflowClient(tracking_uri)
+        exp = client.get_experiment_by_name(experiment_name)
+        if exp is not None:
+            return exp.experiment_id
+        Path(artifact_location).mkdir(parents=True, exist_ok=True)
+        return client.create_experiment(experiment_name, artifact_location=str(Path(artifact_location).resolve()))
+
+
+def flatten(cfg: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"a.b.c": "value"} with values cut to MLflow's parameter length."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    out: dict[str, str] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)[:MAX_PARAM_LENGTH]
+    return out
+
+
+class MLflowRun:
+    """A run in a (sqlite) store, optionally nested under a parent run."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str, run_name: str,
+                 parent_run_id: Optional[str] = None, tags: Optional[Mapping[str, str]] = None):
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.experiment_id = get_experiment_id(tracking_uri, experiment_name, artifact_location)
+        self.client = MlflowClient(tracking_uri)
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        all_tags["mlflow.runName"] = run_name
+        self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags).info.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        for key, value in metrics.items():
+            if value is not None:
+                self.client.log_metric(self.run_id, key, float(value), step=step)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)

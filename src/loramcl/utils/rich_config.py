@@ -1,0 +1,27 @@
+"""Print the resolved config as a rich tree and return it as plain text."""
+
+from __future__ import annotations
+
+import rich
+import rich.console
+import rich.syntax
+import rich.tree
+from omegaconf import DictConfig, OmegaConf
+
+ORDER = ("task", "experiment", "data", "model", "mcl", "lora", "optim", "trainer", "callbacks", "logger", "paths", "extras")
+
+
+def config_tree(cfg: DictConfig, print_it: bool = True) -> str:
+    tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
+    keys = [k for k in ORDER if k in cfg] + [k for k in cfg if k not in ORDER]
+    for key in keys:
+        branch = tree.add(str(key), style="bold", guide_style="dim")
+        value = cfg[key]
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        branch.add(rich.syntax.Syntax(text, "yaml"))
+    console = rich.console.Console(record=True, width=120)
+    with console.capture():
+        console.print(tree)
+    if print_it:
+        rich.print(tree)
+    return console.export_text()

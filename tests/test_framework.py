@@ -1,0 +1,117 @@
+"""The Hydra / Lightning / MLflow framework: config composition, validation before building,
+fast dev run, a 2-point multirun into one MLflow store, the SLURM launcher config, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = str(ROOT / "configs")
+
+
+def run_train(*overrides: str, log_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    flags = [o for o in overrides if o.startswith("-")]
+    rest = [o for o in overrides if not o.startswith("-")]
+    cmd = [sys.executable, str(ROOT / "train.py"), *flags, f"paths.log_dir={log_dir}", *rest]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def compose_train(*overrides: str, hydra_cfg: bool = False):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra_cfg)
+
+
+def test_default_config_is_transition1():
+    cfg = compose_train()
+    assert cfg.task_name == "transition1"
+    assert cfg.task.name == "toy_markov"
+    assert cfg.mcl.num_hypotheses == 2 and cfg.mcl.mode == "wta"
+    assert OmegaConf.to_container(cfg.data.transitions) == [[[0.8, 0.2], [0.9, 0.1]], [[0.2, 0.8], [0.25, 0.75]]]
+    assert cfg.model.config.initializer_range == 0.06
+    assert cfg.lora.r == 64 and list(cfg.lora.target_modules) == ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def test_transition2_config_and_user_keys():
+    cfg = compose_train("experiment=transition2", "mcl.mode=wta", "lora.alpha=32", "seed=3", "trainer.max_steps=7")
+    assert cfg.task_name == "transition2"
+    assert OmegaConf.to_container(cfg.data.transitions)[0] == [[0.3, 0.7], [0.8, 0.2]]
+    assert cfg.mcl.mode == "wta" and cfg.mcl.epsilon == 0.1
+    assert cfg.lora.alpha == 32 and cfg.seed == 3 and cfg.data.num_train_batches == 7
+    assert compose_train("experiment=transition2").mcl.mode == "relaxed-wta"
+
+
+def test_slurm_launcher_composes():
+    cfg = compose_train(
+        "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=proj",
+        "hydra.launcher.gpus_per_node=4", "hydra.launcher.timeout_min=60",
+        "hydra.launcher.setup=[module load cuda]", hydra_cfg=True,
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.account, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", "proj", 4, 60)
+    assert list(launcher.setup) == ["module load cuda"]
+
+
+def test_bad_value_fails_before_any_model(tmp_path):
+    proc = run_train("mcl.mode=relaxed-wta", "mcl.epsilon=1.5", log_dir=tmp_path)
+    assert proc.returncode != 0
+    assert "epsilon must be in [0, 1), got 1.5" in proc.stderr
+    assert "adapted layers" not in proc.stdout + proc.stderr  # no backbone was built
+    proc = run_train("mcl.num_hypotheses=0", log_dir=tmp_path)
+    assert "num_hypotheses must be >= 1, got 0" in proc.stderr
+
+
+def test_fast_dev_run(tmp_path):
+    proc = run_train("debug=fdr", log_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(next(tmp_path.glob("debug/runs/*/summary.json")).read_text())
+    assert set(summary["models"]) == {"mle", "mcl"}
+    mcl = summary["models"]["mcl"]
+    assert mcl["num_hypotheses"] == 2 and len(mcl["matrices"]) == 2 and len(mcl["win_rates"]) == 2
+    assert abs(sum(mcl["win_rates"]) - 1) < 1e-6
+    assert summary["theory"]["receptive_field"] == 9
+    assert abs(summary["theory"]["mle_optimum"] - 0.5293468) < 1e-6
+
+
+def test_multirun_sweep_shares_one_mlflow_store(tmp_path):
+    proc = run_train(
+        "-m", "mcl.num_hypotheses=1,2", "task=finetune", "trainer.max_steps=6", "trainer.val_check_interval=3",
+        "data.num_val_sequences=100", "data.batch_size=16", "callbacks=none", log_dir=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(tmp_path.glob("transition1/multiruns/*/*/metrics.json"))
+    assert len(jobs) == 2
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        runs = db.execute("select name, status from runs").fetchall()
+        params = dict(db.execute(
+            "select r.name, p.value from params p join runs r on p.run_uuid = r.run_uuid where p.key = 'mcl.num_hypotheses'"
+        ).fetchall())
+        metric_runs = db.execute("select count(distinct run_uuid) from metrics where key = 'val/wta_loss'").fetchone()[0]
+    assert sorted(runs) == [("K1", "FINISHED"), ("K2", "FINISHED")]
+    assert params == {"K1": "1", "K2": "2"}
+    assert metric_runs == 2
+    assert list((tmp_path / "mlartifacts").iterdir()) is not None
+
+
+def test_checkpoint_holds_only_adapters(tmp_path):
+    proc = run_train("task=finetune", "trainer.max_steps=4", "trainer.val_check_interval=2",
+                     "data.num_val_sequences=50", "data.batch_size=8", "logger=none", "callbacks=model_checkpoint",
+                     log_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(next(tmp_path.glob("transition1/runs/*/checkpoints/K2/last.ckpt")), weights_only=False)
+    keys = set(ckpt["state_dict"])
+    assert keys and all(".lora_A" in k or ".lora_B" in k for k in keys)
+    assert len(keys) == 2 * 8  # A and B of 8 adapted layers (q, k, v, out of 2 GPT-Neo blocks)
+    assert ckpt["loramcl"]["num_hypotheses"] == 2 and ckpt["state_dict"][sorted(keys)[0]].shape[0] == 2
+    assert ckpt["optimizer_states"]

@@ -1,0 +1,30 @@
+"""Train LoRA-MCL models from the Hydra configs in configs/.
+
+    python train.py                                   # default: toy Markov experiment (transition1)
+    python train.py experiment=transition2 seed=1
+    python train.py -m mcl.num_hypotheses=1,2,3       # a sweep (basic launcher, one MLflow store)
+    python train.py debug=fdr                         # fast dev run on the CPU
+    python train.py -m hydra/launcher=slurm hydra.launcher.partition=gpu seed=0,1,2
+
+Returns `optimized_metric` (val/wta_loss by default) to sweepers.
+"""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from hydra.utils import get_method
+
+    metrics = get_method(cfg.task.runner)(cfg)
+    return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
+
+
+if __name__ == "__main__":
+    main()
