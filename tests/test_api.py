@@ -256,11 +256,17 @@ def test_mcl_trainer_feeds_global_step_to_annealed_wta(saved_llama, tmp_path):
     assert model.step == max_steps - 1
 
 
-@pytest.mark.xfail(strict=True, reason="Trainer.save_model on an MCLModel saves the whole state dict "
-                   "(backbone included) with safetensors, which refuses tied embeddings")
-def test_trainer_save_model_with_tied_embeddings(tmp_path):
+def test_mcl_trainer_saves_adapters_only(tmp_path):
+    """MCLTrainer saves the K adapters (not the tied backbone) and they load back into a fresh model."""
     base = tiny_llama(tie_word_embeddings=True)
     base.save_pretrained(tmp_path / "tied")
     model = make_model(tmp_path / "tied", K=2)
-    trainer = Trainer(model=model, args=training_args(tmp_path, max_steps=1), train_dataset=tiny_dataset(n=4))
+    trainer = MCLTrainer(model=model, args=training_args(tmp_path, max_steps=2), train_dataset=tiny_dataset(n=4))
+    trainer.train()
     trainer.save_model(str(tmp_path / "saved"))
+    files = sorted(p.name for p in (tmp_path / "saved").iterdir())
+    assert files == ["mcl_adapters.safetensors", "mcl_config.json"]
+    fresh = make_model(tmp_path / "tied", K=2)
+    fresh.load_adapters(tmp_path / "saved")
+    for name, value in model.adapter_state_dict().items():
+        assert torch.equal(fresh.adapter_state_dict()[name], value)
