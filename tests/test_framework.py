@@ -115,3 +115,21 @@ def test_checkpoint_holds_only_adapters(tmp_path):
     assert len(keys) == 2 * 8  # A and B of 8 adapted layers (q, k, v, out of 2 GPT-Neo blocks)
     assert ckpt["loramcl"]["num_hypotheses"] == 2 and ckpt["state_dict"][sorted(keys)[0]].shape[0] == 2
     assert ckpt["optimizer_states"]
+
+
+def test_eval_reloads_a_run_folder(tmp_path):
+    """eval.py rebuilds the model from a run folder's config and adapter-only checkpoint."""
+    proc = run_train("task=finetune", "trainer.max_steps=4", "trainer.val_check_interval=4",
+                     "data.num_val_sequences=64", "data.batch_size=8", "logger=none", "callbacks=model_checkpoint",
+                     "callbacks.model_checkpoint.save_top_k=0", log_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = next(tmp_path.glob("transition1/runs/*"))
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={run_dir}", f"paths.log_dir={tmp_path}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads(next(tmp_path.glob("eval/runs/*/eval_metrics.json")).read_text())
+    assert abs(evaluated["K2/val/wta_loss"] - trained["val/wta_loss"]) < 1e-6
+    # an untrained model would sit at the base model's loss: the adapters were really loaded
+    assert abs(evaluated["K2/val/hyp0_loss"] - evaluated["K2/val/hyp1_loss"]) > 1e-6

@@ -7,6 +7,7 @@ transition1 and transition2 (relaxed-wta and wta) for seeds 0, 1, 2.
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
@@ -17,8 +18,10 @@ MATRIX = [(exp, mode, seed) for seed in (0, 1, 2)
           for exp, mode in (("transition1", None), ("transition2", None), ("transition2", "wta"))]
 
 
-def _run_and_check(tmp_path, experiment, mode, seed):
+def _run_and_check(tmp_path, experiment, mode, seed, logged=False):
     overrides = [f"experiment={experiment}", f"seed={seed}", "extras.print_config=false", "callbacks=none"]
+    if not logged:
+        overrides.append("logger=none")
     if mode:
         overrides.append(f"mcl.mode={mode}")
     proc = run_train(*overrides, log_dir=tmp_path, timeout=900)
@@ -32,9 +35,21 @@ def _run_and_check(tmp_path, experiment, mode, seed):
 
 
 def test_default_job_transition1_seed0(tmp_path):
-    summary = _run_and_check(tmp_path, "transition1", None, 0)
+    summary = _run_and_check(tmp_path, "transition1", None, 0, logged=True)
     mcl = summary["models"]["mcl"]
     assert all(0.3 < r < 0.7 for r in mcl["win_rates"])  # both hypotheses used: no collapse
+    # MLflow: one run per job with the figures and summary, one nested run per model
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        runs = dict(db.execute("select name, run_uuid from runs").fetchall())
+        parent_tags = dict(db.execute("select key, value from tags where run_uuid = ?", (runs["mcl"],)).fetchall())
+        logged = dict(db.execute("select key, value from latest_metrics where run_uuid = ?",
+                                 (runs["transition1_seed0"],)).fetchall())
+    assert set(runs) == {"transition1_seed0", "mle", "mcl"}
+    assert parent_tags["mlflow.parentRunId"] == runs["transition1_seed0"]
+    assert abs(logged["mcl/eval_wta_loss"] - mcl["eval_wta_loss"]) < 1e-9
+    artifacts = {p.name for p in (tmp_path / "mlartifacts").rglob("*") if p.is_file()}
+    assert {"summary.json", "loss.png", "matrices.png"} <= artifacts
+    assert list(tmp_path.glob("transition1/runs/*/tensorboard/summary/events.out.tfevents.*"))
 
 
 @pytest.mark.slow
