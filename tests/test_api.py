@@ -9,23 +9,15 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
+from tiny_models import tiny_llama
 from loramcl import LoRAConfig, MCLConfig, MCLModel, mcl_loss
 from loramcl.hf_trainer import MCLTrainer
 from loramcl.layers import lora_layers
 from loramcl.model import ADAPTER_FILE, CONFIG_FILE
 
 TARGETS = ["q_proj", "v_proj", "up_proj"]
-
-
-def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, **overrides,
-    )
-    return LlamaForCausalLM(cfg).eval()
 
 
 @pytest.fixture

@@ -15,21 +15,12 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from tiny_models import tiny_llama
 from loramcl import LoRAConfig, MCLConfig, MCLModel, MultiLoRALinear
 from loramcl.layers import lora_layers
 
 ATOL = 1e-5
-
-
-def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, **overrides,
-    )
-    return LlamaForCausalLM(cfg).eval()
 
 
 def batch(seed: int = 0, n: int = 3, s: int = 9):
