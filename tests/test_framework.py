@@ -133,3 +133,16 @@ def test_eval_reloads_a_run_folder(tmp_path):
     assert abs(evaluated["K2/val/wta_loss"] - trained["val/wta_loss"]) < 1e-6
     # an untrained model would sit at the base model's loss: the adapters were really loaded
     assert abs(evaluated["K2/val/hyp0_loss"] - evaluated["K2/val/hyp1_loss"]) > 1e-6
+
+
+def test_seed_makes_runs_identical(tmp_path):
+    """Same seed -> identical validation metrics; another seed -> different ones."""
+    common = ["task=finetune", "trainer.max_steps=5", "trainer.val_check_interval=5", "data.num_val_sequences=64",
+              "data.batch_size=8", "logger=none", "callbacks=none"]
+    results = []
+    for i, seed in enumerate((1, 1, 2)):
+        proc = run_train(*common, f"seed={seed}", f"task_name=seed{i}", log_dir=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append(json.loads(next(tmp_path.glob(f"seed{i}/runs/*/metrics.json")).read_text()))
+    assert results[0] == results[1]
+    assert results[0]["val/wta_loss"] != results[2]["val/wta_loss"]
