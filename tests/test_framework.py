@@ -4,6 +4,7 @@ fast dev run, a 2-point multirun into one MLflow store, the SLURM launcher confi
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -146,3 +147,36 @@ def test_seed_makes_runs_identical(tmp_path):
         results.append(json.loads(next(tmp_path.glob(f"seed{i}/runs/*/metrics.json")).read_text()))
     assert results[0] == results[1]
     assert results[0]["val/wta_loss"] != results[2]["val/wta_loss"]
+
+
+def test_any_chain_configuration_and_k(tmp_path):
+    """Three weighted chains, K = 3: theory lines are computed exactly and every hypothesis is read."""
+    chains = "[[[0.9,0.1],[0.5,0.5]],[[0.1,0.9],[0.3,0.7]],[[0.5,0.5],[0.9,0.1]]]"
+    proc = run_train("debug=fdr", f"data.transitions={chains}", "data.weights=[0.5,0.3,0.2]",
+                     "mcl.num_hypotheses=3", "data.seq_len=12", log_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(next(tmp_path.glob("debug/runs/*/summary.json")).read_text())
+    from loramcl.toy.markov import MarkovMixture, mle_optimum
+
+    mixture = MarkovMixture(transitions=json.loads(chains), weights=[0.5, 0.3, 0.2])
+    assert abs(summary["theory"]["mle_optimum"] - mle_optimum(mixture, 12)) < 1e-12
+    lo, hi = summary["theory"]["mcl_band"]
+    assert abs(lo - (mle_optimum(mixture, 12) - math.log(3) / 11)) < 1e-12 and lo < hi
+    assert len(summary["models"]["mcl"]["matrices"]) == 3 and len(summary["targets"]["chains"]) == 3
+
+
+def test_parallel_jobs_share_a_fresh_mlflow_store(tmp_path):
+    """Two jobs that start together on a fresh sqlite store both log (schema created under a lock)."""
+    common = ["task=finetune", "trainer.max_steps=2", "trainer.val_check_interval=2", "data.num_val_sequences=32",
+              "data.batch_size=8", "callbacks=none", "logger=mlflow", f"paths.log_dir={tmp_path}"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *common, f"seed={s}", f"task_name=par{s}"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for s in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        experiments = {name for (name,) in db.execute("select name from experiments")}
+        finished = db.execute("select count(*) from runs where status = 'FINISHED'").fetchone()[0]
+    assert {"par0", "par1"} <= experiments and finished == 2

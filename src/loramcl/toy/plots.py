@@ -25,9 +25,9 @@ def plot_loss(histories: dict[str, list], results: dict[str, Any], theory: dict[
         ax.axhline(theory["mle_receptive_field_optimum"], color="tab:blue", ls=":", lw=1,
                    label=f"MLE optimum ({theory['receptive_field']}-token receptive field)")
     lo, hi = theory["mcl_band"]
-    ax.axhspan(lo, hi, color="tab:red", alpha=0.2, label="MCL band")
-    ax.axhline(lo, color="tab:red", ls="--", lw=0.8)
-    ax.axhline(hi, color="tab:red", ls="--", lw=0.8)
+    ax.axhspan(lo, hi, color="tab:red", alpha=0.2)
+    ax.axhline(lo, color="tab:red", ls="--", lw=0.8, label=f"MCL band low: MLE optimum - ln K/(T-1) ({lo:.4f})")
+    ax.axhline(hi, color="tab:red", ls=":", lw=1, label=f"MCL band high: own-chain loss ({hi:.4f})")
     finals = [h["val/wta_loss"] for hist in histories.values() for h in hist[len(hist) // 5:]]
     if finals:
         top = max(max(finals), theory["mle_optimum"])
