@@ -80,7 +80,10 @@ class LoRAConfig:
         dropout: dropout on the adapter input (independent mask per hypothesis).
         target_modules: module-name suffixes (["q_proj", "v_proj"]), a regex string matched
             against the full module name, or "all-linear" (every nn.Linear but the output layer).
-        exclude_modules: suffixes or a regex of modules never adapted (e.g. a frozen encoder).
+        exclude_modules: suffixes or a regex of modules never adapted.
+        adapt_encoders: also adapt modules outside the language model (the audio / vision encoder
+            of a multimodal backbone). Off by default, as in the paper: the frozen encoder then
+            runs once per batch and its output is shared by the K replicas.
     """
 
     r: int = 8
@@ -88,6 +91,7 @@ class LoRAConfig:
     dropout: float = 0.0
     target_modules: Union[str, Sequence[str]] = field(default_factory=lambda: ["q_proj", "v_proj"])
     exclude_modules: Optional[Union[str, Sequence[str]]] = None
+    adapt_encoders: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -128,12 +128,17 @@ def _matches(name: str, spec: Union[str, Sequence[str]]) -> bool:
     return any(name == t or name.endswith("." + t) for t in spec)
 
 
-def find_target_modules(model: nn.Module, cfg: LoRAConfig) -> list[str]:
-    """Names of the modules that `cfg` selects (peft-like matching), in model order."""
+def find_target_modules(model: nn.Module, cfg: LoRAConfig, scope: Optional[str] = None) -> list[str]:
+    """Names of the modules that `cfg` selects (peft-like matching), in model order.
+
+    `scope`: only modules below this module path are considered (e.g. the language model).
+    """
     output_layer = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     names = []
     for name, module in model.named_modules():
         if not name or isinstance(module, MultiLoRALinear):
+            continue
+        if scope and not name.startswith(scope + "."):
             continue
         if cfg.target_modules == "all-linear":
             selected = isinstance(module, nn.Linear) and module is not output_layer
@@ -146,19 +151,20 @@ def find_target_modules(model: nn.Module, cfg: LoRAConfig) -> list[str]:
     return names
 
 
-def inject_adapters(model: nn.Module, cfg: LoRAConfig, num_hypotheses: int) -> list[str]:
+def inject_adapters(model: nn.Module, cfg: LoRAConfig, num_hypotheses: int, scope: Optional[str] = None) -> list[str]:
     """Freeze `model` and replace every selected nn.Linear by a `MultiLoRALinear`; return the names.
 
     Raises ValueError when nothing matches (listing some linear layers that exist) or when a
     selected module is not an nn.Linear.
     """
-    names = find_target_modules(model, cfg)
+    names = find_target_modules(model, cfg, scope)
     if not names:
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and (not scope or n.startswith(scope + "."))]
         suffixes = sorted({n.rsplit(".", 1)[-1] for n in linears})
         raise ValueError(
             f"lora.target_modules={cfg.target_modules!r} matches no module of "
-            f"{type(model).__name__}; its linear layers end with: {', '.join(suffixes) or 'none'}"
+            f"{type(model).__name__}{f' (language model {scope})' if scope else ''}; its linear layers end "
+            f"with: {', '.join(suffixes) or 'none'}"
         )
     for p in model.parameters():
         p.requires_grad_(False)

@@ -71,6 +71,30 @@ def replicate(value: Any, num_hypotheses: int, batch_size: int) -> Any:
     return value
 
 
+# Batch-shaped inputs of a language model that are replicated K times at its entrance.
+REPLICATED_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "position_ids", "token_type_ids")
+
+
+def language_model_scope(model: nn.Module) -> tuple[Optional[nn.Module], Optional[str], bool]:
+    """(language model module, its path, whether modules with weights lie outside it).
+
+    The language model is `model.get_decoder()` (transformers' public accessor: the decoder of a
+    causal LM, the `language_model` of Qwen2-Audio or LLaVA-NeXT). Weights outside it other than the
+    output layer mean a frozen encoder (audio / vision tower, projector).
+    """
+    try:
+        decoder = model.get_decoder()
+    except (AttributeError, NotImplementedError):
+        return None, None, False
+    path = next((name for name, m in model.named_modules() if m is decoder and name), None)
+    if path is None:
+        return None, None, False
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    inside = {id(p) for p in decoder.parameters()} | {id(p) for p in (output.parameters() if output else [])}
+    has_encoder = any(id(p) not in inside for p in model.parameters())
+    return decoder, path, has_encoder
+
+
 class MCLModel(nn.Module):
     """A frozen causal LM with K LoRA hypotheses trained by a winner-takes-all loss."""
 
@@ -84,8 +108,14 @@ class MCLModel(nn.Module):
         self.mcl_config = mcl or MCLConfig()
         self.lora_config = lora or LoRAConfig()
         self.base_model = model
-        self.target_names = inject_adapters(model, self.lora_config, self.mcl_config.num_hypotheses)
+        decoder, decoder_path, has_encoder = language_model_scope(model)
+        scope = decoder_path if has_encoder and not self.lora_config.adapt_encoders else None
+        self.target_names = inject_adapters(model, self.lora_config, self.mcl_config.num_hypotheses, scope)
         self._layers = lora_layers(model)
+        # With every adapter inside the language model, the K replicas are made at its entrance:
+        # a frozen encoder then runs once per batch and its output is shared by the K replicas.
+        inside = decoder_path is not None and all(n.startswith(decoder_path + ".") for n in self.target_names)
+        self._replica_point: Optional[nn.Module] = decoder if inside and has_encoder else None
         self.step = 0
         self.epoch = 0
 
@@ -164,13 +194,16 @@ class MCLModel(nn.Module):
         K = self.num_hypotheses
         ref = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
         B = ref.shape[0]
-        rep = {k: replicate(v, K, B) for k, v in kwargs.items()}
         with self.route(None):
-            out = self.base_model(
-                input_ids=replicate(input_ids, K, B),
-                attention_mask=replicate(attention_mask, K, B),
-                **rep,
-            )
+            if self._replica_point is not None:
+                out = self._forward_replicated_inside(K, B, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            else:
+                rep = {k: replicate(v, K, B) for k, v in kwargs.items()}
+                out = self.base_model(
+                    input_ids=replicate(input_ids, K, B), attention_mask=replicate(attention_mask, K, B), **rep
+                )
+        if out.logits.shape[0] != K * B:
+            raise RuntimeError(f"expected {K * B} rows of logits (K={K} x B={B}), got {out.logits.shape[0]}")
         logits = out.logits.view(K, B, *out.logits.shape[1:])  # (K, B, S, V)
         if labels is None:
             return MCLOutput(logits=logits)
@@ -180,6 +213,20 @@ class MCLModel(nn.Module):
         return MCLOutput(
             loss=result.loss, logits=logits, hypothesis_losses=losses, weights=result.weights, winners=result.winners
         )
+
+    def _forward_replicated_inside(self, K: int, B: int, **inputs: Any):
+        """Run the backbone on the B-row batch; its language model receives K replicas of its inputs."""
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            args = tuple(replicate(a, K, B) for a in args)
+            kwargs = {k: replicate(v, K, B) if k in REPLICATED_KEYS else v for k, v in kwargs.items()}
+            return args, kwargs
+
+        handle = self._replica_point.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            return self.base_model(**inputs)
+        finally:
+            handle.remove()
 
     @torch.no_grad()
     def generate(self, *args: Any, hypothesis_idx: Union[int, Sequence[int], torch.Tensor, None] = None, **kwargs: Any):
