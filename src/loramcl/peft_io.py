@@ -108,7 +108,10 @@ def export_hypothesis(
         tensors[f"{KEY_PREFIX}{name}.lora_A.weight"] = layer.lora_A[k].detach().cpu().clone()  # (r, d_in)
         tensors[f"{KEY_PREFIX}{name}.lora_B.weight"] = layer.lora_B[k].detach().cpu().clone()  # (d_out, r)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(out_dir))
+    # What `LoraConfig.save_pretrained` writes, with target_modules sorted (peft keeps a set, and
+    # writes it in hash order, which changes from one Python process to the next).
+    fields = {key: sorted(v) if isinstance(v, set) else v for key, v in config.to_dict().items()}
+    (out_dir / CONFIG_NAME).write_text(json.dumps(fields, indent=2, sort_keys=True))
     save_file(tensors, str(out_dir / WEIGHTS_NAME), metadata={"format": "pt"})
     return out_dir
 
