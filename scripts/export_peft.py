@@ -52,7 +52,10 @@ def load_run_model(ckpt: Path, save_base: Optional[Path] = None) -> tuple[MCLMod
     With `save_base`, the freshly built backbone is written there (save_pretrained) before the
     adapters are injected, so that runs on random from-config backbones can be reloaded.
     """
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except Exception as err:  # not a torch file, truncated, ...
+        raise ValueError(f"{ckpt} is not a readable checkpoint ({type(err).__name__}: {err})") from None
     meta = checkpoint.get("loramcl") if isinstance(checkpoint, dict) else None
     if meta is None:
         raise ValueError(f"{ckpt} was not written by loramcl (no 'loramcl' entry): cannot export it")

@@ -20,6 +20,11 @@ from loramcl.losses import win_counts
 from loramcl.model import MCLModel
 
 
+def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a batch (collators also pass references, ids and targets for evaluation)."""
+    return {k: v for k, v in batch.items() if torch.is_tensor(v)}
+
+
 class MCLLitModule(L.LightningModule):
     """Trains the adapters of an `MCLModel`; the backbone stays frozen."""
 
@@ -45,12 +50,12 @@ class MCLLitModule(L.LightningModule):
         return self.model.num_hypotheses
 
     def forward(self, **batch: torch.Tensor):
-        return self.model(**batch)
+        return self.model(**model_inputs(batch))
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         self.model.set_progress(self.global_step, self.current_epoch)
-        out = self.model(**batch)
+        out = self.model(**model_inputs(batch))
         K, B = out.hypothesis_losses.shape
         rates = win_counts(out.winners, K).float() / B
         metrics = {"train/loss": out.loss.detach()}
@@ -69,7 +74,7 @@ class MCLLitModule(L.LightningModule):
         self._val_sums = {"wta": torch.zeros(()), "hyp": torch.zeros(K), "wins": torch.zeros(K), "n": torch.zeros(())}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        out = self.model(**batch)  # eval mode: plain WTA
+        out = self.model(**model_inputs(batch))  # eval mode: plain WTA
         losses = out.hypothesis_losses.detach().float().cpu()  # (K, B)
         s = self._val_sums
         s["wta"] += losses.min(dim=0).values.sum()

@@ -1,0 +1,97 @@
+"""Collators that turn raw items into model batches with the paper's prompts and label masking.
+
+Training rows are `prompt + " " + target + EOS`; the prompt (audio / image placeholders included)
+and the padding are masked out of the labels (-100), so only the target and its EOS are scored.
+Generation rows are the prompt alone, left-padded. Each collator takes one reference per item at
+random per step (`references="random"`, the paper), every reference as its own row ("all"), or
+the first one ("first", deterministic validation).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from loramcl.losses import IGNORE_INDEX
+
+AUDIO_PROMPT = "<|audio_bos|><|AUDIO|><|audio_eos|>Generate the caption in English:"  # paper
+REFERENCE_MODES = ("random", "all", "first")
+
+
+def pick_references(references: Sequence[str], mode: str, rng: random.Random) -> list[str]:
+    if mode not in REFERENCE_MODES:
+        raise ValueError(f"references must be one of {', '.join(REFERENCE_MODES)}, got {mode!r}")
+    if not references:
+        raise ValueError("an item has no reference caption")
+    if mode == "all":
+        return list(references)
+    return [references[0] if mode == "first" else rng.choice(list(references))]
+
+
+def mask_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: Sequence[int],
+                padding_side: str = "right") -> torch.Tensor:
+    """labels = input_ids with the prompt and the padding replaced by -100."""
+    labels = input_ids.clone()
+    labels[attention_mask == 0] = IGNORE_INDEX
+    for row, n in enumerate(prompt_lengths):
+        start = 0 if padding_side == "right" else int((attention_mask[row] == 0).sum())
+        labels[row, start:start + n] = IGNORE_INDEX
+    return labels
+
+
+class AudioCaptionCollator:
+    """Qwen2-Audio batches: Whisper features + `<|AUDIO|>`-expanded prompt + caption + EOS.
+
+    Items are dicts with "audio" (float32 mono at the feature extractor's rate), "captions" and "id".
+    """
+
+    def __init__(self, processor: Any, prompt: str = AUDIO_PROMPT, references: str = "random",
+                 train: bool = True, seed: int = 0, max_target_tokens: Optional[int] = None):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.prompt = prompt
+        self.references = references
+        self.train = train
+        self.rng = random.Random(seed)
+        self.max_target_tokens = max_target_tokens
+        self.sampling_rate = processor.feature_extractor.sampling_rate
+        # the text after the audio placeholders, tokenised alone, to find where each prompt ends
+        self.prompt_tail = prompt.split(processor.audio_eos_token)[-1]
+        self.audio_eos_id = self.tokenizer.convert_tokens_to_ids(processor.audio_eos_token)
+
+    def _texts(self, items: Sequence[dict]) -> tuple[list[np.ndarray], list[str], list[str], list[Any]]:
+        audios, texts, targets, ids = [], [], [], []
+        for item in items:
+            refs = pick_references(item["captions"], self.references if self.train else "first", self.rng)
+            for ref in refs:
+                audios.append(np.asarray(item["audio"], dtype=np.float32))
+                targets.append(ref)
+                ids.append(item.get("id"))
+                texts.append(self.prompt + " " + ref + self.tokenizer.eos_token if self.train else self.prompt)
+        return audios, texts, targets, ids
+
+    def __call__(self, items: Sequence[dict]) -> dict[str, Any]:
+        audios, texts, targets, ids = self._texts(items)
+        padding_side = "right" if self.train else "left"
+        self.tokenizer.padding_side = padding_side
+        batch = self.processor(text=texts, audio=audios, sampling_rate=self.sampling_rate, padding=True,
+                               return_tensors="pt")
+        batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "input_features",
+                                                         "feature_attention_mask")}
+        if self.train:
+            batch["labels"] = mask_prompt(batch["input_ids"], batch["attention_mask"], self._prompt_lengths(batch),
+                                          padding_side)
+        return {**batch, "references": [item["captions"] for item in items], "ids": ids, "targets": targets}
+
+    def _prompt_lengths(self, batch: dict[str, torch.Tensor]) -> list[int]:
+        tail = len(self.tokenizer(self.prompt_tail, add_special_tokens=False)["input_ids"])
+        lengths = []
+        for row in batch["input_ids"]:
+            eos_pos = (row == self.audio_eos_id).nonzero()
+            if len(eos_pos) == 0:
+                raise ValueError("the prompt has no audio end token: check the prompt and the tokenizer")
+            lengths.append(int(eos_pos[-1]) + 1 + tail)
+        return lengths
