@@ -109,3 +109,19 @@ def test_shared_encoder_gradients_match_replicated_encoder():
     for (name, p), (_, q) in zip(shared.named_parameters(), ref.named_parameters()):
         if p.requires_grad:
             torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from loramcl.backbones import _finish
+
+    grads = []
+    for checkpointing in (False, True):
+        model = MCLModel(_finish(tiny_qwen2_audio(), checkpointing), MCLConfig(num_hypotheses=2),
+                         LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+        randomise_adapters(model)
+        model.train()
+        model(**audio_batch()).loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    assert model.base_model.is_gradient_checkpointing
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

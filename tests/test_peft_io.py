@@ -35,10 +35,10 @@ def fresh_base(base_dir: Path):
     return AutoModelForCausalLM.from_pretrained(str(base_dir)).eval()
 
 
-def mcl_model(base_dir: Path, K=3, r=4, alpha=8.0, targets=THREE_LAYERS, seed=0) -> MCLModel:
+def mcl_model(base_dir: Path, K=3, r=4, alpha=8.0, targets=THREE_LAYERS, exclude=None, seed=0) -> MCLModel:
     """MCLModel with random nonzero A and B (as after training: every hypothesis differs)."""
-    model = MCLModel(fresh_base(base_dir), MCLConfig(num_hypotheses=K), LoRAConfig(r=r, alpha=alpha,
-                                                                                   target_modules=targets))
+    lora = LoRAConfig(r=r, alpha=alpha, target_modules=targets, exclude_modules=exclude)
+    model = MCLModel(fresh_base(base_dir), MCLConfig(num_hypotheses=K), lora)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -51,9 +51,13 @@ def ids(vocab=64, seed=1) -> torch.Tensor:
     return torch.randint(0, vocab, (2, 9), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("targets", [THREE_LAYERS, "all-linear"])
-def test_exported_hypotheses_run_in_peft_like_ours(base_dir, tmp_path, targets):
-    model = mcl_model(base_dir, targets=targets)
+@pytest.mark.parametrize("targets, exclude", [
+    (THREE_LAYERS, None),
+    ("all-linear", None),
+    (["q_proj", "v_proj"], r".*layers\.0\..*"),  # suffixes no longer select exactly: full paths exported
+])
+def test_exported_hypotheses_run_in_peft_like_ours(base_dir, tmp_path, targets, exclude):
+    model = mcl_model(base_dir, targets=targets, exclude=exclude)
     paths = export_all(model, tmp_path / "export")
     assert [p.name for p in paths] == ["hyp_0", "hyp_1", "hyp_2"]
     x = ids()
@@ -68,7 +72,8 @@ def test_exported_hypotheses_run_in_peft_like_ours(base_dir, tmp_path, targets):
 
     # Key set and shapes: exactly what peft saves for the same LoRA config.
     reference = peft.get_peft_model(
-        fresh_base(base_dir), peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, task_type="CAUSAL_LM")
+        fresh_base(base_dir),
+        peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, exclude_modules=exclude, task_type="CAUSAL_LM"),
     )
     reference.save_pretrained(str(tmp_path / "reference"))
     expected = load_file(str(tmp_path / "reference" / "adapter_model.safetensors"))

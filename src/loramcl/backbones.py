@@ -27,7 +27,26 @@ def resolve_dtype(dtype: Optional[str]) -> Optional[torch.dtype]:
     return DTYPES[dtype]
 
 
-def from_config(config_class: str, config: dict[str, Any], seed: int = 0, dtype: Optional[str] = None) -> torch.nn.Module:
+def model_class_for(name: Optional[str]):
+    """A transformers model class by name (e.g. "Qwen2AudioForConditionalGeneration"), or the
+    AutoModelForCausalLM factory when None."""
+    if name is None:
+        return AutoModelForCausalLM
+    cls = getattr(transformers, name, None)
+    if cls is None:
+        raise ValueError(f"model.model_class={name!r} is not a transformers model class")
+    return cls
+
+
+def _finish(model: torch.nn.Module, gradient_checkpointing: bool) -> torch.nn.Module:
+    if gradient_checkpointing:
+        # non-reentrant checkpointing works with a frozen backbone (no input needs grad)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def from_config(config_class: str, config: dict[str, Any], seed: int = 0, dtype: Optional[str] = None,
+                model_class: Optional[str] = None, gradient_checkpointing: bool = False) -> torch.nn.Module:
     """A randomly initialised causal LM from `transformers.<config_class>(**config)`, seeded.
 
     The seed is local (the global RNG state is restored), so the frozen base is the same whatever
@@ -41,25 +60,28 @@ def from_config(config_class: str, config: dict[str, Any], seed: int = 0, dtype:
     cfg = cls(**config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(cfg)
+        cls = model_class_for(model_class)
+        model = cls.from_config(cfg) if cls is AutoModelForCausalLM else cls(cfg)
     if dtype is not None:
         model = model.to(resolve_dtype(dtype))
-    return model
+    return _finish(model, gradient_checkpointing)
 
 
-def from_pretrained(name_or_path: str, dtype: Optional[str] = None, **kwargs: Any) -> torch.nn.Module:
-    """Load a causal LM from a local folder or a Hub name, with a one-line error when it is absent."""
+def from_pretrained(name_or_path: str, dtype: Optional[str] = None, model_class: Optional[str] = None,
+                    gradient_checkpointing: bool = False, **kwargs: Any) -> torch.nn.Module:
+    """Load a model from a local folder or a Hub name, with a one-line error when it is absent."""
     local = Path(name_or_path).expanduser()
     if not local.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1):
         raise FileNotFoundError(f"model folder {name_or_path} does not exist")
     try:
-        return AutoModelForCausalLM.from_pretrained(str(local) if local.exists() else name_or_path,
-                                                    dtype=resolve_dtype(dtype), **kwargs)
+        model = model_class_for(model_class).from_pretrained(str(local) if local.exists() else name_or_path,
+                                                             dtype=resolve_dtype(dtype), **kwargs)
     except OSError as err:
         raise FileNotFoundError(
             f"cannot load {name_or_path}: not a local folder and not downloadable here "
             f"(download it on a machine with Hub access and pass its folder as model.name_or_path): {err}"
         ) from None
+    return _finish(model, gradient_checkpointing)
 
 
 def receptive_field(config: Any) -> Optional[int]:
