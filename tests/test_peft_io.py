@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import peft
 import pytest
 import torch
+from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -19,7 +21,6 @@ from loramcl import LoRAConfig, MCLConfig, MCLModel
 from loramcl.peft_io import export_all, export_hypothesis, import_peft_adapters, load_peft_state
 from tiny_models import tiny_llama
 
-peft = pytest.importorskip("peft")
 ROOT = Path(__file__).resolve().parents[1]
 THREE_LAYERS = ["q_proj", "v_proj", "up_proj"]
 
@@ -65,6 +66,9 @@ def test_exported_hypotheses_run_in_peft_like_ours(base_dir, tmp_path, targets, 
         base_logits = fresh_base(base_dir)(input_ids=x).logits
         for k, path in enumerate(paths):
             peft_model = peft.PeftModel.from_pretrained(fresh_base(base_dir), str(path)).eval()
+            adapted = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules()
+                       if isinstance(m, LoraLayer)}
+            assert adapted == set(model.target_names)  # peft selects exactly our layers, no extra zero adapters
             ours = model(input_ids=x, hypothesis_idx=k).logits
             theirs = peft_model(input_ids=x).logits
             assert (ours - base_logits).abs().max() > 1e-2  # the adapters do change the output
