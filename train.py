@@ -10,6 +10,7 @@ Returns `optimized_metric` (val/wta_loss by default) to sweepers.
 """
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
@@ -22,7 +23,15 @@ from omegaconf import DictConfig  # noqa: E402
 def main(cfg: DictConfig) -> float | None:
     from hydra.utils import get_method
 
-    metrics = get_method(cfg.task.runner)(cfg)
+    from loramcl.config import ConfigError
+    from loramcl.training import MissingResource
+
+    try:
+        metrics = get_method(cfg.task.runner)(cfg)
+    except (ConfigError, MissingResource) as err:  # raised before any model is loaded
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit(f"error: {err}")
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
 
 

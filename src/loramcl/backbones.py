@@ -67,10 +67,59 @@ def from_config(config_class: str, config: dict[str, Any], seed: int = 0, dtype:
     return _finish(model, gradient_checkpointing)
 
 
-def from_pretrained(name_or_path: str, dtype: Optional[str] = None, model_class: Optional[str] = None,
-                    gradient_checkpointing: bool = False, **kwargs: Any) -> torch.nn.Module:
-    """Load a model from a local folder or a Hub name, with a one-line error when it is absent."""
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether huggingface.co answers within `timeout` seconds (False offline or when HF_HUB_OFFLINE=1)."""
+    import os
+    import urllib.request
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        urllib.request.urlopen(urllib.request.Request("https://huggingface.co", method="HEAD"), timeout=timeout)
+        return True
+    except Exception:
+        return False
+
+
+def check_available(name_or_path: str, auto_pretrain: Optional[dict] = None) -> None:
+    """Raise FileNotFoundError (one line: what is missing, how to get it) unless the weights can load.
+
+    A local folder must hold a config.json; a Hub name must be in the local Hugging Face cache or
+    the Hub must be reachable. A tiny base with `auto_pretrain` is built on first use instead.
+    """
     local = Path(name_or_path).expanduser()
+    if (local / "config.json").is_file() or auto_pretrain:
+        return
+    looks_local = local.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1
+    if looks_local:
+        raise FileNotFoundError(f"model folder {name_or_path} does not exist or has no config.json "
+                                f"(set model.name_or_path to a folder written by save_pretrained)")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name_or_path, "config.json")
+    if isinstance(cached, str) or hub_reachable():
+        return
+    raise FileNotFoundError(
+        f"model {name_or_path} is not in the local Hugging Face cache and the Hub is unreachable: on a machine "
+        f"with Hub access run `huggingface-cli download {name_or_path} --local-dir <folder>`, then pass "
+        f"model.name_or_path=<folder>"
+    )
+
+
+def from_pretrained(name_or_path: str, dtype: Optional[str] = None, model_class: Optional[str] = None,
+                    gradient_checkpointing: bool = False, auto_pretrain: Optional[dict] = None,
+                    **kwargs: Any) -> torch.nn.Module:
+    """Load a model from a local folder or a Hub name, with a one-line error when it is absent.
+
+    `auto_pretrain` ({"function": dotted path, **its arguments}) builds a missing tiny base first
+    (the CPU demos), once; later runs load the saved folder.
+    """
+    local = Path(name_or_path).expanduser()
+    if auto_pretrain and not (local / "config.json").is_file():
+        from hydra.utils import get_method
+
+        args = {k: v for k, v in dict(auto_pretrain).items() if k != "function"}
+        get_method(auto_pretrain["function"])(out_dir=str(local), **args)
     if not local.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1):
         raise FileNotFoundError(f"model folder {name_or_path} does not exist")
     try:

@@ -12,6 +12,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence, Union
 
+class ConfigError(ValueError):
+    """An impossible configuration value (raised before any model is built)."""
+
+
 MODES = ("wta", "relaxed-wta", "annealed-wta", "random-wta")
 SCHEDULE_UNITS = ("step", "epoch")
 
@@ -40,21 +44,21 @@ class MCLConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.num_hypotheses, bool) or not isinstance(self.num_hypotheses, int):
-            raise ValueError(f"num_hypotheses must be an integer >= 1, got {self.num_hypotheses!r}")
+            raise ConfigError(f"num_hypotheses must be an integer >= 1, got {self.num_hypotheses!r}")
         if self.num_hypotheses < 1:
-            raise ValueError(f"num_hypotheses must be >= 1, got {self.num_hypotheses}")
+            raise ConfigError(f"num_hypotheses must be >= 1, got {self.num_hypotheses}")
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not 0.0 <= float(self.epsilon) < 1.0:
-            raise ValueError(f"epsilon must be in [0, 1), got {self.epsilon}")
+            raise ConfigError(f"epsilon must be in [0, 1), got {self.epsilon}")
         if not float(self.temperature_init) > 0.0:
-            raise ValueError(f"temperature_init must be > 0, got {self.temperature_init}")
+            raise ConfigError(f"temperature_init must be > 0, got {self.temperature_init}")
         if not float(self.temperature_min) > 0.0:
-            raise ValueError(f"temperature_min must be > 0, got {self.temperature_min}")
+            raise ConfigError(f"temperature_min must be > 0, got {self.temperature_min}")
         if not 0.0 < float(self.temperature_decay) <= 1.0:
-            raise ValueError(f"temperature_decay must be in (0, 1], got {self.temperature_decay}")
+            raise ConfigError(f"temperature_decay must be in (0, 1], got {self.temperature_decay}")
         if self.schedule_unit not in SCHEDULE_UNITS:
-            raise ValueError(
+            raise ConfigError(
                 f"schedule_unit must be one of {', '.join(SCHEDULE_UNITS)}, got {self.schedule_unit!r}"
             )
 
@@ -95,18 +99,18 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"r must be an integer >= 1, got {self.r!r}")
+            raise ConfigError(f"r must be an integer >= 1, got {self.r!r}")
         if not float(self.alpha) > 0.0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
         if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if isinstance(self.target_modules, str):
             if not self.target_modules:
-                raise ValueError("target_modules must not be empty")
+                raise ConfigError("target_modules must not be empty")
         else:
             self.target_modules = list(self.target_modules)
             if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
-                raise ValueError(
+                raise ConfigError(
                     f"target_modules must be a non-empty list of names, a regex or 'all-linear', "
                     f"got {self.target_modules!r}"
                 )

@@ -34,6 +34,33 @@ def validated_configs(cfg: DictConfig, num_hypotheses: Optional[int] = None) -> 
     return MCLConfig(**mcl), LoRAConfig(**OmegaConf.to_container(cfg.lora, resolve=True))
 
 
+def preflight(cfg: DictConfig) -> Any:
+    """Everything that can fail before a model is loaded, in seconds: config values, data files,
+    model weights. All missing pieces are named in one error. Returns the (unset-up) DataModule."""
+    validated_configs(cfg)
+    problems = []
+    datamodule = instantiate(cfg.data)
+    if hasattr(datamodule, "check"):
+        try:
+            datamodule.check()
+        except (FileNotFoundError, ValueError) as err:
+            problems.append(str(err))
+    if str(cfg.model.get("_target_", "")).endswith("from_pretrained"):
+        from loramcl.backbones import check_available
+
+        try:
+            check_available(cfg.model.name_or_path, cfg.model.get("auto_pretrain"))
+        except FileNotFoundError as err:
+            problems.append(str(err))
+    if problems:
+        raise MissingResource(" | ".join(problems))
+    return datamodule
+
+
+class MissingResource(FileNotFoundError):
+    """Data or weights a run needs are missing or unreadable (raised before any model is loaded)."""
+
+
 def apply_extras(cfg: DictConfig) -> None:
     """Warnings, CPU tweaks and the config tree (printed and saved in the run folder)."""
     extras = cfg.get("extras", {})
@@ -111,7 +138,7 @@ def fit_model(
     """Seed, build data, backbone, module, loggers and trainer from `cfg`, then fit."""
     mcl_cfg, lora_cfg = validated_configs(cfg, num_hypotheses)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
+    datamodule = preflight(cfg)
     backbone = instantiate(cfg.model)
     module = MCLLitModule(backbone, mcl_cfg, lora_cfg, instantiate(cfg.optim.optimizer),
                           instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None)
@@ -133,7 +160,7 @@ def fit_model(
 
 def run_finetune(cfg: DictConfig) -> dict[str, float]:
     """`task=finetune`: train one model and write metrics.json to the run folder."""
-    validated_configs(cfg)
+    preflight(cfg)
     apply_extras(cfg)
     result = fit_model(cfg, name=f"K{cfg.mcl.num_hypotheses}", ckpt_path=cfg.get("ckpt_path"))
     out = output_dir(cfg)

@@ -36,6 +36,9 @@ Translation (kind "translation"):
     reference_count  int32 (N,)       1 per row for train, several for a multi-reference test set
     attrs            src_lang, tgt_lang
 
+Other datasets may sit next to these (the synthetic sets add `events` / `shapes`, their ground
+truth as JSON per item); readers ignore them.
+
 Writers (`AudioCaptionWriter`, `ImageCaptionWriter`, `TranslationWriter`, used as context
 managers) write to a temporary name in the target folder and rename it on success: an interrupted
 preparation leaves nothing under the final name. An existing file is replaced only with
@@ -50,7 +53,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
@@ -80,12 +83,13 @@ def split_path(root: str | os.PathLike, name: str, split: str) -> Path:
     return Path(root) / f"{name}_{split}.hdf5"
 
 
-def human_size(num_bytes: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if num_bytes < 1000 or unit == "GB":
+def human_size(num_bytes: float) -> str:
+    """1234567 -> '1.2 MB'."""
+    for unit in ("B", "kB", "MB"):
+        if num_bytes < 1000:
             return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
         num_bytes /= 1000
-    raise AssertionError
+    return f"{num_bytes:.1f} GB"
 
 
 # ================================================================================= writers
@@ -100,10 +104,10 @@ class _Writer:
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self.tmp_path = Path(tmp)
-        self.h5 = h5py.File(self.tmp_path, "w")
+        # a hidden name in the same folder (same file system: the final rename is atomic); "w-" refuses
+        # to clobber anything, and unlike mkstemp the file gets the usual umask permissions
+        self.tmp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        self.h5 = h5py.File(self.tmp_path, "w-")
         self.h5.attrs.update(kind=self.kind, format_version=FORMAT_VERSION, dataset=dataset, split=split)
         self.h5.attrs.update(attrs or {})
         self.ids: list[str] = []
@@ -251,11 +255,9 @@ class ImageCaptionWriter(_Writer):
         if not self.buffer:
             return
         start = self.images.shape[0]
-        block = np.empty(len(self.buffer), dtype=object)
-        for k, b in enumerate(self.buffer):  # element-wise: equal-length arrays must not become 2-D
-            block[k] = b
-        self.images.resize((start + len(block),))
-        self.images[start:] = block
+        self.images.resize((start + len(self.buffer),))
+        for k, b in enumerate(self.buffer):  # one by one: h5py turns equal-length arrays into a 2-D block
+            self.images[start + k] = b
         self.buffer = []
 
     def _finish(self) -> None:
@@ -309,6 +311,9 @@ def open_h5(path, prepare_hint: Optional[str] = None) -> h5py.File:
 
 
 class _Reader(Dataset):
+    """Validates the whole file on construction; then `ids` (item ids), `texts` (captions or references
+    per item) and `attrs` are in memory, audio / images are read lazily per item."""
+
     kind: str
     required: tuple[str, ...]
     id_name: str
