@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from loramcl.data.collate import AUDIO_PROMPT, AudioCaptionCollator
@@ -47,7 +48,7 @@ class AudioCaptionDataModule(L.LightningDataModule):
         self.splits = dict(splits or {"train": "train", "val": "val", "test": "test"})
         self.max_train_items, self.max_val_items = max_train_items, max_val_items
         self.prepare_hint = prepare_hint
-        self.auto_prepare = auto_prepare
+        self.auto_prepare = OmegaConf.to_container(auto_prepare) if isinstance(auto_prepare, DictConfig) else auto_prepare
         self.seed = seed
         self.processor = None
 
