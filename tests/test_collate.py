@@ -55,3 +55,28 @@ def test_generation_rows_are_left_padded_prompts(processor):
     assert (batch["attention_mask"][:, -1] == 1).all() and (batch["attention_mask"][0, 0] == 0)
     text = processor.tokenizer.decode(batch["input_ids"][0][batch["attention_mask"][0] == 1])
     assert text.endswith("<|audio_eos|>Generate the caption in English:")
+
+
+def test_translation_rows_score_only_target_and_eos():
+    from loramcl.data.collate import TranslationCollator
+
+    pairs = [("the cat sleeps", ["die Katze schläft", "die Katze pennt"]), ("two red cars", ["zwei rote Autos"])]
+    tok = train_tokenizer([s for s, _ in pairs] + [r for _, refs in pairs for r in refs] * 3
+                          + ["Translate this from English to German:\nEnglish:\nGerman:"], "llama", vocab_size=300)
+    items = [{"id": i, "source": s, "references": refs} for i, (s, refs) in enumerate(pairs)]
+    batch = TranslationCollator(tok, references="first")(items)
+    for row, (source, refs) in enumerate(pairs):
+        scored = batch["labels"][row][batch["labels"][row] != -100]
+        assert tok.decode(scored) == " " + refs[0] + tok.eos_token
+        text = tok.decode(batch["input_ids"][row][batch["attention_mask"][row] == 1])
+        assert text.startswith(f"Translate this from English to German:\nEnglish: {source}\nGerman: {refs[0]}")
+    assert TranslationCollator(tok, references="all")(items)["input_ids"].shape[0] == 3
+    # generation rows: the prompt alone, left padded, ending with "German:"
+    gen = TranslationCollator(tok, train=False)(items)
+    assert "labels" not in gen and tok.decode(gen["input_ids"][1][gen["attention_mask"][1] == 1]).endswith("\nGerman:")
+    # sources are cut to max_source_tokens
+    long_item = [{"id": 0, "source": "the cat sleeps " * 20, "references": ["x"]}]
+    full = TranslationCollator(tok, references="first")(long_item)["input_ids"].shape[1]
+    cut = TranslationCollator(tok, references="first", max_source_tokens=2)(long_item)["input_ids"].shape[1]
+    source_tokens = len(tok("the cat sleeps " * 20, add_special_tokens=False)["input_ids"])
+    assert full - cut == source_tokens - 2

@@ -95,3 +95,58 @@ class AudioCaptionCollator:
                 raise ValueError("the prompt has no audio end token: check the prompt and the tokenizer")
             lengths.append(int(eos_pos[-1]) + 1 + tail)
         return lengths
+
+
+TRANSLATION_PROMPT = "Translate this from {src_name} to {tgt_name}:\n{src_name}: {source}\n{tgt_name}:"  # ALMA
+LANGUAGE_NAMES = {"en": "English", "de": "German", "fr": "French", "cs": "Czech", "ru": "Russian", "zh": "Chinese",
+                  "is": "Icelandic"}
+
+
+class TranslationCollator:
+    """ALMA batches: `Translate this from English to German:\\nEnglish: {src}\\nGerman:` + target + EOS.
+
+    Items are dicts with "source", "references" and "id". Sources are cut to `max_source_tokens`.
+    """
+
+    def __init__(self, tokenizer: Any, src_lang: str = "en", tgt_lang: str = "de", references: str = "random",
+                 train: bool = True, seed: int = 0, max_source_tokens: int = 256, max_target_tokens: int = 256,
+                 prompt: str = TRANSLATION_PROMPT):
+        self.tokenizer = tokenizer
+        self.names = {"src_name": LANGUAGE_NAMES.get(src_lang, src_lang), "tgt_name": LANGUAGE_NAMES.get(tgt_lang, tgt_lang)}
+        self.references, self.train = references, train
+        self.rng = random.Random(seed)
+        self.max_source_tokens, self.max_target_tokens = max_source_tokens, max_target_tokens
+        self.prompt = prompt
+
+    def _cut(self, text: str, limit: int) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= limit else self.tokenizer.decode(ids[:limit])
+
+    def __call__(self, items: Sequence[dict]) -> dict[str, Any]:
+        prompts, targets, ids = [], [], []
+        for item in items:
+            prompt = self.prompt.format(source=self._cut(item["source"], self.max_source_tokens), **self.names)
+            for ref in pick_references(item["references"], self.references if self.train else "first", self.rng):
+                prompts.append(prompt)
+                targets.append(ref)
+                ids.append(item.get("id"))
+        tok = self.tokenizer
+        if not self.train:
+            tok.padding_side = "left"
+            batch = dict(tok(prompts, padding=True, return_tensors="pt"))
+            return {**batch, "references": [item["references"] for item in items], "ids": ids, "targets": targets}
+        rows, prompt_lengths = [], []
+        for prompt, target in zip(prompts, targets):
+            p = tok(prompt)["input_ids"]  # with the tokenizer's own BOS, as at generation time
+            t = tok(" " + target, add_special_tokens=False)["input_ids"][: self.max_target_tokens] + [tok.eos_token_id]
+            rows.append(p + t)
+            prompt_lengths.append(len(p))
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention_mask[i, : len(row)] = 1
+        labels = mask_prompt(input_ids, attention_mask, prompt_lengths, "right")
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                "references": [item["references"] for item in items], "ids": ids, "targets": targets}

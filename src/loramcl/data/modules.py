@@ -1,0 +1,136 @@
+"""Lightning DataModules over the HDF5 splits of the three tasks.
+
+`H5DataModule.check()` validates every split file in milliseconds (missing, corrupt, wrong sample
+rate, item without caption), so a run fails before any model is loaded; with `auto_prepare` set
+(the CPU demos) missing synthetic splits are generated instead, once, and reused afterwards. The
+processor or tokenizer is loaded from the backbone's folder in `setup`. Subclasses only say which
+reader and which collator they use.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Subset
+
+from loramcl.data.collate import AUDIO_PROMPT, AudioCaptionCollator, TranslationCollator
+from loramcl.data.hdf5 import AudioCaptionH5, TranslationH5, check_split_files
+
+log = logging.getLogger(__name__)
+
+
+class H5DataModule(L.LightningDataModule):
+    """Train / val / test HDF5 splits `<root>/<name>_<split>.hdf5` of one task."""
+
+    kind: str = ""
+    reader = None
+
+    def __init__(
+        self,
+        root: str,
+        name: str,
+        processor: str,
+        batch_size: int = 1,
+        val_batch_size: int = 4,
+        num_workers: int = 0,
+        references: str = "random",
+        val_references: str = "all",
+        splits: Optional[dict[str, str]] = None,
+        max_train_items: Optional[int] = None,
+        max_val_items: Optional[int] = None,
+        prepare_hint: Optional[str] = None,
+        auto_prepare: Optional[dict] = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.root, self.name, self.processor_path = Path(root), name, processor
+        self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
+        self.references, self.val_references = references, val_references
+        self.splits = dict(splits or {"train": "train", "val": "val", "test": "test"})
+        self.max_train_items, self.max_val_items = max_train_items, max_val_items
+        self.prepare_hint = prepare_hint
+        self.auto_prepare = OmegaConf.to_container(auto_prepare) if isinstance(auto_prepare, DictConfig) else auto_prepare
+        self.seed = seed
+        self.processor: Any = None
+        self.sets: dict[str, Any] = {}
+
+    def check(self) -> None:
+        """Fail fast on missing or bad split files (or generate the synthetic ones: `auto_prepare`)."""
+        files = [self.root / f"{self.name}_{s}.hdf5" for s in self.splits.values()]
+        if self.auto_prepare and not all(f.exists() for f in files):
+            from loramcl.data import synthetic
+
+            log.info(f"preparing the synthetic dataset {self.name} under {self.root} (first use)")
+            args = {k: v for k, v in self.auto_prepare.items() if k != "function"}
+            getattr(synthetic, self.auto_prepare["function"])(out_dir=self.root, name=self.name, **args)
+        check_split_files(self.root, self.name, self.splits.values(), self.prepare_hint, kind=self.kind)
+
+    def load_processor(self) -> Any:
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(self.processor_path)
+
+    def collator(self, train: bool, references: str) -> Any:
+        raise NotImplementedError
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.processor is None:
+            self.processor = self.load_processor()
+        if not self.sets:
+            self.sets = {role: self.reader.from_split(self.root, self.name, split, self.prepare_hint)
+                         for role, split in self.splits.items()}
+
+    @staticmethod
+    def _limited(dataset, limit: Optional[int]):
+        return Subset(dataset, range(min(limit, len(dataset)))) if limit else dataset
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self._limited(self.sets["train"], self.max_train_items), batch_size=self.batch_size,
+                          shuffle=True, num_workers=self.num_workers, collate_fn=self.collator(True, self.references))
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._limited(self.sets["val"], self.max_val_items), batch_size=self.val_batch_size,
+                          shuffle=False, num_workers=self.num_workers,
+                          collate_fn=self.collator(True, self.val_references))
+
+
+class AudioCaptionDataModule(H5DataModule):
+    """Clotho / AudioCaps layout -> Qwen2-Audio batches (Whisper features, paper prompt)."""
+
+    kind, reader = "audio_caption", AudioCaptionH5
+
+    def __init__(self, *args: Any, prompt: str = AUDIO_PROMPT, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.prompt = prompt
+
+    def collator(self, train: bool, references: str) -> AudioCaptionCollator:
+        return AudioCaptionCollator(self.processor, self.prompt, references, train=train, seed=self.seed)
+
+
+class TranslationDataModule(H5DataModule):
+    """Parallel text (optionally multi-reference) -> ALMA prompt batches."""
+
+    kind, reader = "translation", TranslationH5
+
+    def __init__(self, *args: Any, src_lang: str = "en", tgt_lang: str = "de", max_source_tokens: int = 256,
+                 max_target_tokens: int = 256, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.src_lang, self.tgt_lang = src_lang, tgt_lang
+        self.max_source_tokens, self.max_target_tokens = max_source_tokens, max_target_tokens
+
+    def load_processor(self) -> Any:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.processor_path)
+        if tokenizer.pad_token is None:  # Llama tokenizers have none
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        return tokenizer
+
+    def collator(self, train: bool, references: str) -> TranslationCollator:
+        return TranslationCollator(self.processor, self.src_lang, self.tgt_lang, references, train=train,
+                                   seed=self.seed, max_source_tokens=self.max_source_tokens,
+                                   max_target_tokens=self.max_target_tokens)
