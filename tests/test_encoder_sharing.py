@@ -3,6 +3,7 @@ to the language model by default, and the K-way forward equals K single-hypothes
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
@@ -125,3 +126,34 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert model.base_model.is_gradient_checkpointing
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_llava_next_vision_tower_runs_once_and_kway_equals_singles():
+    from PIL import Image
+
+    from loramcl.data.collate import IMAGE_PROMPT, ImageCaptionCollator
+    from loramcl.tiny_base import tiny_llava_next
+    from loramcl.tokenizer_builder import train_tokenizer
+
+    captions = ["a red circle next to a blue square", "un cercle rouge à côté d'un carré bleu"]
+    tok = train_tokenizer(captions * 5 + [IMAGE_PROMPT], "llava", vocab_size=300)
+    base, processor = tiny_llava_next(tok)
+    rng = np.random.default_rng(0)
+    items = [{"id": i, "image": Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)), "captions": [c]}
+             for i, c in enumerate(captions)]
+    batch = ImageCaptionCollator(processor, references="first")(items)
+    tensors = {k: v for k, v in batch.items() if torch.is_tensor(v)}
+    model = MCLModel(base, MCLConfig(num_hypotheses=3), LoRAConfig(r=4, alpha=8, target_modules="all-linear"))
+    randomise_adapters(model)
+    assert model.target_names and all(n.startswith("model.language_model.") for n in model.target_names)
+    rows = record_batches(base.model.vision_tower)
+    model.eval()
+    out = model(**tensors)
+    crops = tensors["pixel_values"].shape[0] * tensors["pixel_values"].shape[1]
+    assert rows == [crops]  # the anyres crops of the 2 images, once, whatever K
+    for k in range(3):
+        single = model(**tensors, hypothesis_idx=k)
+        torch.testing.assert_close(out.logits[k], single.logits, atol=1e-5, rtol=1e-5)
+    # only the caption and its EOS are scored
+    scored = batch["labels"][0][batch["labels"][0] != -100]
+    assert tok.decode(scored) == " " + captions[0] + tok.eos_token

@@ -58,6 +58,43 @@ def tiny_qwen2_audio(tokenizer: Any, seed: int = 0, sizes: Optional[dict] = None
     return model, processor
 
 
+TINY_LLAVA = {  # LLaVA-NeXT shape (CLIP tower + projector + Llama), scaled down: 32 px crops, 8 px patches
+    "image_size": 32, "patch_size": 8, "grid": [[32, 32], [32, 64], [64, 32], [64, 64]],
+    "vision": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2},
+    "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2},
+}
+
+
+def tiny_llava_next(tokenizer: Any, seed: int = 0, sizes: Optional[dict] = None):
+    """(model, processor) of a randomly initialised tiny LLaVA-NeXT for `tokenizer` (PIL image processor)."""
+    from transformers import (LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil,
+                              LlavaNextProcessor)
+
+    s = {**TINY_LLAVA, **(sizes or {})}
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": s["image_size"]}, crop_size={"height": s["image_size"], "width": s["image_size"]},
+        image_grid_pinpoints=s["grid"])
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=s["patch_size"],
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   image_token="<image>")
+    config = LlavaNextConfig(
+        text_config={"model_type": "llama", "vocab_size": len(tokenizer), **s["text"],
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"model_type": "clip_vision_model", **s["vision"], "image_size": s["image_size"],
+                       "patch_size": s["patch_size"], "projection_dim": s["vision"]["hidden_size"]},
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), image_grid_pinpoints=s["grid"],
+        vision_feature_layer=-1, vision_feature_select_strategy="default",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaNextForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, processor
+
+
 def _fit(model: torch.nn.Module, loader: DataLoader, steps: int, lr: float, desc: str) -> list[float]:
     """Full fine-tune (every weight) with AdamW, linear warmup then cosine; returns the loss curve."""
     from rich.progress import Progress

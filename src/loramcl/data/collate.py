@@ -42,59 +42,103 @@ def mask_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_le
     return labels
 
 
-class AudioCaptionCollator:
-    """Qwen2-Audio batches: Whisper features + `<|AUDIO|>`-expanded prompt + caption + EOS.
+class CaptionCollator:
+    """Prompt with a media placeholder (expanded by the processor) + caption + EOS.
 
-    Items are dicts with "audio" (float32 mono at the feature extractor's rate), "captions" and "id".
+    Items are dicts with the media under `media_key`, "captions" and "id". The prompt ends at the
+    last `boundary_token` (the placeholder's closing token) plus the prompt's text after it, which
+    is tokenised alone to find where each row's target starts.
     """
 
-    def __init__(self, processor: Any, prompt: str = AUDIO_PROMPT, references: str = "random",
-                 train: bool = True, seed: int = 0, max_target_tokens: Optional[int] = None):
+    media_key = ""
+    model_keys: tuple[str, ...] = ("input_ids", "attention_mask")
+
+    def __init__(self, processor: Any, prompt: str, references: str = "random", train: bool = True, seed: int = 0):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.prompt = prompt
         self.references = references
         self.train = train
         self.rng = random.Random(seed)
-        self.max_target_tokens = max_target_tokens
-        self.sampling_rate = processor.feature_extractor.sampling_rate
-        # the text after the audio placeholders, tokenised alone, to find where each prompt ends
-        self.prompt_tail = prompt.split(processor.audio_eos_token)[-1]
-        self.audio_eos_id = self.tokenizer.convert_tokens_to_ids(processor.audio_eos_token)
+        boundary = self.boundary_token()
+        if boundary not in prompt:
+            raise ValueError(f"the prompt {prompt!r} has no {boundary} placeholder")
+        self.boundary_id = self.tokenizer.convert_tokens_to_ids(boundary)
+        tail = prompt.split(boundary)[-1]
+        self.tail_length = len(self.tokenizer(tail, add_special_tokens=False)["input_ids"]) if tail else 0
 
-    def _texts(self, items: Sequence[dict]) -> tuple[list[np.ndarray], list[str], list[str], list[Any]]:
-        audios, texts, targets, ids = [], [], [], []
+    def boundary_token(self) -> str:
+        raise NotImplementedError
+
+    def process(self, texts: list[str], media: list[Any]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def __call__(self, items: Sequence[dict]) -> dict[str, Any]:
+        media, texts, targets, ids = [], [], [], []
         for item in items:
-            refs = pick_references(item["captions"], self.references if self.train else "first", self.rng)
-            for ref in refs:
-                audios.append(np.asarray(item["audio"], dtype=np.float32))
+            for ref in pick_references(item["captions"], self.references if self.train else "first", self.rng):
+                media.append(item[self.media_key])
                 targets.append(ref)
                 ids.append(item.get("id"))
                 texts.append(self.prompt + " " + ref + self.tokenizer.eos_token if self.train else self.prompt)
-        return audios, texts, targets, ids
-
-    def __call__(self, items: Sequence[dict]) -> dict[str, Any]:
-        audios, texts, targets, ids = self._texts(items)
         padding_side = "right" if self.train else "left"
         self.tokenizer.padding_side = padding_side
-        batch = self.processor(text=texts, audio=audios, sampling_rate=self.sampling_rate, padding=True,
-                               return_tensors="pt")
-        batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "input_features",
-                                                         "feature_attention_mask")}
+        batch = {k: v for k, v in self.process(texts, media).items() if k in self.model_keys}
         if self.train:
             batch["labels"] = mask_prompt(batch["input_ids"], batch["attention_mask"], self._prompt_lengths(batch),
                                           padding_side)
-        return {**batch, "references": [item["captions"] for item in items], "ids": ids, "targets": targets}
+        extra = {"references": [item["captions"] for item in items], "ids": ids, "targets": targets}
+        if any("languages" in item for item in items):
+            extra["languages"] = [item.get("languages") for item in items]
+        return {**batch, **extra}
 
     def _prompt_lengths(self, batch: dict[str, torch.Tensor]) -> list[int]:
-        tail = len(self.tokenizer(self.prompt_tail, add_special_tokens=False)["input_ids"])
         lengths = []
         for row in batch["input_ids"]:
-            eos_pos = (row == self.audio_eos_id).nonzero()
-            if len(eos_pos) == 0:
-                raise ValueError("the prompt has no audio end token: check the prompt and the tokenizer")
-            lengths.append(int(eos_pos[-1]) + 1 + tail)
+            ends = (row == self.boundary_id).nonzero()
+            if len(ends) == 0:
+                raise ValueError("a row lost its media placeholder: check the prompt and the tokenizer")
+            lengths.append(int(ends[-1]) + 1 + self.tail_length)
         return lengths
+
+
+class AudioCaptionCollator(CaptionCollator):
+    """Qwen2-Audio batches: Whisper features + `<|AUDIO|>`-expanded prompt (+ caption + EOS)."""
+
+    media_key = "audio"
+    model_keys = ("input_ids", "attention_mask", "input_features", "feature_attention_mask")
+
+    def __init__(self, processor: Any, prompt: str = AUDIO_PROMPT, references: str = "random", train: bool = True,
+                 seed: int = 0):
+        super().__init__(processor, prompt, references, train, seed)
+
+    def boundary_token(self) -> str:
+        return self.processor.audio_eos_token
+
+    def process(self, texts: list[str], media: list[Any]) -> dict[str, torch.Tensor]:
+        audios = [np.asarray(a, dtype=np.float32) for a in media]
+        return self.processor(text=texts, audio=audios, sampling_rate=self.processor.feature_extractor.sampling_rate,
+                              padding=True, return_tensors="pt")
+
+
+IMAGE_PROMPT = "<image>\nPlease carefully observe the image and come up with a caption for the image."  # paper
+
+
+class ImageCaptionCollator(CaptionCollator):
+    """LLaVA-NeXT batches: pixel values of the anyres crops + `<image>`-expanded prompt (+ caption + EOS)."""
+
+    media_key = "image"
+    model_keys = ("input_ids", "attention_mask", "pixel_values", "image_sizes")
+
+    def __init__(self, processor: Any, prompt: str = IMAGE_PROMPT, references: str = "random", train: bool = True,
+                 seed: int = 0):
+        super().__init__(processor, prompt, references, train, seed)
+
+    def boundary_token(self) -> str:
+        return self.processor.image_token
+
+    def process(self, texts: list[str], media: list[Any]) -> dict[str, torch.Tensor]:
+        return self.processor(text=texts, images=media, padding=True, return_tensors="pt")
 
 
 TRANSLATION_PROMPT = "Translate this from {src_name} to {tgt_name}:\n{src_name}: {source}\n{tgt_name}:"  # ALMA
