@@ -9,15 +9,23 @@ the optimizer state only, never the frozen backbone.
 
 from __future__ import annotations
 
+import random
 from typing import Any, Callable, Optional
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
 from loramcl.config import LoRAConfig, MCLConfig
 from loramcl.losses import win_counts
 from loramcl.model import MCLModel
+
+
+def _numpy_state() -> tuple:
+    """numpy's global RNG state with its key array as a tensor (checkpoints load with weights_only)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return (str(name), torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(gauss))
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -113,6 +121,11 @@ class MCLLitModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["loramcl"] = {"num_hypotheses": self.num_hypotheses, "r": self.model.lora_config.r,
                                  "targets": self.model.target_names}
+        # RNG states (dropout masks), so a resumed run continues exactly where this one was
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                    "numpy": _numpy_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("loramcl")
@@ -123,3 +136,12 @@ class MCLLitModule(L.LightningModule):
                 f"checkpoint has K={meta['num_hypotheses']}, r={meta['r']}; this run has "
                 f"K={self.num_hypotheses}, r={self.model.lora_config.r}"
             )
+        states = checkpoint.get("rng_states")
+        fitting = self._trainer is not None and getattr(self.trainer.state.fn, "value", None) == "fit"
+        if states and fitting:  # resuming a fit (not evaluating)
+            torch.set_rng_state(states["torch"])
+            random.setstate(states["python"])
+            name, keys, pos, has_gauss, gauss = states["numpy"]
+            np.random.set_state((name, keys.numpy(), pos, has_gauss, gauss))
+            if "cuda" in states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])

@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from loramcl.config import LoRAConfig, MCLConfig
+from loramcl.config import ConfigError, LoRAConfig, MCLConfig
 from loramcl.lit_module import MCLLitModule
 from loramcl.utils.mlflow_store import MLflowRun, flatten
 
@@ -54,7 +54,24 @@ def preflight(cfg: DictConfig) -> Any:
             problems.append(str(err))
     if problems:
         raise MissingResource(" | ".join(problems))
+    if cfg.get("ckpt_path"):
+        check_checkpoint(cfg.ckpt_path, *validated_configs(cfg))
     return datamodule
+
+
+def check_checkpoint(path: str, mcl: MCLConfig, lora: LoRAConfig) -> None:
+    """A resume checkpoint must exist, come from loramcl and match this run's K and rank."""
+    if not Path(path).is_file():
+        raise MissingResource(f"ckpt_path {path} does not exist")
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=False).get("loramcl")
+    except Exception as err:  # truncated or foreign file
+        raise MissingResource(f"ckpt_path {path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if meta is None:
+        raise MissingResource(f"ckpt_path {path} was not written by loramcl (no adapter metadata)")
+    if (meta["num_hypotheses"], meta["r"]) != (mcl.num_hypotheses, lora.r):
+        raise ConfigError(f"ckpt_path {path} holds K={meta['num_hypotheses']} hypotheses of rank r={meta['r']}; "
+                          f"this run has mcl.num_hypotheses={mcl.num_hypotheses}, lora.r={lora.r}")
 
 
 class MissingResource(FileNotFoundError):

@@ -76,7 +76,8 @@ class CaptionCollator:
     def __call__(self, items: Sequence[dict]) -> dict[str, Any]:
         media, texts, targets, ids = [], [], [], []
         for item in items:
-            for ref in pick_references(item["captions"], self.references if self.train else "first", self.rng):
+            rng = random.Random(item["draw"]) if "draw" in item else self.rng
+            for ref in pick_references(item["captions"], self.references if self.train else "first", rng):
                 media.append(item[self.media_key])
                 targets.append(ref)
                 ids.append(item.get("id"))
@@ -170,7 +171,8 @@ class TranslationCollator:
         prompts, targets, ids = [], [], []
         for item in items:
             prompt = self.prompt.format(source=self._cut(item["source"], self.max_source_tokens), **self.names)
-            for ref in pick_references(item["references"], self.references if self.train else "first", self.rng):
+            rng = random.Random(item["draw"]) if "draw" in item else self.rng
+            for ref in pick_references(item["references"], self.references if self.train else "first", rng):
                 prompts.append(prompt)
                 targets.append(ref)
                 ids.append(item.get("id"))

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from loramcl.data.sampling import ResumableSampler, consumed_in_epoch
 from loramcl.toy.markov import MarkovMixture, sample
 
 
@@ -27,8 +28,8 @@ class TokenDataset(Dataset):
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        x = self.tokens[i]
+    def __getitem__(self, key) -> dict[str, torch.Tensor]:
+        x = self.tokens[key[0] if isinstance(key, tuple) else key]  # ResumableSampler keys: (index, epoch)
         return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x}
 
 
@@ -65,7 +66,11 @@ class MarkovDataModule(L.LightningDataModule):
             self.val_set = TokenDataset(*sample(self.mixture, self.num_val_sequences, self.seq_len, g_val))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, drop_last=True)
+        # the stream is already i.i.d.: no shuffling; the sampler makes mid-run resumption exact
+        consumed = consumed_in_epoch(self, self.batch_size, len(self.train_set) // self.batch_size)
+        sampler = ResumableSampler(len(self.train_set), shuffle=False, consumed=consumed)
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False)

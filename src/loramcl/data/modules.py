@@ -10,15 +10,18 @@ reader and which collator they use.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
+import torch
 from torch.utils.data import DataLoader, Subset
 
 from loramcl.data.collate import AUDIO_PROMPT, AudioCaptionCollator, TranslationCollator
 from loramcl.data.hdf5 import AudioCaptionH5, TranslationH5, check_split_files
+from loramcl.data.sampling import DrawSeeded, ResumableSampler, consumed_in_epoch
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +92,13 @@ class H5DataModule(L.LightningDataModule):
         return Subset(dataset, range(min(limit, len(dataset)))) if limit else dataset
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self._limited(self.sets["train"], self.max_train_items), batch_size=self.batch_size,
-                          shuffle=True, num_workers=self.num_workers, collate_fn=self.collator(True, self.references))
+        # a fixed order per (seed, epoch), exact mid-epoch resumption, and per-item seeds for the
+        # random reference choice; the loader's own generator keeps the global RNG untouched
+        train = DrawSeeded(self._limited(self.sets["train"], self.max_train_items), self.seed)
+        consumed = consumed_in_epoch(self, self.batch_size, math.ceil(len(train) / self.batch_size))
+        return DataLoader(train, batch_size=self.batch_size, sampler=ResumableSampler(len(train), True, self.seed, consumed),
+                          num_workers=self.num_workers, collate_fn=self.collator(True, self.references),
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self._limited(self.sets["val"], self.max_val_items), batch_size=self.val_batch_size,
