@@ -20,8 +20,8 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from loramcl.data.collate import AUDIO_PROMPT, AudioCaptionCollator
-from loramcl.data.hdf5 import AudioCaptionH5
+from loramcl.data.collate import AUDIO_PROMPT, IMAGE_PROMPT, AudioCaptionCollator, ImageCaptionCollator
+from loramcl.data.hdf5 import AudioCaptionH5, ImageCaptionH5
 from loramcl.tokenizer_builder import train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -127,27 +127,43 @@ def _fit(model: torch.nn.Module, loader: DataLoader, steps: int, lr: float, desc
     return losses
 
 
-def pretrain_qwen2_audio(data_root: str, name: str, out_dir: str, steps: int = 600, batch_size: int = 16,
-                         lr: float = 2e-3, vocab_size: int = 512, seed: int = 0, overwrite: bool = False) -> Path:
-    """Tokenizer + tiny Qwen2-Audio fully fine-tuned on the synthetic audio captions, saved to `out_dir`."""
+def _pretrain(kind: str, data_root: str, name: str, out_dir: str, steps: int, batch_size: int, lr: float,
+              vocab_size: int, seed: int, overwrite: bool) -> Path:
+    """Tokenizer + tiny model of `kind`, fully fine-tuned on a synthetic training split, saved."""
+    specs = {  # reader, tokenizer family, prompt, model builder, collator
+        "qwen2_audio": (AudioCaptionH5, "qwen2", AUDIO_PROMPT, tiny_qwen2_audio, AudioCaptionCollator),
+        "llava_next": (ImageCaptionH5, "llava", IMAGE_PROMPT, tiny_llava_next, ImageCaptionCollator),
+    }
+    reader, family, prompt, build, collator = specs[kind]
     out = Path(out_dir)
     if (out / "config.json").exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a model; pass overwrite=True (--overwrite) to replace it")
     torch.manual_seed(seed)
-    train = AudioCaptionH5.from_split(data_root, name, "train")
-    texts = [c for caps in train.texts for c in caps] + [AUDIO_PROMPT]
-    tokenizer = train_tokenizer(texts, "qwen2", vocab_size=vocab_size)
-    model, processor = tiny_qwen2_audio(tokenizer, seed)
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=AudioCaptionCollator(processor, seed=seed),
+    train = reader.from_split(data_root, name, "train")
+    tokenizer = train_tokenizer([c for caps in train.texts for c in caps] + [prompt], family, vocab_size=vocab_size)
+    model, processor = build(tokenizer, seed)
+    loader = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collator(processor, seed=seed),
                         generator=torch.Generator().manual_seed(seed))
     start = time.time()
-    losses = _fit(model, loader, steps, lr, "pre-training tiny Qwen2-Audio")
+    losses = _fit(model, loader, steps, lr, f"pre-training tiny {kind}")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    info = {"backbone": "qwen2_audio", "data": f"{data_root}/{name}", "steps": steps, "batch_size": batch_size, "lr": lr,
+    info = {"backbone": kind, "data": f"{data_root}/{name}", "steps": steps, "batch_size": batch_size, "lr": lr,
             "seed": seed, "final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": round(time.time() - start, 1),
             "parameters": sum(p.numel() for p in model.parameters())}
     (out / "tiny_base.json").write_text(json.dumps(info, indent=2))
-    log.info(f"tiny Qwen2-Audio base saved to {out}: {info}")
+    log.info(f"tiny {kind} base saved to {out}: {info}")
     return out
+
+
+def pretrain_qwen2_audio(data_root: str, name: str, out_dir: str, steps: int = 600, batch_size: int = 16,
+                         lr: float = 2e-3, vocab_size: int = 512, seed: int = 0, overwrite: bool = False) -> Path:
+    """Tiny Qwen2-Audio fully fine-tuned on the synthetic audio captions, saved to `out_dir`."""
+    return _pretrain("qwen2_audio", data_root, name, out_dir, steps, batch_size, lr, vocab_size, seed, overwrite)
+
+
+def pretrain_llava_next(data_root: str, name: str, out_dir: str, steps: int = 600, batch_size: int = 16,
+                        lr: float = 2e-3, vocab_size: int = 512, seed: int = 0, overwrite: bool = False) -> Path:
+    """Tiny LLaVA-NeXT fully fine-tuned on the synthetic shape captions (English, or both languages)."""
+    return _pretrain("llava_next", data_root, name, out_dir, steps, batch_size, lr, vocab_size, seed, overwrite)

@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from loramcl.data.collate import AUDIO_PROMPT, AudioCaptionCollator, TranslationCollator
-from loramcl.data.hdf5 import AudioCaptionH5, TranslationH5, check_split_files
+from loramcl.data.collate import (AUDIO_PROMPT, IMAGE_PROMPT, AudioCaptionCollator, ImageCaptionCollator,
+                                  TranslationCollator)
+from loramcl.data.hdf5 import AudioCaptionH5, ImageCaptionH5, TranslationH5, check_split_files
 from loramcl.data.sampling import DrawSeeded, ResumableSampler, consumed_in_epoch
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,24 @@ class AudioCaptionDataModule(H5DataModule):
 
     def collator(self, train: bool, references: str) -> AudioCaptionCollator:
         return AudioCaptionCollator(self.processor, self.prompt, references, train=train, seed=self.seed)
+
+
+class ImageCaptionDataModule(H5DataModule):
+    """TextCaps / COCO layout (and the bilingual set) -> LLaVA-NeXT batches (PIL image processor)."""
+
+    kind, reader = "image_caption", ImageCaptionH5
+
+    def __init__(self, *args: Any, prompt: str = IMAGE_PROMPT, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.prompt = prompt
+
+    def collator(self, train: bool, references: str) -> ImageCaptionCollator:
+        return ImageCaptionCollator(self.processor, self.prompt, references, train=train, seed=self.seed)
+
+    def test_dataloader(self) -> DataLoader:
+        """Generation batches (prompts only, left padded) over the test split."""
+        return DataLoader(self.sets["test"], batch_size=self.val_batch_size, shuffle=False,
+                          num_workers=self.num_workers, collate_fn=self.collator(False, "first"))
 
 
 class TranslationDataModule(H5DataModule):
