@@ -103,7 +103,8 @@ class MCLModel(nn.Module):
     # dividing by gradient_accumulation_steps (gradients and logged loss G times too large).
     accepts_loss_kwargs = False
 
-    def __init__(self, model: nn.Module, mcl: Optional[MCLConfig] = None, lora: Optional[LoRAConfig] = None):
+    def __init__(self, model: nn.Module, mcl: Optional[MCLConfig] = None, lora: Optional[LoRAConfig] = None,
+                 share_encoder: bool = True):
         super().__init__()
         self.mcl_config = mcl or MCLConfig()
         self.lora_config = lora or LoRAConfig()
@@ -115,7 +116,8 @@ class MCLModel(nn.Module):
         # With every adapter inside the language model, the K replicas are made at its entrance:
         # a frozen encoder then runs once per batch and its output is shared by the K replicas.
         inside = decoder_path is not None and all(n.startswith(decoder_path + ".") for n in self.target_names)
-        self._replica_point: Optional[nn.Module] = decoder if inside and has_encoder else None
+        # (share_encoder=False replicates the whole input instead: for benchmarks and checks)
+        self._replica_point: Optional[nn.Module] = decoder if inside and has_encoder and share_encoder else None
         self.step = 0
         self.epoch = 0
 
