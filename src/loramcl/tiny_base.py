@@ -20,8 +20,9 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from loramcl.data.collate import AUDIO_PROMPT, IMAGE_PROMPT, AudioCaptionCollator, ImageCaptionCollator
-from loramcl.data.hdf5 import AudioCaptionH5, ImageCaptionH5
+from loramcl.data.collate import (AUDIO_PROMPT, IMAGE_PROMPT, TRANSLATION_PROMPT, AudioCaptionCollator,
+                                  ImageCaptionCollator, TranslationCollator)
+from loramcl.data.hdf5 import AudioCaptionH5, ImageCaptionH5, TranslationH5
 from loramcl.tokenizer_builder import train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,24 @@ def tiny_llava_next(tokenizer: Any, seed: int = 0, sizes: Optional[dict] = None)
     return model, processor
 
 
+TINY_LLAMA = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "max_position_embeddings": 512}
+
+
+def tiny_llama(tokenizer: Any, seed: int = 0, sizes: Optional[dict] = None):
+    """(model, tokenizer) of a randomly initialised tiny Llama (ALMA's architecture) for `tokenizer`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), **{**TINY_LLAMA, **(sizes or {})}, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
 def _fit(model: torch.nn.Module, loader: DataLoader, steps: int, lr: float, desc: str) -> list[float]:
     """Full fine-tune (every weight) with AdamW, linear warmup then cosine; returns the loss curve."""
     from rich.progress import Progress
@@ -133,6 +152,7 @@ def _pretrain(kind: str, data_root: str, name: str, out_dir: str, steps: int, ba
     specs = {  # reader, tokenizer family, prompt, model builder, collator
         "qwen2_audio": (AudioCaptionH5, "qwen2", AUDIO_PROMPT, tiny_qwen2_audio, AudioCaptionCollator),
         "llava_next": (ImageCaptionH5, "llava", IMAGE_PROMPT, tiny_llava_next, ImageCaptionCollator),
+        "alma": (TranslationH5, "llama", TRANSLATION_PROMPT, tiny_llama, TranslationCollator),
     }
     reader, family, prompt, build, collator = specs[kind]
     out = Path(out_dir)
@@ -140,7 +160,8 @@ def _pretrain(kind: str, data_root: str, name: str, out_dir: str, steps: int, ba
         raise FileExistsError(f"{out} already holds a model; pass overwrite=True (--overwrite) to replace it")
     torch.manual_seed(seed)
     train = reader.from_split(data_root, name, "train")
-    tokenizer = train_tokenizer([c for caps in train.texts for c in caps] + [prompt], family, vocab_size=vocab_size)
+    texts = [c for caps in train.texts for c in caps] + list(getattr(train, "sources", [])) + [prompt]
+    tokenizer = train_tokenizer(texts, family, vocab_size=vocab_size)
     model, processor = build(tokenizer, seed)
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collator(processor, seed=seed),
                         generator=torch.Generator().manual_seed(seed))
@@ -167,3 +188,9 @@ def pretrain_llava_next(data_root: str, name: str, out_dir: str, steps: int = 60
                         lr: float = 2e-3, vocab_size: int = 512, seed: int = 0, overwrite: bool = False) -> Path:
     """Tiny LLaVA-NeXT fully fine-tuned on the synthetic shape captions (English, or both languages)."""
     return _pretrain("llava_next", data_root, name, out_dir, steps, batch_size, lr, vocab_size, seed, overwrite)
+
+
+def pretrain_alma(data_root: str, name: str, out_dir: str, steps: int = 600, batch_size: int = 32,
+                  lr: float = 2e-3, vocab_size: int = 768, seed: int = 0, overwrite: bool = False) -> Path:
+    """Tiny Llama fully fine-tuned on the synthetic English-German pairs with ALMA's prompt."""
+    return _pretrain("alma", data_root, name, out_dir, steps, batch_size, lr, vocab_size, seed, overwrite)
