@@ -1,0 +1,118 @@
+"""Paper audio experiments fail fast without data or weights; the CPU audio demo runs end to end
+(synthetic data and tiny base built on first use, reused afterwards) and logs to MLflow."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from loramcl.training import MissingResource, preflight
+from test_framework import compose_train, run_train
+
+DEMO = ["experiment=demo_audio_mcl", "model.auto_pretrain.steps=10", "trainer.max_epochs=1", "data.max_train_items=16",
+        "data.max_val_items=4", "data.auto_prepare.sizes=[24,4,4]", "extras.print_config=false", "callbacks=none"]
+
+
+PAPER = [("clotho_mcl5", "clotho", "Qwen/Qwen2-Audio-7B-Instruct"),
+         ("clotho_mle", "clotho", "Qwen/Qwen2-Audio-7B-Instruct"),
+         ("audiocaps_mcl5", "audiocaps", "Qwen/Qwen2-Audio-7B-Instruct"),
+         ("audiocaps_mle", "audiocaps", "Qwen/Qwen2-Audio-7B-Instruct"),
+         ("textcaps_mcl3", "textcaps", "llava-hf/llava-v1.6-vicuna-7b-hf"),
+         ("textcaps_mle", "textcaps", "llava-hf/llava-v1.6-vicuna-7b-hf"),
+         ("textcaps_bilingual_mcl2", "textcaps_bilingual", "llava-hf/llava-v1.6-vicuna-7b-hf"),
+         ("textcaps_bilingual_mle", "textcaps_bilingual", "llava-hf/llava-v1.6-vicuna-7b-hf"),
+         ("alma_ende_mcl3", "wmt_ende", "haoranxu/ALMA-7B-Pretrain"),
+         ("alma_ende_mle", "wmt_ende", "haoranxu/ALMA-7B-Pretrain")]
+
+
+@pytest.mark.parametrize("experiment,dataset,model", PAPER)
+def test_every_paper_experiment_names_missing_data_and_weights(tmp_path, monkeypatch, experiment, dataset, model):
+    """The preflight of each paper experiment (composed from the real configs) names both."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without the Hub
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    cfg = compose_train(f"experiment={experiment}", f"paths.data_dir={tmp_path}/data", f"paths.log_dir={tmp_path}/logs")
+    with pytest.raises(MissingResource) as err:
+        preflight(cfg)
+    message = str(err.value)
+    assert f"dataset '{dataset}'" in message and "python scripts/prepare_data.py" in message
+    assert f"model {model} is not in the local Hugging Face cache" in message
+
+
+def test_paper_experiments_fail_fast_naming_what_is_missing(tmp_path):
+    for experiment, dataset, model in (("clotho_mcl5", "clotho", "Qwen/Qwen2-Audio-7B-Instruct"),
+                                       ("alma_ende_mle", "wmt_ende", "haoranxu/ALMA-7B-Pretrain")):
+        start = time.time()
+        proc = run_train(f"experiment={experiment}", f"paths.data_dir={tmp_path}/data", log_dir=tmp_path / "logs")
+        assert proc.returncode != 0
+        assert time.time() - start < 60  # generous on a loaded machine; typically ~10 s
+        err = proc.stderr.strip().splitlines()[-1]
+        assert err.startswith("error: ") and f"dataset '{dataset}'" in err and "python scripts/prepare_data.py" in err
+        assert f"model {model} is not in the local Hugging Face cache" in err and "huggingface-cli download" in err
+        assert "Loading weights" not in proc.stderr + proc.stdout
+
+
+def test_corrupt_split_is_named(tmp_path):
+    data = tmp_path / "data" / "synthetic" / "audio"
+    data.mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        (data / f"synth_audio_{split}.hdf5").write_bytes(b"not an hdf5 file" * 100)
+    proc = run_train(*DEMO, f"paths.data_dir={tmp_path}/data", log_dir=tmp_path / "logs")
+    assert proc.returncode != 0
+    err = proc.stderr.strip().splitlines()[-1]
+    assert "synth_audio_train.hdf5" in err and "corrupt or truncated" in err
+    assert (data / "synth_audio_train.hdf5").read_bytes() == b"not an hdf5 file" * 100  # left as it was
+
+
+def test_audio_demo_end_to_end_and_cached(tmp_path):
+    args = [*DEMO, f"paths.data_dir={tmp_path}/data"]
+    proc = run_train(*args, log_dir=tmp_path / "logs")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    base = tmp_path / "data" / "tiny_bases" / "qwen2_audio"
+    assert (base / "config.json").exists() and (base / "processor_config.json").exists()
+    stamp = (base / "model.safetensors").stat().st_mtime
+    with sqlite3.connect(tmp_path / "logs" / "mlflow.db") as db:
+        metrics = dict(db.execute("select key, value from latest_metrics").fetchall())
+        params = dict(db.execute("select key, value from params").fetchall())
+    assert params["mcl.num_hypotheses"] == "3" and params["mcl.mode"] == "relaxed-wta"
+    assert {"val/wta_loss", "val/hyp0_loss", "val/win_rate_hyp2", "train/loss_epoch"} <= set(metrics)
+    # second run: data and tiny base are reused, not rebuilt
+    proc = run_train(*args, log_dir=tmp_path / "logs")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (base / "model.safetensors").stat().st_mtime == stamp
+    assert "preparing the synthetic dataset" not in proc.stdout + proc.stderr
+
+
+def test_bilingual_demo_pipeline(tmp_path):
+    """Short bilingual run: MLE and MCL trained, every hypothesis decodes the test images, languages
+    measured; summary.json, predictions and MLflow hold them."""
+    import json
+
+    proc = run_train("experiment=demo_bilingual_mcl", "model.auto_pretrain.steps=10", "trainer.max_epochs=1",
+                     "data.auto_prepare.sizes=[32,8,8]", "task.generation.max_new_tokens=6", "callbacks=none",
+                     "extras.print_config=false", f"paths.data_dir={tmp_path}/data", log_dir=tmp_path / "logs")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = next((tmp_path / "logs").glob("demo_bilingual_mcl/runs/*"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert [len(summary["models"][m]["language_shares"]) for m in ("mle", "mcl")] == [1, 2]
+    for shares in summary["models"]["mcl"]["language_shares"]:
+        assert abs(sum(shares.values()) - 1) < 1e-9
+    refs = summary["reference_language_shares"]
+    assert 0.3 < refs["fr"] < 0.7 and refs["unknown"] == 0  # half of the captions are French
+    rows = [json.loads(line) for line in (run / "predictions_mcl.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(len(r["candidates"]) == 2 for r in rows)
+    with sqlite3.connect(tmp_path / "logs" / "mlflow.db") as db:
+        keys = {k for (k,) in db.execute("select key from latest_metrics")}
+    assert {"mcl/hyp0_share_fr", "mcl/hyp1_share_en", "mle/hyp0_share_fr", "mcl/specialised"} <= keys
+
+
+def test_translation_demo_pipeline(tmp_path):
+    proc = run_train("experiment=demo_translation_mcl", "model.auto_pretrain.steps=10", "trainer.max_epochs=1",
+                     "data.auto_prepare.sizes=[64,8,8]", "callbacks=none", "extras.print_config=false",
+                     f"paths.data_dir={tmp_path}/data", log_dir=tmp_path / "logs")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "data" / "tiny_bases" / "alma" / "tokenizer.json").exists()
+    with sqlite3.connect(tmp_path / "logs" / "mlflow.db") as db:
+        params = dict(db.execute("select key, value from params").fetchall())
+    assert params["mcl.num_hypotheses"] == "3" and params["lora.target_modules"] == "all-linear"
