@@ -1,6 +1,8 @@
 """Pre-train a tiny base on the synthetic data and save it with save_pretrained.
 
-    python scripts/pretrain_tiny_base.py qwen2_audio [--data data/synthetic/audio] [--out data/tiny_bases/qwen2_audio]
+    python scripts/pretrain_tiny_base.py qwen2_audio   # data/synthetic/audio -> data/tiny_bases/qwen2_audio
+    python scripts/pretrain_tiny_base.py llava_next    # data/synthetic/shapes (bilingual) -> data/tiny_bases/llava_next_bilingual
+    python scripts/pretrain_tiny_base.py alma          # data/synthetic/translation -> data/tiny_bases/alma
 
 The demo experiments do this on first use; run it by hand to change steps or sizes.
 """
@@ -12,26 +14,33 @@ from pathlib import Path
 
 import torch
 
-from loramcl.tiny_base import pretrain_qwen2_audio
+from loramcl import tiny_base
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = {  # backbone: (synthetic data folder, dataset name, output folder), as the demos use them
+    "qwen2_audio": ("data/synthetic/audio", "synth_audio", "data/tiny_bases/qwen2_audio"),
+    "llava_next": ("data/synthetic/shapes", "shapes_bilingual", "data/tiny_bases/llava_next_bilingual"),
+    "alma": ("data/synthetic/translation", "synth_en_de", "data/tiny_bases/alma"),
+}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("backbone", choices=["qwen2_audio"])
-    parser.add_argument("--data", type=Path, default=ROOT / "data/synthetic/audio", help="synthetic data folder")
-    parser.add_argument("--name", default="synth_audio")
-    parser.add_argument("--out", type=Path, default=ROOT / "data/tiny_bases/qwen2_audio")
+    parser.add_argument("backbone", choices=list(DEFAULTS))
+    parser.add_argument("--data", type=Path, help="synthetic data folder (default: the demo's)")
+    parser.add_argument("--name", help="dataset name (file prefix)")
+    parser.add_argument("--out", type=Path, help="output folder (default: the demo's)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_flush_denormal(True)
+    data, name, out = DEFAULTS[args.backbone]
     try:
-        pretrain_qwen2_audio(str(args.data), args.name, str(args.out), steps=args.steps, seed=args.seed,
-                             overwrite=args.overwrite)
+        getattr(tiny_base, f"pretrain_{args.backbone}")(str(args.data or ROOT / data), args.name or name,
+                                                        str(args.out or ROOT / out), steps=args.steps,
+                                                        seed=args.seed, overwrite=args.overwrite)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
