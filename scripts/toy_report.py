@@ -20,8 +20,9 @@ def main() -> int:
         print("no summary.json found under " + ", ".join(map(str, args.paths)), file=sys.stderr)
         return 1
     failed = 0
-    print("| run | mode | seed | MCL loss | band | MLE loss | MLE opt (RF opt) | MCL matrix err | MLE matrix err | pass |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | mode | seed | MCL loss | band | true chains on val set | MLE loss | MLE opt (RF opt) | "
+          "Bayes on val set | MCL matrix err | MLE matrix err | pass |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for f in files:
         s = json.loads(f.read_text())
         checks = check_summary(s)
@@ -30,8 +31,9 @@ def main() -> int:
         th, mle, mcl = s["theory"], s["models"]["mle"], s["models"]["mcl"]
         errs = ", ".join(f"{a['max_abs_error']:.3f}" for a in mcl["assignment"])
         print(f"| {s['experiment']} | {mcl['mode']} | {s['seed']} | {mcl['eval_wta_loss']:.4f} | "
-              f"[{th['mcl_band'][0]:.4f}, {th['mcl_band'][1]:.4f}] | {mle['eval_wta_loss']:.4f} | "
-              f"{th['mle_optimum']:.4f} ({th['mle_receptive_field_optimum']:.4f}) | {errs} | "
+              f"[{th['mcl_band'][0]:.4f}, {th['mcl_band'][1]:.4f}] | {th['validation_set']['mcl_true_chains_wta']:.4f} | "
+              f"{mle['eval_wta_loss']:.4f} | {th['mle_optimum']:.4f} ({th['mle_receptive_field_optimum']:.4f}) | "
+              f"{th['validation_set']['mle_optimum']:.4f} | {errs} | "
               f"{mle['average_max_abs_error']:.3f} | {'yes' if ok else 'NO: ' + '; '.join(k for k, (p, _) in checks.items() if not p)} |")
     return 1 if failed else 0
 
