@@ -27,6 +27,21 @@ from loramcl.tokenizer_builder import train_tokenizer
 
 log = logging.getLogger(__name__)
 
+def _special_ids(tokenizer: Any) -> dict[str, Optional[int]]:
+    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}
+
+
+def _seeded_model(cls: Any, config: Any, tokenizer: Any, seed: int) -> torch.nn.Module:
+    """`cls(config)` initialised from `seed` (global RNG untouched), generating until the tokenizer's EOS."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
 TINY_AUDIO = {  # Qwen2-Audio shape, scaled down: ~1M parameters
     "feature_size": 64, "chunk_length": 4,  # 4 s of audio at most -> 400 mel frames
     "audio": {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 128},
@@ -47,15 +62,10 @@ def tiny_qwen2_audio(tokenizer: Any, seed: int = 0, sizes: Optional[dict] = None
         audio_config={**s["audio"], "num_mel_bins": s["feature_size"],
                       "max_source_positions": feature_extractor.nb_max_frames // 2},
         text_config={"model_type": "qwen2", "vocab_size": len(tokenizer), **s["text"],
-                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                     "pad_token_id": tokenizer.pad_token_id, "tie_word_embeddings": True},
+                     **_special_ids(tokenizer), "tie_word_embeddings": True},
         audio_token_id=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2AudioForConditionalGeneration(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model = _seeded_model(Qwen2AudioForConditionalGeneration, config, tokenizer, seed)
     return model, processor
 
 
@@ -80,19 +90,13 @@ def tiny_llava_next(tokenizer: Any, seed: int = 0, sizes: Optional[dict] = None)
                                    vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                    image_token="<image>")
     config = LlavaNextConfig(
-        text_config={"model_type": "llama", "vocab_size": len(tokenizer), **s["text"],
-                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                     "pad_token_id": tokenizer.pad_token_id},
+        text_config={"model_type": "llama", "vocab_size": len(tokenizer), **s["text"], **_special_ids(tokenizer)},
         vision_config={"model_type": "clip_vision_model", **s["vision"], "image_size": s["image_size"],
                        "patch_size": s["patch_size"], "projection_dim": s["vision"]["hidden_size"]},
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), image_grid_pinpoints=s["grid"],
         vision_feature_layer=-1, vision_feature_select_strategy="default",
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlavaNextForConditionalGeneration(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model = _seeded_model(LlavaNextForConditionalGeneration, config, tokenizer, seed)
     return model, processor
 
 
@@ -104,13 +108,8 @@ def tiny_llama(tokenizer: Any, seed: int = 0, sizes: Optional[dict] = None):
     """(model, tokenizer) of a randomly initialised tiny Llama (ALMA's architecture) for `tokenizer`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=len(tokenizer), **{**TINY_LLAMA, **(sizes or {})}, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    config = LlamaConfig(vocab_size=len(tokenizer), **{**TINY_LLAMA, **(sizes or {})}, **_special_ids(tokenizer))
+    model = _seeded_model(LlamaForCausalLM, config, tokenizer, seed)
     return model, tokenizer
 
 
