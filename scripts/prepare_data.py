@@ -113,6 +113,8 @@ def main(argv=None) -> int:
     p = sub.choices["synthetic-shapes"]
     p.add_argument("--bilingual", action="store_true", help="a random half of all captions in French")
     p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--phrasing", default="varied", choices=["varied", "canonical"],
+                   help="varied: different phrasings per image; canonical: one fixed phrasing per language")
     p.add_argument("--export-coco", type=Path, help="also write images + captions_en/fr.json (COCO) per split here")
 
     p = sub.add_parser("check", help="validate the split files of a dataset (what a training run does first)")
@@ -158,6 +160,7 @@ def main(argv=None) -> int:
         elif args.command == "synthetic-shapes":
             written += synthetic.make_shapes(args.out, name=args.name, sizes=sizes(args), image_size=args.image_size,
                                              bilingual=args.bilingual, seed=args.seed, export_coco=args.export_coco,
+                                             phrasing=args.phrasing,
                                              **common).values()
         elif args.command == "synthetic-translation":
             written += synthetic.make_translation(args.out, name=args.name, sizes=sizes(args), seed=args.seed, **common).values()

@@ -146,3 +146,19 @@ def test_generators_refuse_to_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="synth_en_de_train.hdf5 already exists"):
         S.make_translation(tmp_path, sizes=(10, 2, 2))
     S.make_translation(tmp_path, sizes=(10, 2, 2), overwrite=True)
+
+
+def test_canonical_phrasing_leaves_language_as_the_only_ambiguity():
+    from loramcl.data.synthetic import draw_shapes, shape_captions
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        _, shapes = draw_shapes(rng)
+        en = shape_captions(shapes, "en", rng, 5, phrasing="canonical")
+        fr = shape_captions(shapes, "fr", rng, 5, phrasing="canonical")
+        assert len(set(en)) == 1 and len(set(fr)) == 1 and en[0] != fr[0]
+        assert en[0].startswith("a ") and fr[0].startswith("un ")
+        for s in shapes:  # the colours are named in both languages
+            assert s["colour"] in en[0]
+    with pytest.raises(ValueError, match="phrasing"):
+        shape_captions(shapes, "en", rng, 5, phrasing="poetic")

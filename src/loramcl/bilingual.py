@@ -39,6 +39,25 @@ def decode_hypotheses(model: Any, loader: Any, tokenizer: Any, generation: dict)
     return captions
 
 
+@torch.no_grad()
+def wins_by_language(model: Any, loader: Any) -> dict[str, list[float]]:
+    """For the validation references of each language: the fraction each hypothesis wins (lowest NLL).
+
+    A language split shows as e.g. {"en": [0.97, 0.03], "fr": [0.02, 0.98]}.
+    """
+    model.eval()
+    K = model.num_hypotheses
+    counts: dict[str, torch.Tensor] = {}
+    for batch in loader:
+        winners = model(**model_inputs(batch)).winners.cpu()  # one row per reference (references="all")
+        languages = [lang for item_langs in batch["languages"] for lang in item_langs]
+        if len(languages) != len(winners):
+            raise ValueError("wins_by_language needs one row per reference (val_references=all)")
+        for lang, k in zip(languages, winners.tolist()):
+            counts.setdefault(lang, torch.zeros(K))[k] += 1
+    return {lang: (c / c.sum()).tolist() for lang, c in sorted(counts.items())}
+
+
 def run_bilingual(cfg: DictConfig) -> dict[str, float]:
     preflight(cfg)
     apply_extras(cfg)
@@ -55,11 +74,13 @@ def run_bilingual(cfg: DictConfig) -> dict[str, float]:
         dm = fit.datamodule
         captions = decode_hypotheses(fit.module.model, dm.test_dataloader(), dm.processor.tokenizer, generation)
         shares = [language_shares(c) for c in captions]
+        by_language = wins_by_language(fit.module.model, dm.val_dataloader()) if k > 1 else None
         results[name] = {
             "num_hypotheses": k,
             "language_shares": shares,
             "dominant_language": [max(("en", "fr"), key=s.get) for s in shares],
             "val_wta_loss": fit.metrics.get("val/wta_loss"),
+            "val_win_rates_by_reference_language": by_language,
             "examples": [c[:5] for c in captions],
         }
         with open(out / f"predictions_{name}.jsonl", "w") as f:
@@ -85,6 +106,7 @@ def run_bilingual(cfg: DictConfig) -> dict[str, float]:
         parent.log_metrics(metrics)
         parent.log_artifact(out / "summary.json")
         parent.finish()
+    log.info(f"MCL validation wins by reference language: {mcl['val_win_rates_by_reference_language']}")
     log.info("language shares per hypothesis: " + "; ".join(
         f"{n}: " + ", ".join(f"hyp{h} en {s['en']:.2f} fr {s['fr']:.2f}" for h, s in enumerate(r["language_shares"]))
         for n, r in results.items()) + f"; MCL specialised: {specialised}")

@@ -269,9 +269,32 @@ def draw_shapes(rng: np.random.Generator, size: int = 64) -> tuple[bytes, list[d
     return buf.getvalue(), shapes
 
 
-def shape_captions(shapes: list[dict], language: str, rng: np.random.Generator, n: int = 5) -> list[str]:
-    """n different captions of the same picture in `language` ("en" or "fr")."""
+CANONICAL_TWO = {("en", "h"): "{a} next to {b}", ("en", "v"): "{a} above {b}",
+                 ("fr", "h"): "{a} à côté d'{b}", ("fr", "v"): "{a} au-dessus d'{b}"}
+
+
+def shape_captions(shapes: list[dict], language: str, rng: np.random.Generator, n: int = 5,
+                   phrasing: str = "varied") -> list[str]:
+    """n captions of the same picture in `language` ("en" or "fr").
+
+    phrasing "varied": n different phrasings (templates, word order, sizes); "canonical": one fixed
+    phrasing per language, repeated n times, so that language is the only ambiguity of a caption
+    (the clean setting of the bilingual experiment: with varied phrasings, e.g. which shape is named
+    first is a binary choice as strong as the language, and K = 2 hypotheses may split on it).
+    """
     w = WORDS[language]
+    if phrasing == "canonical":
+        def plain(s: dict) -> str:
+            return f"a {w[s['colour']]} {w[s['shape']]}" if language == "en" else f"un {w[s['shape']]} {w[s['colour']]}"
+
+        if len(shapes) == 1:
+            caption = f"{plain(shapes[0])} {w[shapes[0]['position']][0]}"
+        else:
+            kind = "h" if shapes[0]["position"] == "left" else "v"
+            caption = CANONICAL_TWO[(language, kind)].format(a=plain(shapes[0]), b=plain(shapes[1]))
+        return [caption] * n
+    if phrasing != "varied":
+        raise ValueError(f"phrasing must be 'varied' or 'canonical', got {phrasing!r}")
 
     def noun_phrase(s: dict, with_size: bool) -> str:
         if language == "en":
@@ -295,6 +318,7 @@ def make_shapes(
     out_dir="data/synthetic/shapes", *, name: Optional[str] = None, sizes: Sizes = (400, 50, 50), image_size: int = 64,
     captions_per_image: int = 5, bilingual: bool = False, second_language: str = "fr", seed: int = 0,
     export_coco: Optional[Union[str, Path]] = None, overwrite: bool = False, progress: bool = False,
+    phrasing: str = "varied",
 ) -> dict[str, Path]:
     """Writes `<out_dir>/<name>_<split>.hdf5` (name "shapes", or "shapes_bilingual" when bilingual).
 
@@ -302,7 +326,8 @@ def make_shapes(
     (`caption_language` per caption). `export_coco=DIR` also writes `DIR/<split>/images/*.png`,
     `DIR/<split>/captions_en.json` and `DIR/<split>/captions_fr.json` (COCO format, caption j of one
     file describes the same image as caption j of the other): the input of
-    `prepare_data.py coco` and `prepare_data.py bilingual`.
+    `prepare_data.py coco` and `prepare_data.py bilingual`. `phrasing="canonical"`: one fixed
+    phrasing per language (see `shape_captions`).
     """
     name = name or ("shapes_bilingual" if bilingual else "shapes")
     sizes = _sizes(sizes)
@@ -314,8 +339,8 @@ def make_shapes(
         for i in _bar(range(count), count, f"{name} {split}", progress):
             png, shapes = draw_shapes(rng, image_size)
             items.append({"id": f"{split}_{i:05d}", "png": png, "shapes": shapes,
-                          "en": shape_captions(shapes, "en", rng, captions_per_image),
-                          second_language: shape_captions(shapes, second_language, rng, captions_per_image)})
+                          "en": shape_captions(shapes, "en", rng, captions_per_image, phrasing),
+                          second_language: shape_captions(shapes, second_language, rng, captions_per_image, phrasing)})
         if bilingual:
             mask = mix_bilingual([it["en"] for it in items], [it[second_language] for it in items], fraction=0.5,
                                  seed=int(rng.integers(2**31)))
