@@ -262,3 +262,25 @@ def test_mcl_trainer_saves_adapters_only(tmp_path):
     fresh.load_adapters(tmp_path / "saved")
     for name, value in model.adapter_state_dict().items():
         assert torch.equal(fresh.adapter_state_dict()[name], value)
+
+
+def test_bf16_backbone_keeps_fp32_adapters():
+    """model.dtype=bf16: frozen weights in bf16, adapters (and their gradients) in fp32; the output
+    is close to the fp32 model's."""
+    from loramcl.backbones import from_config
+
+    cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2)
+    ids = torch.randint(3, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    outs = {}
+    for dtype in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = MCLModel(from_config("LlamaConfig", cfg, seed=0, dtype=dtype), MCLConfig(num_hypotheses=2),
+                         LoRAConfig(r=4, alpha=8, target_modules=TARGETS))
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
+        out.loss.backward()
+        layer = lora_layers(model)[0]
+        assert layer.base_layer.weight.dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
+        assert layer.lora_A.dtype == torch.float32 and layer.lora_A.grad is not None
+        outs[dtype] = out.hypothesis_losses.detach()
+    torch.testing.assert_close(outs["bf16"], outs["fp32"], atol=0.05, rtol=0.02)

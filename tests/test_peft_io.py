@@ -221,3 +221,45 @@ def test_export_script_one_line_errors(tmp_path, capsys):
     assert script.main([str(foreign), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no 'loramcl' entry" in err
+
+
+@pytest.mark.parametrize("backbone", ["qwen2_audio", "llava_next"])
+def test_export_of_multimodal_tiny_bases_loads_in_peft(tmp_path, backbone):
+    """On the tiny Qwen2-Audio / LLaVA-NeXT bases (saved and reloaded with from_pretrained), each
+    exported hypothesis loaded with PeftModel.from_pretrained gives the logits of hypothesis k."""
+    import numpy as np
+    from PIL import Image
+
+    from loramcl import tiny_base
+    from loramcl.data.collate import AUDIO_PROMPT, IMAGE_PROMPT, AudioCaptionCollator, ImageCaptionCollator
+    from loramcl.tokenizer_builder import train_tokenizer
+
+    family, prompt = ("qwen2", AUDIO_PROMPT) if backbone == "qwen2_audio" else ("llava", IMAGE_PROMPT)
+    tok = train_tokenizer(["a high beep then static", "un cercle rouge", "a red circle"] * 5 + [prompt], family, 300)
+    model, processor = getattr(tiny_base, f"tiny_{backbone}")(tok)
+    model.save_pretrained(tmp_path / "base")
+    cls = type(model)
+    rng = np.random.default_rng(0)
+    if backbone == "qwen2_audio":
+        items = [{"id": 0, "audio": rng.standard_normal(16000).astype(np.float32), "captions": ["a high beep"]}]
+        batch = AudioCaptionCollator(processor, references="first")(items)
+    else:
+        items = [{"id": 0, "image": Image.fromarray((rng.random((40, 64, 3)) * 255).astype(np.uint8)),
+                  "captions": ["a red circle"]}]
+        batch = ImageCaptionCollator(processor, references="first")(items)
+    inputs = {k: v for k, v in batch.items() if torch.is_tensor(v) and k != "labels"}
+    mcl = MCLModel(cls.from_pretrained(tmp_path / "base"), MCLConfig(num_hypotheses=2),
+                   LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for layer in mcl._layers:
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g) * 0.2)
+    mcl.eval()
+    paths = export_all(mcl, tmp_path / "export", base_model_name_or_path=str(tmp_path / "base"))
+    for k, path in enumerate(paths):
+        ours = mcl(**inputs, hypothesis_idx=k).logits
+        theirs = peft.PeftModel.from_pretrained(cls.from_pretrained(tmp_path / "base"), str(path)).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(theirs(**inputs).logits, ours, atol=1e-5, rtol=1e-5)
+    # the encoder carries no adapter in the export either
+    assert not any("audio_tower" in key or "vision_tower" in key for key in load_file(str(paths[0] / "adapter_model.safetensors")))
