@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
 import torch
@@ -30,13 +31,25 @@ def find_checkpoints(path: Path) -> dict[str, Path]:
         raise FileNotFoundError(f"{path} is neither a checkpoint file nor a train.py run folder with checkpoints/")
     found = {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        best = sorted(c for c in sub.glob("*.ckpt") if c.name != "last.ckpt")
-        chosen = best[-1] if best else sub / "last.ckpt"
-        if chosen.exists():
+        chosen = best_checkpoint(sub)
+        if chosen is not None:
             found[sub.name] = chosen
     if not found:
         raise FileNotFoundError(f"no checkpoint under {folder}")
     return found
+
+
+def best_checkpoint(folder: Path) -> Optional[Path]:
+    """The best checkpoint ModelCheckpoint recorded in last.ckpt, else the newest one, else None."""
+    last = folder / "last.ckpt"
+    if last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=False).get("callbacks", {})
+        for key, value in state.items():
+            best = Path(value.get("best_model_path") or "") if key.startswith("ModelCheckpoint") else None
+            if best and best.name and (folder / best.name).exists():
+                return folder / best.name
+    others = sorted((c for c in folder.glob("*.ckpt") if c.name != "last.ckpt"), key=lambda c: c.stat().st_mtime)
+    return others[-1] if others else (last if last.exists() else None)
 
 
 def run_config(ckpt: Path) -> DictConfig:
