@@ -1,0 +1,1 @@
+"""Decoding algorithms implemented on top of the public transformers API."""
