@@ -1,0 +1,431 @@
+"""Collect evaluation runs from MLflow into a CSV, a LaTeX table and a quality-versus-diversity plot.
+
+The contract with `eval.py` (the only thing this module relies on): an evaluation run carries the tag
+`loramcl.kind = eval`, the params `eval.scheme` (training scheme label), `eval.decoding` (decoding
+config name), `eval.method` (human label of the decoding method), `eval.num_hypotheses` (K) and
+`eval.task_type` ("captioning" | "translation"), and metrics named as in `metrics.registry.METRICS`
+(plus per-hypothesis `<name>_hyp<k>` metrics, which are not table columns). The experiment name is the
+evaluation task name. A table row is one (scheme, decoding) pair of one experiment; when several
+finished runs share it (re-runs), the newest one (by start time) is kept and a log line says so.
+Runs that are not FINISHED are skipped, also with a log line.
+
+Outputs, one set per experiment, in the output folder (derived files, replaced on every call):
+`<experiment>.csv`, `<experiment>.tex` (one booktabs table), `<experiment>_quality_diversity.png`
+and `.pdf`. Rows are grouped by scheme, baselines first (MLE, then MoE, then other schemes, MCL last, as
+in the paper), then by decoding name.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+from loramcl.metrics.registry import METRICS, PER_HYPOTHESIS_PREFIXES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///logs/mlflow.db"
+EVAL_FILTER = "tags.`loramcl.kind` = 'eval'"
+ID_COLUMNS = ["experiment", "scheme", "method", "decoding", "K", "task_type", "run_id"]
+INTEGER_KEYS = {"vocab", "forward_passes"}  # counts: shown without decimals
+UP, DOWN = r" $\uparrow$", r" $\downarrow$"  # header arrows: best is the max / the min
+MAX_MARKER_AREA = 400.0  # points^2 of the method with the most forward passes; others scale linearly
+
+
+class CollectError(RuntimeError):
+    """A one-line, user-facing reason why nothing could be collected."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading MLflow
+
+
+def _client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    from loramcl.utils.mlflow_store import sqlite_path, store_lock
+
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():
+        # MlflowClient would silently create an empty store: say that there is none instead.
+        raise CollectError(f"no MLflow store at {db.resolve()} (tracking URI {tracking_uri}); run eval.py first "
+                           "or pass --tracking-uri")
+    client = MlflowClient(tracking_uri)
+    try:
+        with store_lock(tracking_uri):  # the first touch may check the schema; never race a writer creating it
+            client.search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 - any backend failure becomes one readable line
+        raise CollectError(f"cannot read the MLflow store {tracking_uri}: {type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''}") from err
+    return client
+
+
+def _all_experiments(client) -> list:
+    experiments, token = [], None
+    while True:
+        page = client.search_experiments(max_results=1000, page_token=token)
+        experiments.extend(page)
+        token = page.token
+        if not token:
+            return experiments
+
+
+def _eval_runs(client, experiment_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=EVAL_FILTER, max_results=1000,
+                                  page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _is_table_metric(key: str) -> bool:
+    return not key.startswith(PER_HYPOTHESIS_PREFIXES)
+
+
+def _row(experiment: str, run) -> dict[str, Any]:
+    params = run.data.params
+    k = params.get("eval.num_hypotheses", "")
+    row: dict[str, Any] = {
+        "experiment": experiment,
+        "scheme": params.get("eval.scheme", ""),
+        "method": params.get("eval.method") or params.get("eval.decoding", ""),
+        "decoding": params.get("eval.decoding", ""),
+        "K": int(k) if str(k).isdigit() else k,
+        "task_type": params.get("eval.task_type", ""),
+        "run_id": run.info.run_id,
+    }
+    row.update({key: float(value) for key, value in run.data.metrics.items() if _is_table_metric(key)})
+    return row
+
+
+def _scheme_rank(scheme: str) -> tuple[int, str]:
+    # Paper layout: the MLE baselines, then the mixture of experts, then anything else, ours (MCL) last.
+    for rank, marker in enumerate(("MLE", "MoE")):
+        if marker in scheme:
+            return rank, scheme
+    return (3 if "MCL" in scheme else 2), scheme
+
+
+def sort_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda r: (r["experiment"], _scheme_rank(r["scheme"]), r["decoding"], r["method"]))
+
+
+def collect(tracking_uri: str = DEFAULT_TRACKING_URI,
+            experiments: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
+    """One row dict per (experiment, scheme, decoding): the ID_COLUMNS plus every table metric of the run.
+
+    `experiments=None` takes every experiment that holds evaluation runs. Raises CollectError when the
+    store is missing, a named experiment does not exist or holds no finished evaluation run.
+    """
+    client = _client(tracking_uri)
+    existing = {e.name: e for e in _all_experiments(client)}
+    if experiments:
+        missing = [name for name in experiments if name not in existing]
+        if missing:
+            raise CollectError(f"experiment(s) not found: {', '.join(missing)}; the store has: "
+                               f"{', '.join(sorted(existing)) or '(none)'}")
+        chosen = [existing[name] for name in dict.fromkeys(experiments)]
+    else:
+        chosen = sorted(existing.values(), key=lambda e: e.name)
+
+    rows: list[dict[str, Any]] = []
+    for exp in chosen:
+        kept: dict[tuple[str, str], list] = {}
+        unfinished = 0
+        for run in _eval_runs(client, exp.experiment_id):
+            if run.info.status != "FINISHED":
+                unfinished += 1
+                continue
+            key = (run.data.params.get("eval.scheme", ""), run.data.params.get("eval.decoding", ""))
+            if not all(key):
+                log.warning("%s: run %s has no eval.scheme / eval.decoding param, skipped", exp.name, run.info.run_id)
+                continue
+            kept.setdefault(key, []).append(run)
+        if unfinished:
+            log.info("%s: skipped %d evaluation run(s) that are not FINISHED", exp.name, unfinished)
+        if not kept:
+            if experiments:
+                raise CollectError(f"experiment {exp.name!r} has no finished evaluation run "
+                                   f"(runs tagged loramcl.kind=eval with status FINISHED)")
+            continue
+        for (scheme, decoding), runs in kept.items():
+            runs.sort(key=lambda r: (r.info.start_time or 0, r.info.end_time or 0), reverse=True)
+            if len(runs) > 1:
+                log.info("%s: %d finished runs for (%s, %s): keeping the newest %s, ignoring %s", exp.name,
+                         len(runs), scheme, decoding, runs[0].info.run_id,
+                         ", ".join(r.info.run_id for r in runs[1:]))
+            rows.append(_row(exp.name, runs[0]))
+    if not rows:
+        raise CollectError(f"no finished evaluation runs (tag loramcl.kind=eval) in {tracking_uri}; experiments: "
+                           f"{', '.join(sorted(existing)) or '(none)'}")
+    return sort_rows(rows)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Columns and formatting
+
+
+def metric_columns(rows: Sequence[dict[str, Any]],
+                   families: Sequence[str] = ("quality", "diversity", "cost")) -> list[str]:
+    """Registry metrics with at least one value in `rows`, family by family, registry order within a family."""
+    present = {k for r in rows for k, v in r.items() if k in METRICS and _has_value(v)}
+    return [m.key for fam in families for m in METRICS.values() if m.family == fam and m.key in present]
+
+
+def _extra_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Metrics outside the registry (kept in the CSV only), alphabetically."""
+    return sorted({k for r in rows for k in r if k not in METRICS and k not in ID_COLUMNS})
+
+
+def _has_value(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not math.isnan(value)
+
+
+def format_value(key: str, value: Any) -> str:
+    if not _has_value(value):
+        return ""
+    return f"{value:.0f}" if key in INTEGER_KEYS else f"{value:.2f}"
+
+
+def best_rows(rows: Sequence[dict[str, Any]], key: str) -> set[int]:
+    """Indices of the best rows for `key` (max if `higher`, else min), compared at displayed precision,
+    so that values which print the same are all bold."""
+    shown = {i: float(format_value(key, r.get(key))) for i, r in enumerate(rows) if _has_value(r.get(key))}
+    if not shown:
+        return set()
+    best = (max if METRICS[key].higher else min)(shown.values())
+    return {i for i, v in shown.items() if v == best}
+
+
+def group_by_experiment(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r["experiment"], []).append(r)
+    return groups
+
+
+def file_stem(experiment: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("_") or "experiment"
+
+
+# ----------------------------------------------------------------------------------------------------
+# CSV
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """ID columns, then every metric present in any row (registry order, then unknown ones); empty when missing."""
+    columns = ID_COLUMNS + metric_columns(rows) + _extra_columns(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({c: ("" if c not in r or (c not in ID_COLUMNS and not _has_value(r[c])) else r[c])
+                             for c in columns})
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# LaTeX
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+# Unicode that pdflatex does not take (method labels such as "DBS (λ=0.5)") becomes math mode.
+_LATEX_UNICODE = {"α": r"$\alpha$", "β": r"$\beta$", "γ": r"$\gamma$", "δ": r"$\delta$", "ε": r"$\varepsilon$",
+                  "η": r"$\eta$", "θ": r"$\theta$", "κ": r"$\kappa$", "λ": r"$\lambda$", "μ": r"$\mu$",
+                  "π": r"$\pi$", "ρ": r"$\rho$", "σ": r"$\sigma$", "τ": r"$\tau$", "ω": r"$\omega$",
+                  "≤": r"$\leq$", "≥": r"$\geq$", "×": r"$\times$", "∝": r"$\propto$", "–": "--", "—": "---"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch) or _LATEX_UNICODE.get(ch) or ch for ch in str(text))
+
+
+def latex_table(rows: Sequence[dict[str, Any]], caption: Optional[str] = None, label: Optional[str] = None) -> str:
+    """One booktabs table: Scheme | Method | quality columns | diversity columns, best of each column bold.
+
+    `caption` is LaTeX (not escaped). The scheme name is written on the first row of its group only (no
+    multirow package needed) and a \\midrule separates the groups. Needs `\\usepackage{booktabs}`.
+    """
+    rows = list(rows)
+    quality = metric_columns(rows, ("quality",))
+    diversity = metric_columns(rows, ("diversity",))
+    columns = quality + diversity
+    best = {key: best_rows(rows, key) for key in columns}
+    experiment = rows[0]["experiment"] if rows else ""
+    caption = caption or (latex_escape(experiment) + r": oracle quality and diversity of the $K$ hypotheses per "
+                          r"training scheme and decoding method; best of each column in bold ($\uparrow$: higher "
+                          r"is better or more diverse, $\downarrow$: lower is).")
+    label = label or f"tab:{file_stem(experiment)}"
+
+    lines = [f"% Generated by scripts/collect_results.py from the MLflow experiment {experiment!r}; do not edit.",
+             r"% Needs \usepackage{booktabs}.",
+             r"\begin{table}[t]", r"\centering", r"\small",
+             rf"\caption{{{caption}}}",
+             rf"\label{{{label}}}",
+             r"\begin{tabular}{ll" + "r" * len(columns) + "}", r"\toprule"]
+    groups = [(name, keys) for name, keys in (("Quality", quality), ("Diversity", diversity)) if keys]
+    if groups:
+        cells, rules, start = ["", ""], [], 3
+        for name, keys in groups:
+            cells.append(rf"\multicolumn{{{len(keys)}}}{{c}}{{{name}}}")
+            rules.append(rf"\cmidrule(lr){{{start}-{start + len(keys) - 1}}}")
+            start += len(keys)
+        lines += [" & ".join(cells) + r" \\", " ".join(rules)]
+    header = ["Scheme", "Method"] + [latex_escape(METRICS[k].label) + (UP if METRICS[k].higher else DOWN)
+                                     for k in columns]
+    lines += [" & ".join(header) + r" \\", r"\midrule"]
+    previous = None
+    for i, r in enumerate(rows):
+        if previous is not None and r["scheme"] != previous:
+            lines.append(r"\midrule")
+        cells = [latex_escape(r["scheme"]) if r["scheme"] != previous else "", latex_escape(r["method"])]
+        for key in columns:
+            text = format_value(key, r.get(key))
+            cells.append("--" if not text else (rf"\textbf{{{text}}}" if i in best[key] else text))
+        lines.append(" & ".join(cells) + r" \\")
+        previous = r["scheme"]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def write_latex(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(latex_table(rows))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# Quality versus diversity plot
+
+
+@dataclass(frozen=True)
+class PlotPoint:
+    scheme: str
+    method: str
+    x: float  # diversity metric
+    y: float  # quality metric
+    forward_passes: Optional[float]
+    size: float  # marker area in points^2, proportional to forward_passes
+
+
+def default_axes(rows: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """(quality key, diversity key) of the plot: oracle SPIDEr (else CIDEr-D) vs mBLEU-4 for captioning,
+    oracle BLEU vs pairwise BLEU for translation."""
+    present = set(metric_columns(rows))
+    translation = any(r.get("task_type") == "translation" for r in rows) or (
+        "oracle_bleu" in present and "oracle_cider_d" not in present)
+    if translation:
+        return "oracle_bleu", "pairwise_bleu"
+    return ("oracle_spider" if "oracle_spider" in present else "oracle_cider_d"), "mbleu_4"
+
+
+def plot_points(rows: Sequence[dict[str, Any]], quality: str, diversity: str) -> list[PlotPoint]:
+    """The points the plot draws (rows lacking either metric are left out, with a log line)."""
+    usable = [r for r in rows if _has_value(r.get(quality)) and _has_value(r.get(diversity))]
+    for r in rows:
+        if not any(r is u for u in usable):
+            log.info("plot: %s / %s has no %s or %s, not plotted", r["scheme"], r["method"], quality, diversity)
+    passes = [r["forward_passes"] for r in usable if _has_value(r.get("forward_passes"))]
+    top = max(passes) if passes else 0.0
+    points = []
+    for r in usable:
+        fp = r.get("forward_passes") if _has_value(r.get("forward_passes")) else None
+        size = MAX_MARKER_AREA * fp / top if fp is not None and top > 0 else MAX_MARKER_AREA / 4
+        points.append(PlotPoint(r["scheme"], r["method"], float(r[diversity]), float(r[quality]), fp, size))
+    return points
+
+
+def _axis_label(key: str) -> str:
+    metric = METRICS.get(key)
+    if metric is None:
+        return key
+    if metric.family == "diversity":
+        return f"{metric.label} ({'higher' if metric.higher else 'lower'} = more diverse)"
+    return f"{'Oracle ' if key.startswith('oracle_') and not metric.label.startswith('Oracle') else ''}" \
+           f"{metric.label} ({'higher' if metric.higher else 'lower'} = better)"
+
+
+def quality_diversity_figure(rows: Sequence[dict[str, Any]], quality: str, diversity: str):
+    """(matplotlib Figure, points): one scatter (colour + marker) per scheme, method names as labels."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    points = plot_points(rows, quality, diversity)
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.add_subplot()
+    colours = [f"C{i}" for i in range(10)]
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
+    schemes = list(dict.fromkeys(p.scheme for p in points))
+    handles = []
+    for i, scheme in enumerate(schemes):
+        mine = [p for p in points if p.scheme == scheme]
+        colour, marker = colours[i % len(colours)], markers[i % len(markers)]
+        ax.scatter([p.x for p in mine], [p.y for p in mine], s=[p.size for p in mine], c=colour, marker=marker,
+                   alpha=0.8, edgecolors="black", linewidths=0.5, label=scheme)
+        handles.append(Line2D([], [], color=colour, marker=marker, linestyle="none", markersize=7, label=scheme))
+        for p in mine:
+            ax.annotate(p.method, (p.x, p.y), xytext=(5, 4), textcoords="offset points", fontsize=7)
+    ax.set_xlabel(_axis_label(diversity))
+    ax.set_ylabel(_axis_label(quality))
+    experiment = rows[0]["experiment"] if rows else ""
+    ax.set_title(experiment, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if handles:
+        ax.legend(handles=handles, fontsize=8, title="marker area ∝ forward passes", title_fontsize=7)
+    fig.tight_layout()
+    return fig, points
+
+
+def write_plot(rows: Sequence[dict[str, Any]], stem: Path, quality: Optional[str] = None,
+               diversity: Optional[str] = None) -> list[Path]:
+    """`<stem>.png` and `<stem>.pdf`. A metric asked for explicitly but absent from every row raises
+    CollectError; a default one that is absent only skips the plot (with a log line)."""
+    default_q, default_d = default_axes(rows)
+    chosen = {"quality": (quality or default_q, quality is not None),
+              "diversity": (diversity or default_d, diversity is not None)}
+    experiment = rows[0]["experiment"] if rows else "?"
+    for axis, (key, explicit) in chosen.items():
+        if not any(_has_value(r.get(key)) for r in rows):
+            message = (f"{experiment}: no run has the {axis} metric {key!r} (available: "
+                       f"{', '.join(metric_columns(rows)) or 'none'})")
+            if explicit:
+                raise CollectError(message)
+            log.warning("%s; no plot (choose one with --%s)", message, axis)
+            return []
+    fig, _ = quality_diversity_figure(rows, chosen["quality"][0], chosen["diversity"][0])
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=200)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------------
+# Everything for one or more experiments
+
+
+def output_paths(out_dir: Path, experiment: str) -> dict[str, Path]:
+    stem = file_stem(experiment)
+    return {"csv": out_dir / f"{stem}.csv", "tex": out_dir / f"{stem}.tex",
+            "png": out_dir / f"{stem}_quality_diversity.png", "pdf": out_dir / f"{stem}_quality_diversity.pdf"}
+
+
+def write_outputs(rows: Sequence[dict[str, Any]], out_dir: Path, quality: Optional[str] = None,
+                  diversity: Optional[str] = None) -> dict[str, list[Path]]:
+    """CSV, LaTeX and plot per experiment; returns {experiment: [written paths]}."""
+    written: dict[str, list[Path]] = {}
+    for experiment, group in group_by_experiment(rows).items():
+        paths = output_paths(Path(out_dir), experiment)
+        files = [write_csv(group, paths["csv"]), write_latex(group, paths["tex"])]
+        files += write_plot(group, paths["png"].with_suffix(""), quality, diversity)
+        written[experiment] = files
+    return written
