@@ -1,13 +1,19 @@
-"""Evaluate a trained run on its validation data (minimal for now: the WTA loss family).
+"""Evaluate a trained run: decode the test split into K candidates per item and score them.
 
-    python eval.py ckpt_path=logs/transition1/runs/<time>                 # a run folder of train.py
-    python eval.py ckpt_path=logs/transition1/runs/<time>/checkpoints/mcl/last.ckpt
+    python eval.py ckpt_path=logs/demo_audio_mcl/runs/<time> decoding=mcl_beam1
+    python eval.py -m ckpt_path=<run> decoding=mle_beam,mle_dbs,mle_sampling_nucleus,tta_beam1
+    python eval.py ckpt_path=<run>/checkpoints/K3/last.ckpt decoding=mcl_beam2 max_items=20
+    python eval.py ckpt_path=<run>                                   # validation losses only
 
 The run's own resolved config (`.hydra/config.yaml`) rebuilds data, backbone and adapters; the
-checkpoint (adapters only) is loaded on top. Writes eval_metrics.json to the evaluation run folder.
+checkpoint (adapters only, the best one ModelCheckpoint recorded) is loaded on top. Writes
+predictions.jsonl and metrics.json to the evaluation's run folder and logs to MLflow
+(configs/eval.yaml). Mismatches (another K, backbone, training scheme, or a decoding that does not
+suit the model) fail with one line before anything is decoded.
 """
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
@@ -18,9 +24,16 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> dict:
+    from loramcl.config import ConfigError
     from loramcl.evaluation import run_eval
+    from loramcl.training import MissingResource
 
-    return run_eval(cfg)
+    try:
+        return run_eval(cfg)
+    except (ConfigError, MissingResource) as err:  # raised before anything is decoded
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,12 @@
-"""Evaluation of trained runs (minimal: validation WTA loss, per-hypothesis losses, win rates).
+"""Evaluation of trained runs: the decoding sweep with its metrics, or validation losses.
 
 A train.py run folder is enough: its `.hydra/config.yaml` rebuilds data, backbone and adapters, and
 its `checkpoints/<model>/` hold the adapter-only checkpoints (best, else last).
+
+With `decoding=<name>` (a file of configs/decoding/), the test split is decoded into exactly K
+candidates per item (`loramcl.decoding.methods`), scored (`loramcl.metrics`), and written to the
+evaluation's run folder (predictions.jsonl, metrics.json) and to MLflow. Without it, the validation
+WTA loss, per-hypothesis losses and win rates are recomputed (eval_metrics.json).
 """
 
 from __future__ import annotations
@@ -60,6 +65,14 @@ def run_config(ckpt: Path) -> DictConfig:
 
 
 def run_eval(cfg: DictConfig) -> dict[str, float]:
+    if cfg.get("decoding"):
+        from loramcl.eval_decoding import run_decoding_eval
+
+        return run_decoding_eval(cfg)
+    return run_validation(cfg)
+
+
+def run_validation(cfg: DictConfig) -> dict[str, float]:
     path = Path(cfg.ckpt_path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"ckpt_path {path} does not exist")

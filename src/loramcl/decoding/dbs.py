@@ -96,7 +96,8 @@ def diverse_beam_search(
 ) -> tuple[torch.LongTensor, torch.FloatTensor]:
     """Group beam search for a decoder-only model with a left-padded prompt batch.
 
-    ``input_ids``/``attention_mask``: (B, P). Returns ``sequences`` (B*num_return_sequences,
+    ``input_ids``/``attention_mask``: (B, P); ``model_kwargs``: the media inputs of a multimodal
+    model (e.g. ``input_features``, ``pixel_values``), given on the first step only. Returns ``sequences`` (B*num_return_sequences,
     max_new_tokens), the generated ids only (EOS then ``pad_token_id``), and ``scores``
     (B*num_return_sequences,), the length-normalised scores, best first within each prompt.
     """
@@ -106,6 +107,13 @@ def diverse_beam_search(
         raise ValueError("num_return_sequences must be <= num_beams")
     B, P = input_ids.shape
     K, G = num_beams, num_beam_groups
+    # media inputs of multimodal models (audio features, pixel values, ...): expanded to the beams
+    # and fed on the first step only; afterwards the cache holds what the encoder produced
+    media = {
+        key: value.repeat_interleave(num_beams, dim=0) if torch.is_tensor(value) and value.ndim and value.shape[0] == B
+        else value
+        for key, value in model_kwargs.items()
+    }
     k = K // G
     device = input_ids.device
 
@@ -134,7 +142,7 @@ def diverse_beam_search(
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,
-            **model_kwargs,
+            **(media if t == 1 else {}),
         )
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()  # (B*K, V)
