@@ -175,11 +175,15 @@ def test_oracle_takes_min_for_lower_is_better():
 
 def test_win_rates_hand_example():
     s = np.array([[0.1, 0.5, 0.5], [0.9, 0.2, 0.3], [0.2, 0.2, 0.1], [0.0, 0.3, 0.7]])
-    # max: row winners 1 (tie 1/2 -> 1), 0, 0 (tie 0/1 -> 0), 2  -> hyp0 2/4, hyp1 1/4, hyp2 1/4
-    assert win_rates(s) == {"win_rate_hyp0": 0.5, "win_rate_hyp1": 0.25, "win_rate_hyp2": 0.25}
-    # min: row winners 0, 1, 2, 0  -> hyp0 2/4, hyp1 1/4, hyp2 1/4; a never-winning column shows 0
-    assert win_rates(s, higher_is_better=False) == {"win_rate_hyp0": 0.5, "win_rate_hyp1": 0.25, "win_rate_hyp2": 0.25}
+    # max: row 0 ties 1/2 (half each), row 1 -> 0, row 2 ties 0/1 (half each), row 3 -> 2
+    #   hyp0 (0.5 + 1) / 4 = 0.375, hyp1 (0.5 + 0.5) / 4 = 0.25, hyp2 (0.5 + 1) / 4 = 0.375
+    assert win_rates(s) == pytest.approx({"win_rate_hyp0": 0.375, "win_rate_hyp1": 0.25, "win_rate_hyp2": 0.375})
+    # min: row winners 0, 1, 2, 0  -> hyp0 2/4, hyp1 1/4, hyp2 1/4
+    assert win_rates(s, higher_is_better=False) == pytest.approx(
+        {"win_rate_hyp0": 0.5, "win_rate_hyp1": 0.25, "win_rate_hyp2": 0.25})
+    # a never-winning hypothesis shows 0; identical candidates share the item
     assert win_rates(np.array([[1.0, 0.0], [2.0, 1.0]])) == {"win_rate_hyp0": 1.0, "win_rate_hyp1": 0.0}
+    assert win_rates(np.array([[3.0, 3.0, 3.0]])) == pytest.approx({f"win_rate_hyp{k}": 1 / 3 for k in range(3)})
 
 
 # ----------------------------------------------------------------------------------------------------

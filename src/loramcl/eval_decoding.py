@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from loramcl.config import ConfigError
-from loramcl.decoding.methods import Candidate, Decoder, DecodingSpec
+from loramcl.decoding.methods import Decoder, DecodingSpec
 from loramcl.decoding.tta import TTAConfig, augment_audio_batch, augment_image_items
 from loramcl.evaluation import find_checkpoints, run_config
 from loramcl.lit_module import model_inputs
@@ -64,6 +64,20 @@ def scheme_of(train_cfg: DictConfig) -> tuple[str, str]:
     if K == 1:
         return "mle", "LoRA-MLE"
     return "mcl", f"LoRA-MCL ({mode})"
+
+
+def submodel_config(train_cfg: DictConfig, name: str, meta: dict) -> DictConfig:
+    """The config of one model of a run folder. Toy and bilingual runs train an MLE model (K = 1,
+    bilingual: rank `task.mle_rank`) beside the MCL one from the same config; the MLE is then
+    compared at the MCL's K."""
+    K_run = int(train_cfg.mcl.num_hypotheses)
+    if name == "mle" and K_run != 1 and int(meta.get("num_hypotheses", K_run)) == 1:
+        override: dict = {"mcl": {"num_hypotheses": 1}, "num_candidates": train_cfg.get("num_candidates") or K_run}
+        mle_rank = train_cfg.get("task", {}).get("mle_rank")
+        if mle_rank:
+            override["lora"] = {"r": int(mle_rank)}
+        return OmegaConf.merge(train_cfg, override)
+    return train_cfg
 
 
 def num_candidates(cfg: DictConfig, train_cfg: DictConfig) -> int:
@@ -217,6 +231,7 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
     train_cfg = OmegaConf.load(cfg.train_config) if cfg.get("train_config") else run_config(ckpt)
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
     meta = checkpoint.get("loramcl", {})
+    train_cfg = submodel_config(train_cfg, name, meta)
     check_compatibility(cfg, train_cfg, meta, spec, ckpt)
     K = num_candidates(cfg, train_cfg) if spec.method != "hypotheses" else int(train_cfg.mcl.num_hypotheses)
     spec.beams(K), spec.forward_passes(K)  # resolve "K", "2K", ... now: a bad value fails here
