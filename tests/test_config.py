@@ -27,7 +27,7 @@ from loramcl.config import LoRAConfig, MCLConfig
         ({"temperature_min": -1e-6}, "temperature_min must be > 0, got -1e-06"),
         ({"temperature_decay": 0.0}, "temperature_decay must be in (0, 1], got 0.0"),
         ({"temperature_decay": 1.001}, "temperature_decay must be in (0, 1], got 1.001"),
-        ({"mode": "soft-wta"}, "mode must be one of wta, relaxed-wta, annealed-wta, random-wta, got 'soft-wta'"),
+        ({"mode": "soft-wta"}, "mode must be one of wta, relaxed-wta, annealed-wta, random-wta, moe, got 'soft-wta'"),
         ({"schedule_unit": "steps"}, "schedule_unit must be one of step, epoch, got 'steps'"),
     ],
 )

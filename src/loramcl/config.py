@@ -1,6 +1,7 @@
 """Validated configuration dataclasses of the LoRA-MCL core.
 
-`MCLConfig` says how the K hypotheses compete (the winner-takes-all family of SPEC section 2),
+`MCLConfig` says how the K hypotheses compete (the winner-takes-all family of SPEC section 2, or
+"moe": the LoRA-MoE baseline, K experts mixed per token by a router and trained as one MLE model),
 `LoRAConfig` says where the K low-rank adapters go and how large they are. Both check every value
 in `__post_init__` and fail with one specific message per bad value, so that a wrong sweep value
 is reported before any model is built. Hydra configs map one-to-one onto these fields.
@@ -16,7 +17,8 @@ class ConfigError(ValueError):
     """An impossible configuration value (raised before any model is built)."""
 
 
-MODES = ("wta", "relaxed-wta", "annealed-wta", "random-wta")
+MCL_MODES = ("wta", "relaxed-wta", "annealed-wta", "random-wta")  # K hypotheses, winner-takes-all family
+MODES = (*MCL_MODES, "moe")  # "moe": K LoRA experts behind a token router, one model trained by plain NLL
 SCHEDULE_UNITS = ("step", "epoch")
 
 
@@ -25,8 +27,10 @@ class MCLConfig:
     """How the K hypotheses share the loss.
 
     Attributes:
-        num_hypotheses: K, the number of adapters; K = 1 is the MLE baseline.
-        mode: "wta", "relaxed-wta", "annealed-wta" or "random-wta".
+        num_hypotheses: K, the number of adapters; K = 1 is the MLE baseline. With mode "moe": the
+            number of experts (>= 2).
+        mode: "wta", "relaxed-wta", "annealed-wta" or "random-wta"; or "moe", the LoRA-MoE baseline
+            (K experts mixed per token by a zero-initialised softmax router, one model, mean NLL).
         epsilon: relaxed-wta weight given to the losers in total (each gets epsilon / (K - 1)).
         temperature_init: annealed-wta tau_0.
         temperature_min: annealed-wta switches to plain wta once tau_t <= tau_min.
@@ -49,6 +53,11 @@ class MCLConfig:
             raise ConfigError(f"num_hypotheses must be >= 1, got {self.num_hypotheses}")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == "moe" and self.num_hypotheses < 2:
+            raise ConfigError(
+                f"mode 'moe' mixes num_hypotheses >= 2 LoRA experts, got {self.num_hypotheses} "
+                f"(one adapter is the MLE baseline: use a wta mode with num_hypotheses=1)"
+            )
         if not 0.0 <= float(self.epsilon) < 1.0:
             raise ConfigError(f"epsilon must be in [0, 1), got {self.epsilon}")
         if not float(self.temperature_init) > 0.0:
@@ -69,6 +78,11 @@ class MCLConfig:
         if log_tau <= math.log(self.temperature_min):
             return None
         return math.exp(log_tau)
+
+    @property
+    def is_moe(self) -> bool:
+        """The LoRA-MoE baseline (one routed model) rather than K competing hypotheses."""
+        return self.mode == "moe"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,6 +9,10 @@ All K hypotheses run in ONE forward pass: the caller replicates the batch K time
 with two batched matmuls. The same layer also runs one chosen hypothesis on an un-replicated batch,
 or an arbitrary row -> hypothesis map (used by batched decoding, where beam search multiplies the
 rows). The routing is a plain attribute set by `set_routing` (or the `MCLModel.route` context).
+
+With `router=True` the layer is a token-level LoRA mixture of experts (the LoRA-MoE baseline): a
+linear router g(x) = softmax(R x), R (K, d_in) zero-initialised (uniform gate 1/K at start), mixes
+the K experts per token, y = W x + (alpha / r) sum_k g_k(x) B_k A_k dropout(x).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from torch import nn
 
 from loramcl.config import LoRAConfig
 
-Routing = Union[None, int, torch.Tensor]
+Routing = Union[None, int, torch.Tensor, str]
+MOE_ROUTINGS = ("moe", "moe-sample")  # need a router
 
 
 class MultiLoRALinear(nn.Module):
@@ -35,9 +40,16 @@ class MultiLoRALinear(nn.Module):
         LongTensor ids of shape (N,): row n goes through adapter ids[n]; if the batch has
             m * N rows (beam search expands each row into m contiguous rows), ids are repeated.
         "base": adapters disabled, plain W x.
+        "moe" (layers with a router): per token, the softmax-weighted sum of the K experts,
+            y = W x + (alpha / r) sum_k softmax(R x)_k B_k A_k dropout(x).
+        "moe-sample" (layers with a router): per token, one expert k ~ softmax(R x) drawn with
+            `torch.multinomial` on the global RNG (seeded runs reproduce it); only its delta is added.
+
+    `router=True` adds `router`, an fp32 `nn.Linear(d_in, K, bias=False)` initialised to zero.
     """
 
-    def __init__(self, base_layer: nn.Linear, num_hypotheses: int, r: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base_layer: nn.Linear, num_hypotheses: int, r: int, alpha: float, dropout: float = 0.0,
+                 router: bool = False):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"MultiLoRALinear wraps nn.Linear, got {type(base_layer).__name__}")
@@ -51,19 +63,26 @@ class MultiLoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(num_hypotheses, r, d_in, **factory))
         self.lora_B = nn.Parameter(torch.zeros(num_hypotheses, d_out, r, **factory))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.router: Optional[nn.Linear] = nn.Linear(d_in, num_hypotheses, bias=False, **factory) if router else None
         self.routing: Routing = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """LoRA init per hypothesis: A_k Kaiming-uniform (a = sqrt 5), B_k = 0, so y_k = W x at start."""
+        """LoRA init per hypothesis: A_k Kaiming-uniform (a = sqrt 5), B_k = 0, so y_k = W x at start.
+
+        The router (if any) starts at zero: a uniform gate 1/K on every token.
+        """
         with torch.no_grad():
             for k in range(self.num_hypotheses):
                 nn.init.kaiming_uniform_(self.lora_A[k], a=math.sqrt(5))
             self.lora_B.zero_()
+            if self.router is not None:
+                self.router.weight.zero_()
 
     def extra_repr(self) -> str:
         d_out, d_in = self.base_layer.weight.shape
-        return f"in={d_in}, out={d_out}, num_hypotheses={self.num_hypotheses}, r={self.r}, scaling={self.scaling:g}"
+        return (f"in={d_in}, out={d_out}, num_hypotheses={self.num_hypotheses}, r={self.r}, scaling={self.scaling:g}"
+                + (", router=True" if self.router is not None else ""))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
@@ -71,7 +90,9 @@ class MultiLoRALinear(nn.Module):
         if isinstance(routing, str) and routing == "base":
             return result
         x_in = self.lora_dropout(x).to(self.lora_A.dtype)
-        if routing is None:
+        if isinstance(routing, str):  # "moe" / "moe-sample" (checked by set_routing)
+            delta = self._mixture_delta(x, x_in, sample=routing == "moe-sample")
+        elif routing is None:
             delta = self._replicated_delta(x_in)
         elif isinstance(routing, int):
             # (..., d_in) -> (..., r) -> (..., d_out)
@@ -102,6 +123,22 @@ class MultiLoRALinear(nn.Module):
         h = torch.bmm(xs, self.lora_A[ids].transpose(1, 2))  # (N, L, r)
         delta = torch.bmm(h, self.lora_B[ids].transpose(1, 2))  # (N, L, d_out)
         return delta.reshape(*x.shape[:-1], delta.shape[-1])
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """Router probabilities softmax(R x) per token, in fp32: (..., d_in) -> (..., K)."""
+        if self.router is None:
+            raise ValueError("this layer has no router (LoRA-MCL adapters); only LoRA-MoE layers have a gate")
+        return torch.softmax(self.router(x.to(self.router.weight.dtype)), dim=-1)
+
+    def _mixture_delta(self, x: torch.Tensor, x_in: torch.Tensor, sample: bool) -> torch.Tensor:
+        """sum_k g_k B_k A_k x_in per token; g = softmax(R x), or one-hot of a k drawn from it."""
+        gate = self.gate(x)  # (..., K); the router sees the un-dropped input
+        if sample:
+            probs = gate.detach().reshape(-1, self.num_hypotheses)
+            picks = torch.multinomial(probs, 1).view(gate.shape[:-1])  # (...,) one expert per token
+            gate = nn.functional.one_hot(picks, self.num_hypotheses).to(gate.dtype)
+        h = torch.einsum("...i,kri->...kr", x_in, self.lora_A)  # (..., K, r), all experts at once
+        return torch.einsum("...kr,kor->...o", h * gate[..., None], self.lora_B)  # (..., d_out)
 
     @torch.no_grad()
     def merged_weight(self, k: int) -> torch.Tensor:
@@ -151,8 +188,11 @@ def find_target_modules(model: nn.Module, cfg: LoRAConfig, scope: Optional[str] 
     return names
 
 
-def inject_adapters(model: nn.Module, cfg: LoRAConfig, num_hypotheses: int, scope: Optional[str] = None) -> list[str]:
+def inject_adapters(model: nn.Module, cfg: LoRAConfig, num_hypotheses: int, scope: Optional[str] = None,
+                    router: bool = False) -> list[str]:
     """Freeze `model` and replace every selected nn.Linear by a `MultiLoRALinear`; return the names.
+
+    `router=True` gives every adapted layer a token router (LoRA-MoE); its weights are trainable.
 
     Raises ValueError when nothing matches (listing some linear layers that exist) or when a
     selected module is not an nn.Linear.
@@ -177,7 +217,7 @@ def inject_adapters(model: nn.Module, cfg: LoRAConfig, num_hypotheses: int, scop
                 f"lora.target_modules selects {name!r}, a {type(module).__name__}; only nn.Linear "
                 f"layers can carry K-way adapters (narrow target_modules)"
             )
-        setattr(parent, child, MultiLoRALinear(module, num_hypotheses, cfg.r, cfg.alpha, cfg.dropout))
+        setattr(parent, child, MultiLoRALinear(module, num_hypotheses, cfg.r, cfg.alpha, cfg.dropout, router=router))
     return names
 
 
@@ -186,18 +226,26 @@ def lora_layers(model: nn.Module) -> list[MultiLoRALinear]:
 
 
 def set_routing(layers: Iterable[MultiLoRALinear], routing: Routing) -> None:
-    """Route every K-way layer: None (replicated batch), int k, per-row ids, or "base"."""
+    """Route every K-way layer: None (replicated batch), int k, per-row ids, "base", or (layers with a
+    router) "moe" / "moe-sample". Every layer is checked before any is changed."""
     if isinstance(routing, bool):
         raise TypeError("routing must be None, an int, a LongTensor or 'base'")
     if isinstance(routing, torch.Tensor) and routing.ndim == 0:
         routing = int(routing)
     if isinstance(routing, numbers.Integral):  # numpy ints too: otherwise taken for per-row ids
         routing = int(routing)
-    if not (routing is None or isinstance(routing, (int, torch.Tensor)) or routing == "base"):
-        raise TypeError(f"routing must be None, an int, a LongTensor or 'base', got {routing!r}")
+    if not (routing is None or isinstance(routing, (int, torch.Tensor)) or routing == "base"
+            or routing in MOE_ROUTINGS):
+        raise TypeError(f"routing must be None, an int, a LongTensor or 'base', got {routing!r} "
+                        f"(LoRA-MoE layers also take {' / '.join(map(repr, MOE_ROUTINGS))})")
+    layers = list(layers)
     for layer in layers:
         if isinstance(routing, int) and not 0 <= routing < layer.num_hypotheses:
             raise ValueError(f"hypothesis_idx must be in [0, {layer.num_hypotheses - 1}], got {routing}")
+        if isinstance(routing, str) and routing in MOE_ROUTINGS and layer.router is None:
+            raise ValueError(f"routing {routing!r} needs a token router, and these layers have none (LoRA-MCL "
+                             f"adapters); build the model with mcl mode 'moe', or pick a hypothesis index")
+    for layer in layers:
         layer.routing = routing
 
 
@@ -212,8 +260,16 @@ def replace_with_merged(model: nn.Module, k: int) -> nn.Module:
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the trainable adapter tensors (what checkpoints hold), keyed by their module path."""
-    return {n: p.detach() for n, p in model.named_parameters() if ".lora_A" in n or ".lora_B" in n}
+    """Only the trainable adapter tensors (what checkpoints hold: A, B and routers), keyed by their path."""
+    state = {}
+    for name, module in model.named_modules():
+        if isinstance(module, MultiLoRALinear):
+            prefix = f"{name}." if name else ""
+            state[f"{prefix}lora_A"] = module.lora_A.detach()
+            state[f"{prefix}lora_B"] = module.lora_B.detach()
+            if module.router is not None:
+                state[f"{prefix}router.weight"] = module.router.weight.detach()
+    return state
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

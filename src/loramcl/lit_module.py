@@ -5,6 +5,12 @@ each hypothesis wins (plus the annealing temperature); per validation epoch the 
 WTA (`val/wta_loss`, `val/hyp{k}_loss`, `val/win_rate_hyp{k}`). A hypothesis that never wins is
 the classic MCL collapse: it shows as a win rate of 0. Checkpoints hold the adapter weights and
 the optimizer state only, never the frozen backbone.
+
+A LoRA-MoE model (mcl mode "moe") is one routed model: it logs `train/loss` and `val/wta_loss`,
+which is then simply the validation mean NLL of the mixture (the name is kept so that checkpoint
+monitoring and `optimized_metric` work unchanged), and no per-expert losses or win rates.
+Checkpoints record the mode (`checkpoint["loramcl"]["mode"]`); MoE checkpoints (with routers) and
+MCL checkpoints are not interchangeable, and loading one into the other is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from torch import nn
 
 from loramcl.config import LoRAConfig, MCLConfig
 from loramcl.losses import win_counts
-from loramcl.model import MCLModel
+from loramcl.model import MCLModel, mode_mismatch
 
 
 def _numpy_state() -> tuple:
@@ -65,11 +71,12 @@ class MCLLitModule(L.LightningModule):
         self.model.set_progress(self.global_step, self.current_epoch)
         out = self.model(**model_inputs(batch))
         K, B = out.hypothesis_losses.shape
-        rates = win_counts(out.winners, K).float() / B
         metrics = {"train/loss": out.loss.detach()}
-        for k in range(K):
-            metrics[f"train/hyp{k}_loss"] = out.hypothesis_losses[k].detach().mean()
-            metrics[f"train/win_rate_hyp{k}"] = rates[k]
+        if not self.model.is_moe:  # the MoE mixture is one model: no hypotheses to compare
+            rates = win_counts(out.winners, K).float() / B
+            for k in range(K):
+                metrics[f"train/hyp{k}_loss"] = out.hypothesis_losses[k].detach().mean()
+                metrics[f"train/win_rate_hyp{k}"] = rates[k]
         if self.model.temperature is not None:
             metrics["train/temperature"] = torch.tensor(self.model.temperature)
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=B)
@@ -82,13 +89,14 @@ class MCLLitModule(L.LightningModule):
         self._val_sums = {"wta": torch.zeros(()), "hyp": torch.zeros(K), "wins": torch.zeros(K), "n": torch.zeros(())}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        out = self.model(**model_inputs(batch))  # eval mode: plain WTA
-        losses = out.hypothesis_losses.detach().float().cpu()  # (K, B)
+        out = self.model(**model_inputs(batch))  # eval mode: plain WTA (MoE: the mixture's NLL)
+        losses = out.hypothesis_losses.detach().float().cpu()  # (K, B); (1, B) for MoE
         s = self._val_sums
         s["wta"] += losses.min(dim=0).values.sum()
-        s["hyp"] += losses.sum(dim=1)
-        s["wins"] += win_counts(out.winners, self.num_hypotheses).float()
         s["n"] += losses.shape[1]
+        if not self.model.is_moe:
+            s["hyp"] += losses.sum(dim=1)
+            s["wins"] += win_counts(out.winners, self.num_hypotheses).float()
 
     def on_validation_epoch_end(self) -> None:
         s = self._val_sums
@@ -96,7 +104,7 @@ class MCLLitModule(L.LightningModule):
             return
         n = s["n"]
         metrics = {"val/wta_loss": s["wta"] / n}
-        for k in range(self.num_hypotheses):
+        for k in range(0 if self.model.is_moe else self.num_hypotheses):
             metrics[f"val/hyp{k}_loss"] = s["hyp"][k] / n
             metrics[f"val/win_rate_hyp{k}"] = s["wins"][k] / n
         self.log("val/wta_loss", metrics.pop("val/wta_loss"), prog_bar=True)
@@ -116,11 +124,12 @@ class MCLLitModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only the trainable (adapter) tensors, plus K and r to refuse a mismatched resume."""
+        """Keep only the trainable tensors (adapters, MoE routers), plus K, r and the mode to refuse a
+        mismatched resume or evaluation."""
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["loramcl"] = {"num_hypotheses": self.num_hypotheses, "r": self.model.lora_config.r,
-                                 "targets": self.model.target_names}
+                                 "targets": self.model.target_names, "mode": self.model.mcl_config.mode}
         # RNG states (dropout masks), so a resumed run continues exactly where this one was
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
                                     "numpy": _numpy_state()}
@@ -131,6 +140,9 @@ class MCLLitModule(L.LightningModule):
         meta = checkpoint.get("loramcl")
         if meta is None:
             raise ValueError("this checkpoint was not written by loramcl (no 'loramcl' entry)")
+        saved_mode = meta.get("mode", "wta")  # checkpoints written before MoE existed are MCL
+        if (saved_mode == "moe") != self.model.is_moe:
+            raise ValueError(mode_mismatch("this checkpoint holds", saved_mode, self.model.mcl_config.mode))
         if meta["num_hypotheses"] != self.num_hypotheses or meta["r"] != self.model.lora_config.r:
             raise ValueError(
                 f"checkpoint has K={meta['num_hypotheses']}, r={meta['r']}; this run has "

@@ -11,6 +11,11 @@
     out.hypothesis_losses       # (K, B) mean token NLL of every sequence under every hypothesis
     model.generate(ids, hypothesis_idx=1, max_new_tokens=40)
 
+With `MCLConfig(mode="moe")` the same class is the LoRA-MoE baseline: the K adapters are experts
+mixed per token by a softmax router in every adapted layer, the batch is not replicated, and the
+loss is the plain mean NLL of the one mixture model (`generate()` decodes the mixture; routing=
+"moe-sample" draws one expert per token; hypothesis_idx=k forces expert k).
+
 The backbone is frozen; K low-rank adapters are injected into the target linear layers (see
 `loramcl.layers`). A training forward replicates the batch K times, hypothesis-major, and runs all
 hypotheses in one pass. The object trains with the plain `transformers.Trainer`; `MCLTrainer`
@@ -31,6 +36,7 @@ from transformers.utils import ModelOutput
 
 from loramcl.config import LoRAConfig, MCLConfig
 from loramcl.layers import (
+    MOE_ROUTINGS,
     Routing,
     adapter_state_dict,
     check_routing_ids,
@@ -50,11 +56,11 @@ CONFIG_FILE = "mcl_config.json"
 class MCLOutput(ModelOutput):
     """Output of `MCLModel.forward`.
 
-    loss: scalar MCL loss (None without labels).
-    logits: (K, B, S, V) with all hypotheses, (B, S, V) with one `hypothesis_idx`.
-    hypothesis_losses: (K, B) per-sequence mean NLL ((1, B) with one hypothesis).
-    weights: (K, B) detached weights the loss used.
-    winners: (B,) index of the best hypothesis per sequence.
+    loss: scalar MCL loss (None without labels); for LoRA-MoE the mean NLL of the mixture.
+    logits: (K, B, S, V) with all hypotheses, (B, S, V) with one `hypothesis_idx` or an MoE routing.
+    hypothesis_losses: (K, B) per-sequence mean NLL ((1, B) with one hypothesis or the MoE mixture).
+    weights: (K, B) detached weights the loss used ((1, B) ones for the MoE mixture).
+    winners: (B,) index of the best hypothesis per sequence (zeros for the MoE mixture).
     """
 
     loss: Optional[torch.Tensor] = None
@@ -111,7 +117,8 @@ class MCLModel(nn.Module):
         self.base_model = model
         decoder, decoder_path, has_encoder = language_model_scope(model)
         scope = decoder_path if has_encoder and not self.lora_config.adapt_encoders else None
-        self.target_names = inject_adapters(model, self.lora_config, self.mcl_config.num_hypotheses, scope)
+        self.target_names = inject_adapters(model, self.lora_config, self.mcl_config.num_hypotheses, scope,
+                                            router=self.mcl_config.is_moe)
         self._layers = lora_layers(model)
         # With every adapter inside the language model, the K replicas are made at its entrance:
         # a frozen encoder then runs once per batch and its output is shared by the K replicas.
@@ -142,6 +149,11 @@ class MCLModel(nn.Module):
         return self.mcl_config.num_hypotheses
 
     @property
+    def is_moe(self) -> bool:
+        """LoRA-MoE baseline: K experts mixed per token by routers, one model trained by mean NLL."""
+        return self.mcl_config.is_moe
+
+    @property
     def config(self):  # the backbone's transformers config (used by HF Trainer and generate)
         return self.base_model.config
 
@@ -161,7 +173,8 @@ class MCLModel(nn.Module):
     # ------------------------------------------------------------------ routing
     @contextmanager
     def route(self, routing: Routing) -> Iterator[None]:
-        """Run the enclosed calls with a routing (None: replicated batch; k; per-row ids; "base")."""
+        """Run the enclosed calls with a routing (None: replicated batch; k; per-row ids; "base";
+        for an MoE model also "moe" / "moe-sample")."""
         previous = [layer.routing for layer in self._layers]
         if isinstance(routing, (list, tuple)) or isinstance(routing, torch.Tensor) and routing.ndim == 1:
             routing = check_routing_ids(routing, self.num_hypotheses)
@@ -179,11 +192,19 @@ class MCLModel(nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
         hypothesis_idx: Optional[int] = None,
+        routing: Optional[str] = None,
         **kwargs: Any,
     ) -> MCLOutput:
-        """All K hypotheses in one pass (default), or hypothesis `hypothesis_idx` alone."""
-        if hypothesis_idx is not None:
-            with self.route(int(hypothesis_idx)):
+        """All K hypotheses in one pass (default), or hypothesis `hypothesis_idx` alone.
+
+        LoRA-MoE model: the mixture ("moe", default) or sampled experts (`routing="moe-sample"`) on
+        the un-replicated batch, loss = mean per-sequence NLL; `hypothesis_idx=k` forces expert k.
+        """
+        routing = self._check_routing(hypothesis_idx, routing)
+        if routing is None and self.is_moe and hypothesis_idx is None:
+            routing = "moe"
+        if routing is not None or hypothesis_idx is not None:
+            with self.route(routing if routing is not None else int(hypothesis_idx)):
                 out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             logits = out.logits
             if labels is None:
@@ -191,7 +212,11 @@ class MCLModel(nn.Module):
             nll, count = sequence_nll(logits, labels, attention_mask)
             valid = count > 0
             loss = nll[valid].mean() if valid.any() else nll.sum() * 0.0
-            return MCLOutput(loss=loss, logits=logits, hypothesis_losses=nll[None])
+            if routing is None:
+                return MCLOutput(loss=loss, logits=logits, hypothesis_losses=nll[None])
+            # the MoE mixture is one model: a single "hypothesis" that wins every sequence
+            return MCLOutput(loss=loss, logits=logits, hypothesis_losses=nll[None], weights=torch.ones_like(nll)[None],
+                             winners=torch.zeros(nll.shape[0], dtype=torch.long, device=nll.device))
 
         K = self.num_hypotheses
         ref = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
@@ -230,10 +255,35 @@ class MCLModel(nn.Module):
         finally:
             handle.remove()
 
+    def _check_routing(self, hypothesis_idx: Any, routing: Optional[str]) -> Optional[str]:
+        """`routing` is only for LoRA-MoE models, and excludes `hypothesis_idx`."""
+        if routing is None:
+            return None
+        if routing not in MOE_ROUTINGS:
+            raise ValueError(f"routing must be one of {', '.join(map(repr, MOE_ROUTINGS))}, got {routing!r}")
+        if not self.is_moe:
+            raise ValueError(
+                f"routing={routing!r} needs a LoRA-MoE model (mcl mode 'moe'); this model has "
+                f"{self.num_hypotheses} {self.mcl_config.mode} hypotheses without router: pass hypothesis_idx"
+            )
+        if hypothesis_idx is not None:
+            raise ValueError(f"pass either routing={routing!r} or hypothesis_idx={hypothesis_idx!r}, not both")
+        return routing
+
     @torch.no_grad()
-    def generate(self, *args: Any, hypothesis_idx: Union[int, Sequence[int], torch.Tensor, None] = None, **kwargs: Any):
-        """`generate` of the backbone with hypothesis k (int) or one hypothesis per input row (ids)."""
-        if hypothesis_idx is None:
+    def generate(self, *args: Any, hypothesis_idx: Union[int, Sequence[int], torch.Tensor, None] = None,
+                 routing: Optional[str] = None, **kwargs: Any):
+        """`generate` of the backbone with hypothesis k (int) or one hypothesis per input row (ids).
+
+        LoRA-MoE model: the mixture by default (`routing="moe"`), `routing="moe-sample"` draws one
+        expert per token and layer from the router (on the global RNG), `hypothesis_idx=k` forces expert k.
+        """
+        routing = self._check_routing(hypothesis_idx, routing)
+        if routing is not None:
+            hypothesis_idx = routing
+        elif hypothesis_idx is None and self.is_moe:
+            hypothesis_idx = "moe"
+        elif hypothesis_idx is None:
             if self.num_hypotheses > 1:
                 raise ValueError(
                     f"this model has {self.num_hypotheses} hypotheses: pass hypothesis_idx=k "
@@ -248,7 +298,7 @@ class MCLModel(nn.Module):
         return adapter_state_dict(self)
 
     def save_adapters(self, directory: Union[str, Path]) -> Path:
-        """Write the K adapters (safetensors) and the MCL / LoRA configs; never the backbone."""
+        """Write the K adapters (and MoE routers) as safetensors, and the MCL / LoRA configs; never the backbone."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -260,11 +310,15 @@ class MCLModel(nn.Module):
         return directory
 
     def load_adapters(self, directory: Union[str, Path]) -> None:
-        """Load adapters written by `save_adapters`; refuses another K, rank or target set."""
+        """Load adapters written by `save_adapters`; refuses another K, rank or target set, and
+        MoE adapters (with routers) into an MCL model or the reverse."""
         from safetensors.torch import load_file
 
         directory = Path(directory)
         meta = json.loads((directory / CONFIG_FILE).read_text())
+        saved_mode = meta["mcl"].get("mode", "wta")
+        if (saved_mode == "moe") != self.is_moe:
+            raise ValueError(mode_mismatch(f"{directory} holds", saved_mode, self.mcl_config.mode))
         saved_k, saved_r = meta["mcl"]["num_hypotheses"], meta["lora"]["r"]
         if saved_k != self.num_hypotheses or saved_r != self.lora_config.r:
             raise ValueError(
@@ -282,10 +336,22 @@ class MCLModel(nn.Module):
                 params[name].copy_(value)
 
     def merge_and_unload(self, hypothesis_idx: int) -> nn.Module:
-        """Fold hypothesis k into the base weights and return the plain backbone (in place)."""
+        """Fold hypothesis k into the base weights and return the plain backbone (in place).
+
+        For a LoRA-MoE model this is expert k forced (the router is dropped)."""
         if not 0 <= hypothesis_idx < self.num_hypotheses:
             raise ValueError(f"hypothesis_idx must be in [0, {self.num_hypotheses - 1}], got {hypothesis_idx}")
         model = replace_with_merged(self.base_model, hypothesis_idx)
         self._layers = []
         return model
 
+
+
+def mode_mismatch(what: str, saved_mode: str, own_mode: str) -> str:
+    """The message for MoE adapters (with routers) offered to an MCL model, or the reverse."""
+
+    def kind(mode: str) -> str:
+        return "LoRA-MoE experts with token routers (mcl mode 'moe')" if mode == "moe" else \
+            f"LoRA-MCL hypotheses without router (mcl mode {mode!r})"
+
+    return f"{what} {kind(saved_mode)}; this model has {kind(own_mode)}: build it with the same mcl mode"

@@ -13,6 +13,10 @@ K hypotheses of a model (e.g. K separately trained LoRAs as an MCL initialisatio
     import_peft_adapters(model, [f"export/hyp_{k}" for k in range(K)])
 
 Command line: `python scripts/export_peft.py <train.py run folder or .ckpt> --out DIR`.
+
+A LoRA-MoE model (mcl mode "moe") mixes its experts per token with routers, which peft has no
+equivalent for: the mixture cannot be exported. Single experts can (`export_hypothesis(model, k)`,
+or `export_all(model, out, hypotheses=[k, ...])`): folder k equals the model with expert k forced.
 """
 
 from __future__ import annotations
@@ -94,7 +98,8 @@ def export_hypothesis(
     """Write hypothesis k as a peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors).
 
     `base_model_name_or_path` goes into the config (default: the backbone's `name_or_path`).
-    Refuses a non-empty `out_dir` unless `overwrite=True`.
+    Refuses a non-empty `out_dir` unless `overwrite=True`. For a LoRA-MoE model, writes expert k
+    alone (the model with routing k forced; the router is not exported).
     """
     from safetensors.torch import save_file
 
@@ -129,7 +134,13 @@ def export_all(
 
     Every target folder is checked before anything is written, so a refused export leaves the
     existing files as they were. `source` (the run folder or checkpoint) is recorded in the json.
+    A LoRA-MoE model is refused unless `hypotheses` names the experts to export one by one.
     """
+    if model.is_moe and hypotheses is None:
+        raise ValueError(
+            "a LoRA-MoE model cannot be exported to peft: its token routers have no peft equivalent; "
+            "export single experts (each = that expert forced) with hypotheses=[k, ...] (--hypotheses k ...)"
+        )
     K = model.num_hypotheses
     ks = list(range(K)) if hypotheses is None else [int(k) for k in hypotheses]
     bad = [k for k in ks if not 0 <= k < K]
@@ -151,6 +162,8 @@ def export_all(
         "source": source,
         "hypotheses": {str(k): folders[k].name for k in ks},
     }
+    if model.is_moe:
+        meta["note"] = "LoRA-MoE experts exported alone (expert k forced); the token routers are not exported"
     (out_dir / EXPORT_META).write_text(json.dumps(meta, indent=2))
     return paths
 

@@ -1,6 +1,7 @@
 """Training runs from a composed Hydra config: validation, extras, loggers, callbacks, fit.
 
-`run_finetune` is the `task=finetune` runner (one model, K = mcl.num_hypotheses); `fit_model` is
+`run_finetune` is the `task=finetune` runner (one model, K = mcl.num_hypotheses; its checkpoints go
+to checkpoints/K{K}/, or checkpoints/moe{K}/ for the LoRA-MoE baseline); `fit_model` is
 the building block other runners (the toy experiment) call once per model. Configs are checked
 before any backbone is built, so a bad value fails in a second with its own message.
 """
@@ -60,7 +61,7 @@ def preflight(cfg: DictConfig) -> Any:
 
 
 def check_checkpoint(path: str, mcl: MCLConfig, lora: LoRAConfig) -> None:
-    """A resume checkpoint must exist, come from loramcl and match this run's K and rank."""
+    """A resume checkpoint must exist, come from loramcl and match this run's K, rank and kind (MoE or MCL)."""
     if not Path(path).is_file():
         raise MissingResource(f"ckpt_path {path} does not exist")
     try:
@@ -69,6 +70,10 @@ def check_checkpoint(path: str, mcl: MCLConfig, lora: LoRAConfig) -> None:
         raise MissingResource(f"ckpt_path {path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
     if meta is None:
         raise MissingResource(f"ckpt_path {path} was not written by loramcl (no adapter metadata)")
+    if (meta.get("mode", "wta") == "moe") != mcl.is_moe:
+        from loramcl.model import mode_mismatch
+
+        raise ConfigError(mode_mismatch(f"ckpt_path {path} holds", meta.get("mode", "wta"), mcl.mode))
     if (meta["num_hypotheses"], meta["r"]) != (mcl.num_hypotheses, lora.r):
         raise ConfigError(f"ckpt_path {path} holds K={meta['num_hypotheses']} hypotheses of rank r={meta['r']}; "
                           f"this run has mcl.num_hypotheses={mcl.num_hypotheses}, lora.r={lora.r}")
@@ -179,7 +184,10 @@ def run_finetune(cfg: DictConfig) -> dict[str, float]:
     """`task=finetune`: train one model and write metrics.json to the run folder."""
     preflight(cfg)
     apply_extras(cfg)
-    result = fit_model(cfg, name=f"K{cfg.mcl.num_hypotheses}", ckpt_path=cfg.get("ckpt_path"))
+    mcl_cfg, _ = validated_configs(cfg)
+    # checkpoints/K{K}/ for LoRA-MCL and MLE, checkpoints/moe{K}/ for the LoRA-MoE baseline
+    name = f"moe{mcl_cfg.num_hypotheses}" if mcl_cfg.is_moe else f"K{mcl_cfg.num_hypotheses}"
+    result = fit_model(cfg, name=name, ckpt_path=cfg.get("ckpt_path"))
     out = output_dir(cfg)
     if out is not None:
         (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
