@@ -266,8 +266,8 @@ def test_diversity_hand_example():
     #   item 1: c0 "a b c d" (4 tokens): all n-grams found, closest ref length 8 -> brevity exp(1 - 8/4);
     #           c1, c2 identical to each other -> 1                                 -> e^-1, 1, 1
     #   item 2: c1 "p q r s" shares nothing with "x y z w" -> ~0 (1e-15 smoothing)  -> 1, 0, 1
-    expected = (1 + 0.2**0.25 + 1 + math.exp(-1) + 1 + 1 + 1 + 0 + 1) / 9  # 0.892958
-    assert out["mbleu_4"] == pytest.approx(expected, rel=1e-8)
+    expected = (1 + 0.2**0.25 + 1 + math.exp(-1) + 1 + 1 + 1 + 0 + 1) / 9  # 0.892958, reported x100
+    assert out["mbleu_4"] == pytest.approx(100 * expected, rel=1e-8)
     assert out["vocab"] == 16.0  # a..h and x y z w p q r s
 
 

@@ -7,7 +7,8 @@ Python (no Java), so diversity can be computed for any task, translation include
     div_n    per item: distinct n-grams over its K candidates / total tokens of its K candidates
              (n-grams never cross candidates; an item with no token counts 0); mean over items
     mbleu_4  per candidate: BLEU-4 against the other K - 1 candidates of its item as references;
-             mean over candidates and items (lower = more diverse). The BLEU is pycocoevalcap's
+             mean over candidates and items, x100 like the other BLEU scores (lower = more
+             diverse). The BLEU is pycocoevalcap's
              BleuScorer at sentence level (the coco-caption BLEU of the captioning papers): "closest"
              reference length for the brevity penalty and its built-in smoothing of every precision,
              (matches + 1e-15) / (guesses + 1e-9), so a candidate with no matching 4-gram scores ~0
@@ -40,7 +41,7 @@ def diversity_metrics(candidates: list[list[str]]) -> dict[str, float]:
     tokens = [[tokenize(c) for c in item] for item in candidates]
     out = {f"div_{n}": float(np.mean([distinct_ngram_ratio(item, n) for item in tokens])) for n in (1, 2)}
     if len(candidates[0]) >= 2:
-        out["mbleu_4"] = float(np.mean(self_bleu_4(tokens)))
+        out["mbleu_4"] = 100.0 * float(np.mean(self_bleu_4(tokens)))  # x100, like every BLEU here
     else:
         log.warning("mbleu_4 left out: it needs K >= 2 candidates per item (got K = 1)")
     out["vocab"] = float(len({word for item in tokens for cand in item for word in cand}))
