@@ -305,3 +305,14 @@ def test_cli_errors_are_one_line(store, tmp_path, capsys):
     assert cli.main(["--tracking-uri", store["uri"], "--experiment", TRAIN_ONLY, "--out", str(tmp_path)]) == 1
     assert "no finished evaluation run" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.csv"))
+
+
+def test_same_method_under_two_decoding_names_is_one_row():
+    from loramcl.results import _merge_same_method
+
+    rows = [{"experiment": "e", "scheme": "LoRA-MLE", "method": "Beam search (B=4)", "decoding": "mle_beam_2K", "x": 1.0},
+            {"experiment": "e", "scheme": "LoRA-MLE", "method": "Beam search (B=4)", "decoding": "mle_beam_K2", "x": 1.0},
+            {"experiment": "e", "scheme": "LoRA-MLE", "method": "Beam search (B=2)", "decoding": "mle_beam", "x": 2.0}]
+    merged = _merge_same_method(rows)
+    assert [(r["method"], r["decoding"]) for r in merged] == [("Beam search (B=4)", "mle_beam_2K/mle_beam_K2"),
+                                                              ("Beam search (B=2)", "mle_beam")]

@@ -119,6 +119,22 @@ def test_mismatches_fail_before_decoding(runs, tmp_path, overrides, message):
     assert not list(tmp_path.glob("eval/**/predictions.jsonl"))
 
 
+def test_corrupt_checkpoint_is_named_and_kept(runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(runs["mcl"], run)
+    ckpt = next(run.glob("checkpoints/K3/step*.ckpt"))
+    for other in run.glob("checkpoints/K3/*.ckpt"):
+        if other != ckpt:
+            other.unlink()
+    ckpt.write_bytes(b"garbage" * 10)
+    proc = run_eval(f"ckpt_path={ckpt}", "decoding=mcl_beam1", log_dir=tmp_path)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and last.startswith("error: ") and "cannot be read as a checkpoint" in last
+    assert ckpt.read_bytes() == b"garbage" * 10
+
+
 def test_mle_run_refuses_hypothesis_decoding(runs, tmp_path):
     proc = run_eval(f"ckpt_path={runs['mle']}", "decoding=mcl_beam1", log_dir=tmp_path)
     assert proc.returncode != 0 and "decodes each of the K hypotheses" in proc.stderr.strip().splitlines()[-1]

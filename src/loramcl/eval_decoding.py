@@ -229,8 +229,11 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
     spec = DecodingSpec.from_config(cfg.decoding)
     name, ckpt = select_checkpoint(cfg)
     train_cfg = OmegaConf.load(cfg.train_config) if cfg.get("train_config") else run_config(ckpt)
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    meta = checkpoint.get("loramcl", {})
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated / not a torch file: torch raises several types
+        raise ConfigError(f"{ckpt} cannot be read as a checkpoint ({type(err).__name__}: {err})") from None
+    meta = checkpoint.get("loramcl", {}) if isinstance(checkpoint, dict) else {}
     train_cfg = submodel_config(train_cfg, name, meta)
     check_compatibility(cfg, train_cfg, meta, spec, ckpt)
     K = num_candidates(cfg, train_cfg) if spec.method != "hypotheses" else int(train_cfg.mcl.num_hypotheses)

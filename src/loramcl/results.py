@@ -7,6 +7,8 @@ config name), `eval.method` (human label of the decoding method), `eval.num_hypo
 (plus per-hypothesis `<name>_hyp<k>` metrics, which are not table columns). The experiment name is the
 evaluation task name. A table row is one (scheme, decoding) pair of one experiment; when several
 finished runs share it (re-runs), the newest one (by start time) is kept and a log line says so.
+Decoding configs that are the same method at this K (same `eval.method`, e.g. B = 2K and B = K^2 at
+K = 2) share one row.
 Runs that are not FINISHED are skipped, also with a log line.
 
 Outputs, one set per experiment, in the output folder (derived files, replaced on every call):
@@ -118,6 +120,24 @@ def sort_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["experiment"], _scheme_rank(r["scheme"]), r["decoding"], r["method"]))
 
 
+def _merge_same_method(rows: list[dict]) -> list[dict]:
+    """One row per (experiment, scheme, method label): at small K two decoding configs can be the same
+    method (K = 2: B = 2K and B = K^2 are both beam 4), so their rows are merged (the first run's
+    numbers kept, the decoding names joined with "/")."""
+    merged: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row["experiment"], row["scheme"], row["method"])
+        if key not in merged:
+            merged[key] = row
+            continue
+        first = merged[key]
+        names = sorted(set(first["decoding"].split("/")) | {row["decoding"]})
+        log.info("%s: %s and %s are the same method (%s) for %s: one row", row["experiment"], first["decoding"],
+                 row["decoding"], row["method"], row["scheme"])
+        merged[key] = {**first, "decoding": "/".join(names)}
+    return list(merged.values())
+
+
 def collect(tracking_uri: str = DEFAULT_TRACKING_URI,
             experiments: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     """One row dict per (experiment, scheme, decoding): the ID_COLUMNS plus every table metric of the run.
@@ -163,6 +183,7 @@ def collect(tracking_uri: str = DEFAULT_TRACKING_URI,
                          len(runs), scheme, decoding, runs[0].info.run_id,
                          ", ".join(r.info.run_id for r in runs[1:]))
             rows.append(_row(exp.name, runs[0]))
+    rows = _merge_same_method(rows)
     if not rows:
         raise CollectError(f"no finished evaluation runs (tag loramcl.kind=eval) in {tracking_uri}; experiments: "
                            f"{', '.join(sorted(existing)) or '(none)'}")
