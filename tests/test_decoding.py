@@ -235,6 +235,22 @@ def test_mismatches_fail_before_decoding(tmp_path):
         check_compatibility(eval_cfg(), run_cfg(), {}, mcl_spec, ck)
 
 
+def test_multi_model_run_folder_gives_the_model_that_suits_the_decoding(tmp_path):
+    from loramcl.eval_decoding import select_checkpoint
+
+    for name, K in (("mle", 1), ("mcl", 2)):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+        torch.save({"loramcl": {"num_hypotheses": K, "r": 4}}, tmp_path / "checkpoints" / name / "last.ckpt")
+    cfg = OmegaConf.create({"ckpt_path": str(tmp_path), "model_name": None})
+    assert select_checkpoint(cfg, spec(method="hypotheses"))[0] == "mcl"
+    assert select_checkpoint(cfg, spec(method="beam", num_beams="K"))[0] == "mle"
+    assert select_checkpoint(OmegaConf.merge(cfg, {"model_name": "mle"}), spec(method="hypotheses"))[0] == "mle"
+    with pytest.raises(ConfigError, match="several models .* model_name"):
+        select_checkpoint(cfg, spec(method="moe_sample"))
+    with pytest.raises(ConfigError, match="model_name=moe is not in"):
+        select_checkpoint(OmegaConf.merge(cfg, {"model_name": "moe"}))
+
+
 def test_number_of_candidates():
     assert num_candidates(eval_cfg(), run_cfg(K=3)) == 3
     assert num_candidates(eval_cfg(), run_cfg(K=1, num_candidates=5)) == 5

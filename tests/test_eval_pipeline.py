@@ -135,6 +135,20 @@ def test_corrupt_checkpoint_is_named_and_kept(runs, tmp_path):
     assert ckpt.read_bytes() == b"garbage" * 10
 
 
+def test_a_sweep_skips_methods_that_do_not_suit_the_run(runs, tmp_path):
+    """The issue's one-multirun sweep on an MCL run: beam search / TTA are skipped with a warning."""
+    proc = run_eval("-m", f"ckpt_path={runs['mcl']}", "decoding=mcl_beam1,mle_beam,tta_beam1", log_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(predictions(tmp_path)) == 1
+    out = proc.stdout + proc.stderr
+    assert "skipped: decoding=mle_beam is for one-output models" in out
+    assert "skipped: decoding=tta_beam1 is for one-output models" in out
+    # outside a multirun the same mismatch is an error; TTA on text is refused for the MLE run too
+    proc = run_eval(f"ckpt_path={runs['mle']}", "decoding=tta_beam1", log_dir=tmp_path)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "(test-time augmentation) is defined for audio and image inputs" in last
+
+
 def test_mle_run_refuses_hypothesis_decoding(runs, tmp_path):
     proc = run_eval(f"ckpt_path={runs['mle']}", "decoding=mcl_beam1", log_dir=tmp_path)
     assert proc.returncode != 0 and "decodes each of the K hypotheses" in proc.stderr.strip().splitlines()[-1]

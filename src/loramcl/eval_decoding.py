@@ -37,8 +37,15 @@ log = logging.getLogger(__name__)
 SINGLE_OUTPUT = ("beam", "dbs", "sample", "tta")
 
 
+class UnsuitedDecoding(ConfigError):
+    """The decoding method does not suit the run's model (e.g. beam search on an MCL run)."""
+
+
 # ---------------------------------------------------------------------------- checks
-def select_checkpoint(cfg: DictConfig) -> tuple[str, Path]:
+def select_checkpoint(cfg: DictConfig, spec: Optional[DecodingSpec] = None) -> tuple[str, Path]:
+    """(model name, checkpoint). A run folder with several models (toy, bilingual: mle and mcl) gives
+    the one `model_name` names, else the only one that suits the decoding method (MCL hypotheses ->
+    the K > 1 model, one-output methods -> the K = 1 model)."""
     path = Path(str(cfg.ckpt_path)).expanduser()
     if not path.exists():
         raise ConfigError(f"ckpt_path {path} does not exist (give a train.py run folder or a checkpoint in it)")
@@ -51,9 +58,27 @@ def select_checkpoint(cfg: DictConfig) -> tuple[str, Path]:
         if name not in found:
             raise ConfigError(f"model_name={name} is not in {path}: it holds {', '.join(found)}")
         return name, found[name]
+    if len(found) > 1 and spec is not None:
+        suited = {n: c for n, c in found.items() if _suits(spec, _checkpoint_k(c))}
+        if len(suited) == 1:
+            return next(iter(suited.items()))
     if len(found) > 1:
         raise ConfigError(f"{path} holds several models ({', '.join(found)}): choose one with model_name=<name>")
     return next(iter(found.items()))
+
+
+def _checkpoint_k(ckpt: Path) -> Optional[int]:
+    try:
+        meta = torch.load(ckpt, map_location="cpu", weights_only=False).get("loramcl", {})
+    except Exception:  # unreadable: reported when it is chosen
+        return None
+    return None if meta.get("mode") == "moe" else meta.get("num_hypotheses")
+
+
+def _suits(spec: DecodingSpec, K: Optional[int]) -> bool:
+    if K is None:
+        return False
+    return K > 1 if spec.method == "hypotheses" else K == 1 and spec.method in SINGLE_OUTPUT
 
 
 def scheme_of(train_cfg: DictConfig) -> tuple[str, str]:
@@ -64,6 +89,24 @@ def scheme_of(train_cfg: DictConfig) -> tuple[str, str]:
     if K == 1:
         return "mle", "LoRA-MLE"
     return "mcl", f"LoRA-MCL ({mode})"
+
+
+def skip_unsuited(cfg: DictConfig, err: UnsuitedDecoding) -> bool:
+    """In a multirun (`eval.py -m ... decoding=a,b,c`), a method that does not suit this run is
+    skipped with one warning and the sweep goes on (`skip_unsuited=false` makes it an error)."""
+    setting = cfg.get("skip_unsuited", "auto")
+    if setting == "auto":
+        try:
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.types import RunMode
+
+            setting = HydraConfig.get().mode == RunMode.MULTIRUN
+        except (ValueError, ImportError):  # not inside a Hydra run
+            setting = False
+    if setting:
+        log.warning(f"skipped: {err}")
+        return True
+    return False
 
 
 def submodel_config(train_cfg: DictConfig, name: str, meta: dict) -> DictConfig:
@@ -114,12 +157,12 @@ def check_compatibility(cfg: DictConfig, train_cfg: DictConfig, meta: dict, spec
     kind, label = scheme_of(train_cfg)
     method = spec.method
     if method == "hypotheses" and K_run < 2:
-        raise ConfigError(f"decoding={spec.name} decodes each of the K hypotheses, but this {label} run has one: "
+        raise UnsuitedDecoding(f"decoding={spec.name} decodes each of the K hypotheses, but this {label} run has one: "
                           f"use a decoding for one-output models (beam, dbs, sampling, tta)")
     if method == "moe_sample" and kind != "moe":
-        raise ConfigError(f"decoding={spec.name} samples MoE experts, but this is a {label} run")
+        raise UnsuitedDecoding(f"decoding={spec.name} samples MoE experts, but this is a {label} run")
     if method in SINGLE_OUTPUT and kind == "mcl":
-        raise ConfigError(f"decoding={spec.name} is for one-output models (LoRA-MLE, LoRA-MoE); this {label} run has "
+        raise UnsuitedDecoding(f"decoding={spec.name} is for one-output models (LoRA-MLE, LoRA-MoE); this {label} run has "
                           f"K={K_run} hypotheses: use mcl_beam1 / mcl_beam2 / mcl_beamK")
     if method == "hypotheses" and cfg.get("num_candidates") not in (None, K_run):
         raise ConfigError(f"decoding={spec.name} gives one candidate per hypothesis (K={K_run}); "
@@ -160,9 +203,6 @@ def decode_split(decoder: Decoder, datamodule: Any, spec: DecodingSpec, K: int, 
     collate = datamodule.collator(False, "first")
     kind = datamodule.kind
     tta = TTAConfig(**spec.tta) if spec.method == "tta" else None
-    if tta is not None and kind not in ("audio_caption", "image_caption"):
-        raise ConfigError(f"decoding={spec.name} (test-time augmentation) is defined for audio and image inputs; "
-                          f"this run's data is {kind}")
     records = []
     total = len(dataset) if not limit else min(int(limit), len(dataset))
     with tqdm(total=total, desc=f"decoding ({spec.name})", unit="item") as bar:
@@ -227,7 +267,7 @@ def score(records: list[dict], kind: str, metrics_cfg: DictConfig) -> tuple[dict
 # ---------------------------------------------------------------------------- entry
 def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
     spec = DecodingSpec.from_config(cfg.decoding)
-    name, ckpt = select_checkpoint(cfg)
+    name, ckpt = select_checkpoint(cfg, spec)
     train_cfg = OmegaConf.load(cfg.train_config) if cfg.get("train_config") else run_config(ckpt)
     try:
         checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -235,7 +275,12 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"{ckpt} cannot be read as a checkpoint ({type(err).__name__}: {err})") from None
     meta = checkpoint.get("loramcl", {}) if isinstance(checkpoint, dict) else {}
     train_cfg = submodel_config(train_cfg, name, meta)
-    check_compatibility(cfg, train_cfg, meta, spec, ckpt)
+    try:
+        check_compatibility(cfg, train_cfg, meta, spec, ckpt)
+    except UnsuitedDecoding as err:
+        if not skip_unsuited(cfg, err):
+            raise
+        return {}
     K = num_candidates(cfg, train_cfg) if spec.method != "hypotheses" else int(train_cfg.mcl.num_hypotheses)
     spec.beams(K), spec.forward_passes(K)  # resolve "K", "2K", ... now: a bad value fails here
     kind, scheme = scheme_of(train_cfg)
@@ -244,6 +289,14 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
     datamodule = preflight(train_cfg)  # data files and backbone weights exist (or fail in one message)
     if not hasattr(datamodule, "sets") or "test" not in getattr(datamodule, "splits", {}):
         raise ConfigError(f"the run's data ({train_cfg.data.get('name')}) has no test split to decode")
+    try:
+        if spec.method == "tta" and datamodule.kind not in ("audio_caption", "image_caption"):
+            raise UnsuitedDecoding(f"decoding={spec.name} (test-time augmentation) is defined for audio and image "
+                                   f"inputs; this run's data is {datamodule.kind}")
+    except UnsuitedDecoding as err:
+        if not skip_unsuited(cfg, err):
+            raise
+        return {}
     datamodule.setup("test")
 
     torch.manual_seed(int(cfg.seed))
