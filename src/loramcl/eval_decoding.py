@@ -338,8 +338,6 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
     if out is not None:
         files = write_outputs(out, records, metrics, info)
     log_to_mlflow(cfg, train_cfg, metrics, info, files)
-    for note in notes:
-        log.warning(note)
     log.info(f"{scheme} / {method_label}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return metrics
 
