@@ -28,9 +28,13 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
     $PIP install -q "torch==$TORCH_VERSION"
   else
     echo "[setup_env] no NVIDIA GPU: installing the CPU build of torch $TORCH_VERSION"
-    # a local CPU wheel (pip find-links) when the machine has one, else PyTorch's CPU index
-    $PIP install -q --no-index "torch==$TORCH_VERSION" 2>/dev/null \
-      || $PIP install -q "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+    # a local CPU wheel (pip find-links) when the machine has one (its dependencies come from the
+    # registry), else PyTorch's CPU index
+    if $PIP download -q --no-index --no-deps "torch==$TORCH_VERSION" -d "$(mktemp -d)" 2>/dev/null; then
+      $PIP install -q "torch==$TORCH_VERSION"
+    else
+      $PIP install -q "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+    fi
   fi
 fi
 echo "[setup_env] installing the pinned requirements and the loramcl package (editable)"
