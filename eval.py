@@ -24,9 +24,8 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> dict:
-    from loramcl.config import ConfigError
-    from loramcl.evaluation import run_eval
-    from loramcl.training import MissingResource
+    from loramcl.errors import ConfigError, MissingResource
+    from loramcl.evaluation.main import run_eval
 
     try:
         return run_eval(cfg)

@@ -23,8 +23,7 @@ from omegaconf import DictConfig  # noqa: E402
 def main(cfg: DictConfig) -> float | None:
     from hydra.utils import get_method
 
-    from loramcl.config import ConfigError
-    from loramcl.training import MissingResource
+    from loramcl.errors import ConfigError, MissingResource
 
     try:
         metrics = get_method(cfg.task.runner)(cfg)

@@ -7,7 +7,7 @@
 
 Per experiment it writes <out>/<experiment>.csv, <experiment>.tex (one booktabs table) and
 <experiment>_quality_diversity.png / .pdf, replacing earlier files of the same experiment (they are
-derived outputs), and prints the table. The logic lives in src/loramcl/results.py.
+derived outputs), and prints the table. The logic lives in src/loramcl/evaluation/collect.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from loramcl.metrics.registry import METRICS
-from loramcl.results import (DEFAULT_TRACKING_URI, CollectError, best_rows, collect, format_value,
+from loramcl.evaluation.collect import (DEFAULT_TRACKING_URI, CollectError, best_rows, collect, format_value,
                              group_by_experiment, metric_columns, output_paths, write_outputs)
 
 

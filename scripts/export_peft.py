@@ -19,21 +19,14 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-from hydra.utils import instantiate
-
-from loramcl.evaluation import find_checkpoints, run_config
-from loramcl.model import MCLModel
+from loramcl.checkpoints import Checkpoint
+from loramcl.errors import ConfigError, MissingResource
 from loramcl.peft_io import export_all
-from loramcl.training import validated_configs
-
-LIT_PREFIX = "model."  # MCLLitModule keeps the MCLModel as `self.model`
+from loramcl.runs import checkpoint_config, find_checkpoints, load_model
 
 
 def choose_checkpoint(path: Path, model_name: Optional[str]) -> Path:
     """The checkpoint to export: `path` itself, or the run's checkpoint of `model_name`."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
     found = find_checkpoints(path)
     if model_name is not None:
         if model_name not in found:
@@ -46,34 +39,20 @@ def choose_checkpoint(path: Path, model_name: Optional[str]) -> Path:
     raise ValueError(f"{path} holds several models ({', '.join(found)}): choose one with --model")
 
 
-def load_run_model(ckpt: Path, save_base: Optional[Path] = None) -> tuple[MCLModel, object]:
-    """Rebuild the run's MCLModel from its config and load the checkpoint's adapters (and its config).
+def load_run_model(ckpt: Path, save_base: Optional[Path] = None):
+    """The run's adapter model with the checkpoint's adapters loaded, and the run's config.
 
     With `save_base`, the freshly built backbone is written there (save_pretrained) before the
     adapters are injected, so that runs on random from-config backbones can be reloaded.
     """
-    try:
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except Exception as err:  # not a torch file, truncated, ...
-        raise ValueError(f"{ckpt} is not a readable checkpoint ({type(err).__name__}: {err})") from None
-    meta = checkpoint.get("loramcl") if isinstance(checkpoint, dict) else None
-    if meta is None:
-        raise ValueError(f"{ckpt} was not written by loramcl (no 'loramcl' entry): cannot export it")
-    cfg = run_config(ckpt)
-    mcl_cfg, lora_cfg = validated_configs(cfg, meta["num_hypotheses"])
+    from hydra.utils import instantiate
+
+    checkpoint = Checkpoint.load(ckpt)
+    cfg = checkpoint_config(checkpoint)
     backbone = instantiate(cfg.model)
     if save_base is not None:
         backbone.save_pretrained(str(save_base))
-    model = MCLModel(backbone, mcl_cfg, lora_cfg)
-    if list(meta["targets"]) != list(model.target_names):
-        raise ValueError(f"{ckpt} adapts other layers than its run config selects: cannot rebuild the model")
-    state = {k[len(LIT_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(LIT_PREFIX)}
-    own = model.adapter_state_dict()
-    if set(state) != set(own):
-        missing = sorted(set(own) - set(state))[:3]
-        raise ValueError(f"{ckpt} does not hold this model's adapters (e.g. missing {missing})")
-    model.load_state_dict(state, strict=False)
-    return model.eval(), cfg
+    return load_model(checkpoint, cfg, backbone=backbone).eval(), cfg
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -97,7 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         base = base or cfg.model.get("name_or_path") or None
         paths = export_all(model, args.out, base, hypotheses=args.hypotheses, overwrite=args.overwrite,
                            source=str(ckpt.resolve()))
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, ConfigError, MissingResource) as err:
         print(f"export_peft.py: error: {err}", file=sys.stderr)
         return 2
     print(f"exported {len(paths)} of K={model.num_hypotheses} hypotheses of {ckpt}")

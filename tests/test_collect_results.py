@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from loramcl.metrics.registry import METRICS, diversity_keys, quality_keys
-from loramcl.results import (MAX_MARKER_AREA, CollectError, collect, latex_table, quality_diversity_figure,
+from loramcl.evaluation.collect import (MAX_MARKER_AREA, CollectError, collect, latex_table, quality_diversity_figure,
                              write_outputs)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,8 @@ def _log_run(client, experiment_id, scheme, decoding, method, metrics, task_type
     from mlflow.entities import Metric, Param
 
     run = client.create_run(experiment_id, start_time=start_time, tags={"loramcl.kind": kind})
-    params = {"eval.scheme": scheme, "eval.decoding": decoding, "eval.method": method, "eval.num_hypotheses": "5",
+    kind = "moe" if "MoE" in scheme else "mle" if "MLE" in scheme else "mcl" if "MCL" in scheme else "other"
+    params = {"eval.scheme": scheme, "eval.scheme_kind": kind, "eval.decoding": decoding, "eval.method": method, "eval.num_hypotheses": "5",
               "eval.task_type": task_type, "eval.train_run": f"logs/train/{decoding}", "cfg.seed": "0"}
     per_hypothesis = {"bleu_hyp0": 11.0, "win_rate_hyp0": 0.2}
     client.log_batch(run.info.run_id,
@@ -124,7 +125,7 @@ def test_collect_keeps_newest_finished_run_per_pair(store, caption, caplog):
     assert mcl["run_id"] == store["ids"][(MCL, "mcl_beam1")] != store["stale"]
     assert mcl["oracle_spider"] == 30.0
     # the duplicate is reported on a log line
-    with caplog.at_level(logging.INFO, logger="loramcl.results"):
+    with caplog.at_level(logging.INFO, logger="loramcl.evaluation.collect"):
         collect(store["uri"], [CAPTION])
     assert any("keeping the newest" in m and store["stale"] in m for m in caplog.messages)
     assert any("not FINISHED" in m for m in caplog.messages)
@@ -146,9 +147,9 @@ def test_csv_equals_logged_values(store, caption, tmp_path):
         table = list(csv.DictReader(handle))
     assert len(table) == 6
     header = list(table[0])
-    assert header[:7] == ["experiment", "scheme", "method", "decoding", "K", "task_type", "run_id"]
+    assert header[:8] == ["experiment", "scheme", "scheme_kind", "method", "decoding", "K", "task_type", "run_id"]
     logged_keys = {k for m in CAPTION_RUNS.values() for k in m}
-    assert set(header[7:]) == logged_keys  # every metric present in any run, nothing else
+    assert set(header[8:]) == logged_keys  # every metric present in any run, nothing else
     for (scheme, decoding, method), metrics in CAPTION_RUNS.items():
         (line,) = [r for r in table if r["scheme"] == scheme and r["decoding"] == decoding]
         assert line["method"] == method and line["run_id"] == store["ids"][(scheme, decoding)]
@@ -308,7 +309,7 @@ def test_cli_errors_are_one_line(store, tmp_path, capsys):
 
 
 def test_same_method_under_two_decoding_names_is_one_row():
-    from loramcl.results import _merge_same_method
+    from loramcl.evaluation.collect import _merge_same_method
 
     rows = [{"experiment": "e", "scheme": "LoRA-MLE", "method": "Beam search (B=4)", "decoding": "mle_beam_2K", "x": 1.0},
             {"experiment": "e", "scheme": "LoRA-MLE", "method": "Beam search (B=4)", "decoding": "mle_beam_K2", "x": 1.0},

@@ -56,9 +56,9 @@ def _assert_same(got, want, where: str) -> None:
 
 # ---------------------------------------------------------------------------- training steps
 def _training_trace(mode: str, steps: int = 6) -> dict:
-    from loramcl import LoRAConfig, MCLConfig, MCLModel
+    from loramcl import LoRAConfig, MCLConfig, build_model
 
-    model = MCLModel(tiny_llama(seed=0), MCLConfig(num_hypotheses=3, mode=mode, epsilon=0.1),
+    model = build_model(tiny_llama(seed=0), MCLConfig(num_hypotheses=3, mode=mode, epsilon=0.1),
                      LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
     torch.manual_seed(1)
     ids = torch.randint(3, 64, (8, 10))
@@ -76,7 +76,7 @@ def _training_trace(mode: str, steps: int = 6) -> dict:
         optimizer.step()
         trace["loss"].append(round(float(out.loss.detach()), 5))
         trace["winners"].append(torch.bincount(out.winners, minlength=out.hypothesis_losses.shape[0]).tolist())
-        trace["hypothesis_losses"].append([round(float(v), 5) for v in out.hypothesis_losses.mean(dim=1)])
+        trace["hypothesis_losses"].append([round(float(v), 5) for v in out.hypothesis_losses.detach().mean(dim=1)])
     return trace
 
 

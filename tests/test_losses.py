@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from loramcl.config import MCLConfig
-from loramcl.losses import mcl_loss, mcl_weights, sequence_nll, win_counts, win_rates
+from loramcl.losses import mcl_loss, mcl_weights, sequence_nll, win_counts, win_fractions
 
 L_ROWS = [[1.0, 2.0, 0.5], [1.5, 0.2, 0.5], [3.0, 1.0, 0.4]]
 K, B = 3, 3
@@ -253,5 +253,5 @@ def test_sequence_nll_half_precision_logits_are_scored_in_float32():
 def test_win_rates_by_hand():
     winners = torch.tensor([0, 2, 2, 1, 2])
     assert win_counts(winners, 4).tolist() == [1, 1, 3, 0]
-    torch.testing.assert_close(win_rates(winners, 4), torch.tensor([0.2, 0.2, 0.6, 0.0]))
-    assert win_rates(torch.tensor([], dtype=torch.long), 2).tolist() == [0.0, 0.0]
+    torch.testing.assert_close(win_fractions(winners, 4), torch.tensor([0.2, 0.2, 0.6, 0.0]))
+    assert win_fractions(torch.tensor([], dtype=torch.long), 2).tolist() == [0.0, 0.0]

@@ -1,20 +1,25 @@
 """LoRA-MCL: K low-rank adapters on one frozen language model, trained with winner-takes-all losses."""
 
+from loramcl.adapters import AdapterModel, MCLOutput
 from loramcl.config import LoRAConfig, MCLConfig
-from loramcl.layers import MultiLoRALinear, inject_adapters
-from loramcl.losses import mcl_loss, sequence_nll, win_rates
-from loramcl.model import MCLModel, MCLOutput
+from loramcl.layers import MultiLoRALinear, Route, inject_adapters
+from loramcl.losses import mcl_loss, sequence_nll
+from loramcl.model import MCLModel, build_model
+from loramcl.moe import MoEModel
 
 __all__ = [
+    "AdapterModel",
     "LoRAConfig",
     "MCLConfig",
     "MCLModel",
     "MCLOutput",
+    "MoEModel",
     "MultiLoRALinear",
+    "Route",
+    "build_model",
     "inject_adapters",
     "mcl_loss",
     "sequence_nll",
-    "win_rates",
 ]
 
 

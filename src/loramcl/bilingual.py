@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from loramcl.data.collate import model_inputs
 from loramcl.language_id import language_shares
-from loramcl.lit_module import model_inputs
-from loramcl.training import apply_extras, fit_model, make_mlflow_run, output_dir, preflight
+from loramcl.preflight import output_dir
+from loramcl.training import FitResult, apply_extras, train_mle_and_mcl
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +60,16 @@ def wins_by_language(model: Any, loader: Any) -> dict[str, list[float]]:
 
 
 def run_bilingual(cfg: DictConfig) -> dict[str, float]:
-    preflight(cfg)
-    apply_extras(cfg)
+    apply_extras(cfg)  # (each fit runs the preflight checks before building anything)
     out = output_dir(cfg) or Path.cwd()
-    parent = make_mlflow_run(cfg, f"{cfg.task_name}_seed{cfg.seed}")
-    models = ([("mle", 1)] if cfg.task.get("train_mle", True) else []) + [("mcl", int(cfg.mcl.num_hypotheses))]
     generation = dict(cfg.task.generation)
     results, metrics = {}, {}
-    for name, k in models:
-        run_cfg = cfg
-        if name == "mle" and cfg.task.get("mle_rank"):  # the paper's MLE baseline uses its own rank
-            run_cfg = OmegaConf.merge(cfg, {"lora": {"r": int(cfg.task.mle_rank)}})
-        fit = fit_model(run_cfg, name, num_hypotheses=k, parent_run_id=parent.run_id if parent else None)
+    test_set: dict[str, Any] = {}
+
+    def after_fit(name: str, fit: FitResult) -> None:
+        k = fit.module.num_hypotheses
         dm = fit.datamodule
+        test_set["texts"] = dm.sets["test"].texts
         captions = decode_hypotheses(fit.module.model, dm.test_dataloader(), dm.processor.tokenizer, generation)
         shares = [language_shares(c) for c in captions]
         by_language = wins_by_language(fit.module.model, dm.val_dataloader()) if k > 1 else None
@@ -92,10 +90,12 @@ def run_bilingual(cfg: DictConfig) -> dict[str, float]:
         if fit.mlflow_run is not None:
             fit.mlflow_run.log_metrics({f"hyp{h}_share_{lang}": v for h, s in enumerate(shares) for lang, v in s.items()})
             fit.mlflow_run.log_artifact(out / f"predictions_{name}.jsonl")
+
+    parent = train_mle_and_mcl(cfg, after_fit)
     mcl = results["mcl"]
     specialised = (all(max(s["en"], s["fr"]) >= 0.9 for s in mcl["language_shares"])
                    and len(set(mcl["dominant_language"])) == len(mcl["dominant_language"]) == 2)
-    refs = [c for caps in fit.datamodule.sets["test"].texts for c in caps]
+    refs = [c for caps in test_set["texts"] for c in caps]
     summary = {"experiment": cfg.task_name, "seed": int(cfg.seed), "models": results,
                "reference_language_shares": language_shares(refs), "mcl_specialised": specialised,
                "criterion": "each MCL hypothesis writes >= 90 % of its greedy captions in one language, "

@@ -13,8 +13,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence, Union
 
-class ConfigError(ValueError):
-    """An impossible configuration value (raised before any model is built)."""
+from loramcl.errors import ConfigError
+
+__all__ = ["ConfigError", "LoRAConfig", "MCLConfig", "validated_configs"]
 
 
 MCL_MODES = ("wta", "relaxed-wta", "annealed-wta", "random-wta")  # K hypotheses, winner-takes-all family
@@ -137,3 +138,14 @@ class LoRAConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def validated_configs(cfg: Any, num_hypotheses: Optional[int] = None) -> tuple[MCLConfig, LoRAConfig]:
+    """MCLConfig / LoRAConfig from a composed config's `mcl` / `lora` groups (K overridden by
+    `num_hypotheses`); raises ConfigError on a bad value."""
+    from omegaconf import OmegaConf
+
+    mcl = OmegaConf.to_container(cfg.mcl, resolve=True)
+    if num_hypotheses is not None:
+        mcl["num_hypotheses"] = num_hypotheses
+    return MCLConfig(**mcl), LoRAConfig(**OmegaConf.to_container(cfg.lora, resolve=True))

@@ -17,6 +17,7 @@ the K experts per token, y = W x + (alpha / r) sum_k g_k(x) B_k A_k dropout(x).
 
 from __future__ import annotations
 
+import enum
 import math
 import numbers
 import re
@@ -27,22 +28,32 @@ from torch import nn
 
 from loramcl.config import LoRAConfig
 
-Routing = Union[None, int, torch.Tensor, str]
-MOE_ROUTINGS = ("moe", "moe-sample")  # need a router
+
+class Route(enum.Enum):
+    """How a K-way layer routes its rows, besides one hypothesis index (int) or per-row ids (LongTensor)."""
+
+    REPLICATED = "replicated"  # the batch is K replicas, hypothesis-major; replica k -> adapter k
+    BASE = "base"  # adapters off: plain W x
+    MIXTURE = "mixture"  # LoRA-MoE: per token, the router-weighted sum of the K experts
+    SAMPLED = "sampled"  # LoRA-MoE: per token, one expert drawn from the router
+
+
+ROUTED = (Route.MIXTURE, Route.SAMPLED)  # need a token router
+Routing = Union[Route, int, torch.Tensor]  # a Route, hypothesis k, or one hypothesis id per row
 
 
 class MultiLoRALinear(nn.Module):
     """A frozen linear layer with K LoRA adapters (`lora_A`: (K, r, d_in), `lora_B`: (K, d_out, r)).
 
-    Routing (attribute `routing`):
-        None: the batch is K replicas, hypothesis-major; replica k goes through adapter k.
+    Routing (attribute `routing`, a `Routing`):
+        Route.REPLICATED: the batch is K replicas, hypothesis-major; replica k goes through adapter k.
         int k: every row goes through adapter k (un-replicated batch).
         LongTensor ids of shape (N,): row n goes through adapter ids[n]; if the batch has
             m * N rows (beam search expands each row into m contiguous rows), ids are repeated.
-        "base": adapters disabled, plain W x.
-        "moe" (layers with a router): per token, the softmax-weighted sum of the K experts,
+        Route.BASE: adapters disabled, plain W x.
+        Route.MIXTURE (layers with a router): per token, the softmax-weighted sum of the K experts,
             y = W x + (alpha / r) sum_k softmax(R x)_k B_k A_k dropout(x).
-        "moe-sample" (layers with a router): per token, one expert k ~ softmax(R x) drawn with
+        Route.SAMPLED (layers with a router): per token, one expert k ~ softmax(R x) drawn with
             `torch.multinomial` on the global RNG (seeded runs reproduce it); only its delta is added.
 
     `router=True` adds `router`, an fp32 `nn.Linear(d_in, K, bias=False)` initialised to zero.
@@ -64,7 +75,7 @@ class MultiLoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(num_hypotheses, d_out, r, **factory))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.router: Optional[nn.Linear] = nn.Linear(d_in, num_hypotheses, bias=False, **factory) if router else None
-        self.routing: Routing = None
+        self.routing: Routing = Route.REPLICATED
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -87,12 +98,12 @@ class MultiLoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         routing = self.routing
-        if isinstance(routing, str) and routing == "base":
+        if routing is Route.BASE:
             return result
         x_in = self.lora_dropout(x).to(self.lora_A.dtype)
-        if isinstance(routing, str):  # "moe" / "moe-sample" (checked by set_routing)
-            delta = self._mixture_delta(x, x_in, sample=routing == "moe-sample")
-        elif routing is None:
+        if isinstance(routing, Route) and routing in ROUTED:  # (checked by set_routing)
+            delta = self._mixture_delta(x, x_in, sample=routing is Route.SAMPLED)
+        elif routing is Route.REPLICATED:
             delta = self._replicated_delta(x_in)
         elif isinstance(routing, int):
             # (..., d_in) -> (..., r) -> (..., d_out)
@@ -225,26 +236,38 @@ def lora_layers(model: nn.Module) -> list[MultiLoRALinear]:
     return [m for m in model.modules() if isinstance(m, MultiLoRALinear)]
 
 
-def set_routing(layers: Iterable[MultiLoRALinear], routing: Routing) -> None:
-    """Route every K-way layer: None (replicated batch), int k, per-row ids, "base", or (layers with a
-    router) "moe" / "moe-sample". Every layer is checked before any is changed."""
-    if isinstance(routing, bool):
-        raise TypeError("routing must be None, an int, a LongTensor or 'base'")
+def as_routing(routing: object, num_hypotheses: int) -> Routing:
+    """Check and normalise a routing: a `Route`, a hypothesis index (Python or numpy int, 0-d tensor)
+    or one hypothesis id per row (sequence or 1-d tensor)."""
+    if isinstance(routing, Route):
+        return routing
     if isinstance(routing, torch.Tensor) and routing.ndim == 0:
         routing = int(routing)
-    if isinstance(routing, numbers.Integral):  # numpy ints too: otherwise taken for per-row ids
-        routing = int(routing)
-    if not (routing is None or isinstance(routing, (int, torch.Tensor)) or routing == "base"
-            or routing in MOE_ROUTINGS):
-        raise TypeError(f"routing must be None, an int, a LongTensor or 'base', got {routing!r} "
-                        f"(LoRA-MoE layers also take {' / '.join(map(repr, MOE_ROUTINGS))})")
+    if isinstance(routing, numbers.Integral) and not isinstance(routing, bool):  # numpy ints too
+        if not 0 <= int(routing) < num_hypotheses:
+            raise ValueError(f"hypothesis_idx must be in [0, {num_hypotheses - 1}], got {int(routing)}")
+        return int(routing)
+    if isinstance(routing, (list, tuple)) or isinstance(routing, torch.Tensor) and routing.ndim == 1:
+        ids = torch.as_tensor(routing, dtype=torch.long)
+        if ids.numel() and (ids.min() < 0 or ids.max() >= num_hypotheses):
+            raise ValueError(f"hypothesis ids must be in [0, {num_hypotheses - 1}], got {ids.tolist()}")
+        return ids
+    raise TypeError(f"routing must be a Route ({', '.join(r.name for r in Route)}), a hypothesis index or one "
+                    f"index per row, got {routing!r}")
+
+
+def set_routing(layers: Iterable[MultiLoRALinear], routing: object) -> None:
+    """Route every K-way layer (see `MultiLoRALinear`). Every layer is checked before any is changed."""
     layers = list(layers)
+    if not layers:
+        return
+    routing = as_routing(routing, layers[0].num_hypotheses)
     for layer in layers:
         if isinstance(routing, int) and not 0 <= routing < layer.num_hypotheses:
             raise ValueError(f"hypothesis_idx must be in [0, {layer.num_hypotheses - 1}], got {routing}")
-        if isinstance(routing, str) and routing in MOE_ROUTINGS and layer.router is None:
-            raise ValueError(f"routing {routing!r} needs a token router, and these layers have none (LoRA-MCL "
-                             f"adapters); build the model with mcl mode 'moe', or pick a hypothesis index")
+        if isinstance(routing, Route) and routing in ROUTED and layer.router is None:
+            raise ValueError(f"routing {routing} needs a token router, and these layers have none (LoRA-MCL "
+                             f"adapters); build a LoRA-MoE model (mcl mode 'moe'), or pick a hypothesis index")
     for layer in layers:
         layer.routing = routing
 
@@ -276,11 +299,3 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
-
-
-def check_routing_ids(ids: torch.Tensor, num_hypotheses: int) -> torch.Tensor:
-    ids = torch.as_tensor(ids, dtype=torch.long)
-    if ids.numel() and (ids.min() < 0 or ids.max() >= num_hypotheses):
-        raise ValueError(f"hypothesis ids must be in [0, {num_hypotheses - 1}], got {ids.tolist()}")
-    return ids
-

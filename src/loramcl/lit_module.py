@@ -6,11 +6,11 @@ WTA (`val/wta_loss`, `val/hyp{k}_loss`, `val/win_rate_hyp{k}`). A hypothesis tha
 the classic MCL collapse: it shows as a win rate of 0. Checkpoints hold the adapter weights and
 the optimizer state only, never the frozen backbone.
 
-A LoRA-MoE model (mcl mode "moe") is one routed model: it logs `train/loss` and `val/wta_loss`,
-which is then simply the validation mean NLL of the mixture (the name is kept so that checkpoint
-monitoring and `optimized_metric` work unchanged), and no per-expert losses or win rates.
-Checkpoints record the mode (`checkpoint["loramcl"]["mode"]`); MoE checkpoints (with routers) and
-MCL checkpoints are not interchangeable, and loading one into the other is refused.
+A LoRA-MoE model (`loramcl.moe.MoEModel`, whose experts do not compete) logs `train/loss` and
+`val/wta_loss`, which is then simply the validation mean NLL of the mixture (the name is kept so
+that checkpoint monitoring and `optimized_metric` work unchanged), and no per-expert losses or win
+rates. Checkpoints record a `CheckpointMeta` (K, rank, adapted layers, mode); a checkpoint of another
+K, rank or scheme is refused on load.
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from loramcl.adapters import AdapterModel
+from loramcl.checkpoints import META_KEY, CheckpointMeta
 from loramcl.config import LoRAConfig, MCLConfig
+from loramcl.data.collate import model_inputs
 from loramcl.losses import win_counts
-from loramcl.model import MCLModel, mode_mismatch
+from loramcl.model import build_model
 
 
 def _numpy_state() -> tuple:
@@ -34,13 +37,11 @@ def _numpy_state() -> tuple:
     return (str(name), torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(gauss))
 
 
-def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors of a batch (collators also pass references, ids and targets for evaluation)."""
-    return {k: v for k, v in batch.items() if torch.is_tensor(v)}
-
-
 class MCLLitModule(L.LightningModule):
-    """Trains the adapters of an `MCLModel`; the backbone stays frozen."""
+    """Trains the adapters of an adapter model (`MCLModel` or `MoEModel`); the backbone stays frozen.
+
+    `backbone` is a plain transformers model (the adapters are injected here as `mcl` and `lora`
+    say) or an already built adapter model (e.g. `loramcl.runs.load_model`'s, for validation)."""
 
     strict_loading = False  # checkpoints carry only the adapters
 
@@ -53,7 +54,7 @@ class MCLLitModule(L.LightningModule):
         scheduler: Optional[Callable[..., Any]] = None,
     ):
         super().__init__()
-        self.model = MCLModel(backbone, mcl, lora)
+        self.model = backbone if isinstance(backbone, AdapterModel) else build_model(backbone, mcl, lora)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.val_history: list[dict[str, float]] = []
@@ -72,7 +73,7 @@ class MCLLitModule(L.LightningModule):
         out = self.model(**model_inputs(batch))
         K, B = out.hypothesis_losses.shape
         metrics = {"train/loss": out.loss.detach()}
-        if not self.model.is_moe:  # the MoE mixture is one model: no hypotheses to compare
+        if self.model.compares_hypotheses:  # the MoE mixture is one model: no hypotheses to compare
             rates = win_counts(out.winners, K).float() / B
             for k in range(K):
                 metrics[f"train/hyp{k}_loss"] = out.hypothesis_losses[k].detach().mean()
@@ -94,7 +95,7 @@ class MCLLitModule(L.LightningModule):
         s = self._val_sums
         s["wta"] += losses.min(dim=0).values.sum()
         s["n"] += losses.shape[1]
-        if not self.model.is_moe:
+        if self.model.compares_hypotheses:
             s["hyp"] += losses.sum(dim=1)
             s["wins"] += win_counts(out.winners, self.num_hypotheses).float()
 
@@ -104,7 +105,7 @@ class MCLLitModule(L.LightningModule):
             return
         n = s["n"]
         metrics = {"val/wta_loss": s["wta"] / n}
-        for k in range(0 if self.model.is_moe else self.num_hypotheses):
+        for k in range(self.num_hypotheses if self.model.compares_hypotheses else 0):
             metrics[f"val/hyp{k}_loss"] = s["hyp"][k] / n
             metrics[f"val/win_rate_hyp{k}"] = s["wins"][k] / n
         self.log("val/wta_loss", metrics.pop("val/wta_loss"), prog_bar=True)
@@ -128,8 +129,7 @@ class MCLLitModule(L.LightningModule):
         mismatched resume or evaluation."""
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["loramcl"] = {"num_hypotheses": self.num_hypotheses, "r": self.model.lora_config.r,
-                                 "targets": self.model.target_names, "mode": self.model.mcl_config.mode}
+        checkpoint[META_KEY] = CheckpointMeta.of_model(self.model).to_dict()
         # RNG states (dropout masks), so a resumed run continues exactly where this one was
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
                                     "numpy": _numpy_state()}
@@ -137,17 +137,8 @@ class MCLLitModule(L.LightningModule):
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get("loramcl")
-        if meta is None:
-            raise ValueError("this checkpoint was not written by loramcl (no 'loramcl' entry)")
-        saved_mode = meta.get("mode", "wta")  # checkpoints written before MoE existed are MCL
-        if (saved_mode == "moe") != self.model.is_moe:
-            raise ValueError(mode_mismatch("this checkpoint holds", saved_mode, self.model.mcl_config.mode))
-        if meta["num_hypotheses"] != self.num_hypotheses or meta["r"] != self.model.lora_config.r:
-            raise ValueError(
-                f"checkpoint has K={meta['num_hypotheses']}, r={meta['r']}; this run has "
-                f"K={self.num_hypotheses}, r={self.model.lora_config.r}"
-            )
+        meta = CheckpointMeta.from_dict(checkpoint.get(META_KEY), "this checkpoint")
+        meta.check(self.model.mcl_config, self.model.lora_config, "this checkpoint")
         states = checkpoint.get("rng_states")
         fitting = self._trainer is not None and getattr(self.trainer.state.fn, "value", None) == "fit"
         if states and fitting:  # resuming a fit (not evaluating)

@@ -125,7 +125,7 @@ def win_counts(winners: torch.Tensor, num_hypotheses: int) -> torch.Tensor:
     return torch.bincount(winners.flatten().cpu(), minlength=num_hypotheses)
 
 
-def win_rates(winners: torch.Tensor, num_hypotheses: int) -> torch.Tensor:
+def win_fractions(winners: torch.Tensor, num_hypotheses: int) -> torch.Tensor:
     """(K,) fraction of samples each hypothesis wins (a collapsed hypothesis shows 0)."""
     counts = win_counts(winners, num_hypotheses).float()
     return counts / counts.sum().clamp(min=1)

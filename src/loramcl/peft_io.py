@@ -14,7 +14,7 @@ K hypotheses of a model (e.g. K separately trained LoRAs as an MCL initialisatio
 
 Command line: `python scripts/export_peft.py <train.py run folder or .ckpt> --out DIR`.
 
-A LoRA-MoE model (mcl mode "moe") mixes its experts per token with routers, which peft has no
+A LoRA-MoE model (`MoEModel`) mixes its experts per token with routers, which peft has no
 equivalent for: the mixture cannot be exported. Single experts can (`export_hypothesis(model, k)`,
 or `export_all(model, out, hypotheses=[k, ...])`): folder k equals the model with expert k forced.
 """
@@ -29,7 +29,8 @@ from typing import Optional, Sequence, Union
 import torch
 
 from loramcl.layers import MultiLoRALinear
-from loramcl.model import MCLModel
+from loramcl.adapters import AdapterModel
+from loramcl.moe import MoEModel
 
 PathLike = Union[str, Path]
 CONFIG_NAME = "adapter_config.json"  # peft.utils.CONFIG_NAME
@@ -39,12 +40,12 @@ EXPORT_META = "mcl_export.json"
 KEY_PREFIX = "base_model.model."  # PeftModel.base_model (LoraModel) . model (the HF model)
 
 
-def _layers(model: MCLModel) -> dict[str, MultiLoRALinear]:
+def _layers(model: AdapterModel) -> dict[str, MultiLoRALinear]:
     """{module path relative to the HF model: K-way layer}, in model order."""
     return {name: model.base_model.get_submodule(name) for name in model.target_names}
 
 
-def peft_target_modules(model: MCLModel) -> list[str]:
+def peft_target_modules(model: AdapterModel) -> list[str]:
     """`target_modules` that make peft select exactly the adapted layers of `model`.
 
     The module-name suffixes (["q_proj", "v_proj"]: short, what vLLM and people expect) when they
@@ -59,7 +60,7 @@ def peft_target_modules(model: MCLModel) -> list[str]:
     return suffixes if selected == targets else targets
 
 
-def _peft_config(model: MCLModel, base_model_name_or_path: Optional[str]):
+def _peft_config(model: AdapterModel, base_model_name_or_path: Optional[str]):
     from peft import LoraConfig
 
     cfg = model.lora_config
@@ -75,7 +76,7 @@ def _peft_config(model: MCLModel, base_model_name_or_path: Optional[str]):
     )
 
 
-def _default_base_name(model: MCLModel) -> Optional[str]:
+def _default_base_name(model: AdapterModel) -> Optional[str]:
     # transformers sets name_or_path to the Hub name or folder it loaded from ("" when built from a config)
     return getattr(model.base_model, "name_or_path", None) or None
 
@@ -88,7 +89,7 @@ def _check_writable(folder: Path, overwrite: bool) -> None:
 
 
 def export_hypothesis(
-    model: MCLModel,
+    model: AdapterModel,
     k: int,
     out_dir: PathLike,
     base_model_name_or_path: Optional[str] = None,
@@ -122,7 +123,7 @@ def export_hypothesis(
 
 
 def export_all(
-    model: MCLModel,
+    model: AdapterModel,
     out_dir: PathLike,
     base_model_name_or_path: Optional[str] = None,
     *,
@@ -136,7 +137,7 @@ def export_all(
     existing files as they were. `source` (the run folder or checkpoint) is recorded in the json.
     A LoRA-MoE model is refused unless `hypotheses` names the experts to export one by one.
     """
-    if model.is_moe and hypotheses is None:
+    if isinstance(model, MoEModel) and hypotheses is None:
         raise ValueError(
             "a LoRA-MoE model cannot be exported to peft: its token routers have no peft equivalent; "
             "export single experts (each = that expert forced) with hypotheses=[k, ...] (--hypotheses k ...)"
@@ -162,7 +163,7 @@ def export_all(
         "source": source,
         "hypotheses": {str(k): folders[k].name for k in ks},
     }
-    if model.is_moe:
+    if isinstance(model, MoEModel):
         meta["note"] = "LoRA-MoE experts exported alone (expert k forced); the token routers are not exported"
     (out_dir / EXPORT_META).write_text(json.dumps(meta, indent=2))
     return paths
@@ -204,7 +205,7 @@ def load_peft_state(adapter_dir: PathLike) -> tuple[dict, dict[str, tuple[torch.
     return config, {n: (p["lora_A"], p["lora_B"]) for n, p in pairs.items()}
 
 
-def _check_config(folder: Path, config: dict, model: MCLModel) -> None:
+def _check_config(folder: Path, config: dict, model: AdapterModel) -> None:
     cfg = model.lora_config
     if config.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{folder} holds a {config['peft_type']} adapter, not LORA")
@@ -225,7 +226,7 @@ def _check_config(folder: Path, config: dict, model: MCLModel) -> None:
             raise ValueError(f"{folder} has per-layer {field}={odd}; this model uses one value, {own}, everywhere")
 
 
-def import_peft_adapters(model: MCLModel, adapter_dirs: Sequence[PathLike]) -> None:
+def import_peft_adapters(model: AdapterModel, adapter_dirs: Sequence[PathLike]) -> None:
     """Load K peft LoRA folders as hypotheses 0..K-1 of `model` (in place).
 
     Checks, before copying anything: K folders; each config's r and lora_alpha equal the model's;

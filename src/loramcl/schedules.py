@@ -35,9 +35,3 @@ def warmup_inverse_sqrt(optimizer: Optimizer, total_steps: int, warmup_ratio: fl
     """Linear warmup, then lr proportional to 1 / sqrt(step) (ALMA's schedule)."""
     warmup = max(1, _warmup_steps(total_steps, warmup_ratio))
     return LambdaLR(optimizer, lambda step: (step + 1) / warmup if step < warmup else math.sqrt(warmup / (step + 1)))
-
-
-def constant(optimizer: Optimizer, total_steps: int, warmup_ratio: float = 0.0) -> LambdaLR:
-    """Linear warmup, then constant."""
-    warmup = _warmup_steps(total_steps, warmup_ratio)
-    return LambdaLR(optimizer, lambda step: (step + 1) / warmup if step < warmup else 1.0)

@@ -1,9 +1,11 @@
-"""Training runs from a composed Hydra config: validation, extras, loggers, callbacks, fit.
+"""Training runs from a composed Hydra config: extras, loggers, callbacks, fit.
 
 `run_finetune` is the `task=finetune` runner (one model, K = mcl.num_hypotheses; its checkpoints go
-to checkpoints/K{K}/, or checkpoints/moe{K}/ for the LoRA-MoE baseline); `fit_model` is
-the building block other runners (the toy experiment) call once per model. Configs are checked
-before any backbone is built, so a bad value fails in a second with its own message.
+to checkpoints/K{K}/, or checkpoints/moe{K}/ for the LoRA-MoE baseline); `fit_model` is the building
+block of every runner, and `train_mle_and_mcl` the skeleton of the two-model runners (toy, bilingual):
+an MLE baseline and an MCL model trained one after the other under one parent MLflow run. Configs,
+data, weights and a resume checkpoint are checked once per fit (`loramcl.preflight`) before any
+backbone is built, so a bad value fails in a second with its own message.
 """
 
 from __future__ import annotations
@@ -13,83 +15,45 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from loramcl.config import ConfigError, LoRAConfig, MCLConfig
+from loramcl.config import validated_configs
 from loramcl.lit_module import MCLLitModule
+from loramcl.preflight import output_dir, preflight
+from loramcl.schemes import Scheme
 from loramcl.utils.mlflow_store import MLflowRun, flatten
 
 log = logging.getLogger(__name__)
 
 
-def validated_configs(cfg: DictConfig, num_hypotheses: Optional[int] = None) -> tuple[MCLConfig, LoRAConfig]:
-    """MCLConfig / LoRAConfig from `cfg.mcl` / `cfg.lora`; raises ValueError on a bad value."""
-    mcl = OmegaConf.to_container(cfg.mcl, resolve=True)
-    if num_hypotheses is not None:
-        mcl["num_hypotheses"] = num_hypotheses
-    return MCLConfig(**mcl), LoRAConfig(**OmegaConf.to_container(cfg.lora, resolve=True))
-
-
-def preflight(cfg: DictConfig) -> Any:
-    """Everything that can fail before a model is loaded, in seconds: config values, data files,
-    model weights. All missing pieces are named in one error. Returns the (unset-up) DataModule."""
-    validated_configs(cfg)
-    problems = []
-    datamodule = instantiate(cfg.data)
-    if hasattr(datamodule, "check"):
-        try:
-            datamodule.check()
-        except (FileNotFoundError, ValueError) as err:
-            problems.append(str(err))
-    if str(cfg.model.get("_target_", "")).endswith("from_pretrained"):
-        from loramcl.backbones import check_available
-
-        try:
-            check_available(cfg.model.name_or_path, cfg.model.get("auto_pretrain"))
-        except FileNotFoundError as err:
-            problems.append(str(err))
-    if problems:
-        raise MissingResource(" | ".join(problems))
-    if cfg.get("ckpt_path"):
-        check_checkpoint(cfg.ckpt_path, *validated_configs(cfg))
-    return datamodule
-
-
-def check_checkpoint(path: str, mcl: MCLConfig, lora: LoRAConfig) -> None:
-    """A resume checkpoint must exist, come from loramcl and match this run's K, rank and kind (MoE or MCL)."""
-    if not Path(path).is_file():
-        raise MissingResource(f"ckpt_path {path} does not exist")
-    try:
-        meta = torch.load(path, map_location="cpu", weights_only=False).get("loramcl")
-    except Exception as err:  # truncated or foreign file
-        raise MissingResource(f"ckpt_path {path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
-    if meta is None:
-        raise MissingResource(f"ckpt_path {path} was not written by loramcl (no adapter metadata)")
-    if (meta.get("mode", "wta") == "moe") != mcl.is_moe:
-        from loramcl.model import mode_mismatch
-
-        raise ConfigError(mode_mismatch(f"ckpt_path {path} holds", meta.get("mode", "wta"), mcl.mode))
-    if (meta["num_hypotheses"], meta["r"]) != (mcl.num_hypotheses, lora.r):
-        raise ConfigError(f"ckpt_path {path} holds K={meta['num_hypotheses']} hypotheses of rank r={meta['r']}; "
-                          f"this run has mcl.num_hypotheses={mcl.num_hypotheses}, lora.r={lora.r}")
-
-
-class MissingResource(FileNotFoundError):
-    """Data or weights a run needs are missing or unreadable (raised before any model is loaded)."""
+# Warnings that every run on a frozen-backbone, adapter-only, small-data setup triggers and that say
+# nothing actionable; `extras.ignore_warnings` silences exactly these (message regex, category).
+KNOWN_NOISY_WARNINGS = [
+    # Lightning: our DataModules load in the main process (HDF5 / in-memory tensors), on purpose
+    (r".*does not have many workers which may be a bottleneck.*", UserWarning),
+    # Lightning: tiny demo / toy sets have fewer batches than the default logging interval
+    (r".*The number of training batches .* is smaller than the logging interval.*", UserWarning),
+    # Lightning: checkpoints hold the adapters only; the frozen backbone is rebuilt from its config
+    (r".*Found keys that are not in the model state dict but in the checkpoint.*", UserWarning),
+    # Lightning's LR-monitor / checkpoint chatter when a run has no logger (logger=none)
+    (r".*Cannot log learning rate because the `Trainer` has no `logger`.*", Warning),
+    (r".*ModelCheckpoint.*could not find the monitored key.*", Warning),
+    # transformers: generation defaults the decoders set explicitly anyway
+    (r".*Setting `pad_token_id` to `eos_token_id`.*", UserWarning),
+]
 
 
 def apply_extras(cfg: DictConfig) -> None:
-    """Warnings, CPU tweaks and the config tree (printed and saved in the run folder)."""
+    """Known-noisy warnings, CPU tweaks and the config tree (printed and saved in the run folder)."""
     extras = cfg.get("extras", {})
     if extras.get("ignore_warnings"):
-        warnings.filterwarnings("ignore")
-        for name in ("transformers", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        for message, category in KNOWN_NOISY_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
     if extras.get("flush_denormal"):
         torch.set_flush_denormal(True)
     if extras.get("num_threads"):
@@ -100,15 +64,6 @@ def apply_extras(cfg: DictConfig) -> None:
         tree_text = config_tree(cfg, print_it=bool(extras.get("print_config")))
         if output_dir(cfg) is not None:
             (output_dir(cfg) / "config_tree.log").write_text(tree_text)
-
-
-def output_dir(cfg: DictConfig) -> Optional[Path]:
-    try:
-        path = Path(cfg.paths.output_dir)
-    except Exception:  # composed outside a Hydra run: no run folder
-        return None
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @dataclass
@@ -156,11 +111,14 @@ def fit_model(
     num_hypotheses: Optional[int] = None,
     parent_run_id: Optional[str] = None,
     ckpt_path: Optional[str] = None,
+    datamodule: Any = None,
 ) -> FitResult:
-    """Seed, build data, backbone, module, loggers and trainer from `cfg`, then fit."""
+    """Seed, build data (unless `datamodule`, from a preflight, is given), backbone, module, loggers
+    and trainer from `cfg`, then fit."""
     mcl_cfg, lora_cfg = validated_configs(cfg, num_hypotheses)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = preflight(cfg)
+    if datamodule is None:
+        datamodule = preflight(cfg)
     backbone = instantiate(cfg.model)
     module = MCLLitModule(backbone, mcl_cfg, lora_cfg, instantiate(cfg.optim.optimizer),
                           instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None)
@@ -182,13 +140,26 @@ def fit_model(
 
 def run_finetune(cfg: DictConfig) -> dict[str, float]:
     """`task=finetune`: train one model and write metrics.json to the run folder."""
-    preflight(cfg)
+    datamodule = preflight(cfg, resume=cfg.get("ckpt_path"))
     apply_extras(cfg)
-    mcl_cfg, _ = validated_configs(cfg)
-    # checkpoints/K{K}/ for LoRA-MCL and MLE, checkpoints/moe{K}/ for the LoRA-MoE baseline
-    name = f"moe{mcl_cfg.num_hypotheses}" if mcl_cfg.is_moe else f"K{mcl_cfg.num_hypotheses}"
-    result = fit_model(cfg, name=name, ckpt_path=cfg.get("ckpt_path"))
+    folder = Scheme.of_config(cfg).checkpoint_folder  # checkpoints/K{K}/, or moe{K}/ for LoRA-MoE
+    result = fit_model(cfg, name=folder, ckpt_path=cfg.get("ckpt_path"), datamodule=datamodule)
     out = output_dir(cfg)
     if out is not None:
         (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
     return result.metrics
+
+
+def train_mle_and_mcl(cfg: DictConfig, after_fit: Callable[[str, FitResult], None]) -> Optional[MLflowRun]:
+    """The two-model runners' skeleton: an MLE baseline (K = 1, rank `task.mle_rank` when set; skipped
+    with `task.train_mle=false`) and the MCL model (K = mcl.num_hypotheses), trained one after the
+    other as child runs of one parent MLflow run (returned, still open, or None without MLflow).
+    `after_fit(name, fit)` runs after each fit ("mle", then "mcl")."""
+    parent = make_mlflow_run(cfg, f"{cfg.task_name}_seed{cfg.seed}")
+    models = ([("mle", 1)] if cfg.task.get("train_mle", True) else []) + [("mcl", int(cfg.mcl.num_hypotheses))]
+    for name, k in models:
+        run_cfg = cfg
+        if name == "mle" and cfg.task.get("mle_rank"):  # the paper's MLE baselines may use their own rank
+            run_cfg = OmegaConf.merge(cfg, {"lora": {"r": int(cfg.task.mle_rank)}})
+        after_fit(name, fit_model(run_cfg, name, num_hypotheses=k, parent_run_id=parent.run_id if parent else None))
+    return parent

@@ -21,6 +21,11 @@ AUDIO_PROMPT = "<|audio_bos|><|AUDIO|><|audio_eos|>Generate the caption in Engli
 REFERENCE_MODES = ("random", "all", "first")
 
 
+def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a batch (collators also pass references, ids and targets for evaluation)."""
+    return {k: v for k, v in batch.items() if torch.is_tensor(v)}
+
+
 def pick_references(references: Sequence[str], mode: str, rng: random.Random) -> list[str]:
     if mode not in REFERENCE_MODES:
         raise ValueError(f"references must be one of {', '.join(REFERENCE_MODES)}, got {mode!r}")
@@ -70,7 +75,7 @@ class CaptionCollator:
     def boundary_token(self) -> str:
         raise NotImplementedError
 
-    def process(self, texts: list[str], media: list[Any]) -> dict[str, torch.Tensor]:
+    def process(self, texts: list[str], media: list[Any], padding_side: str) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def __call__(self, items: Sequence[dict]) -> dict[str, Any]:
@@ -82,9 +87,8 @@ class CaptionCollator:
                 targets.append(ref)
                 ids.append(item.get("id"))
                 texts.append(self.prompt + " " + ref + self.tokenizer.eos_token if self.train else self.prompt)
-        padding_side = "right" if self.train else "left"
-        self.tokenizer.padding_side = padding_side
-        batch = {k: v for k, v in self.process(texts, media).items() if k in self.model_keys}
+        padding_side = "right" if self.train else "left"  # per call: the shared tokenizer is never changed
+        batch = {k: v for k, v in self.process(texts, media, padding_side).items() if k in self.model_keys}
         if self.train:
             batch["labels"] = mask_prompt(batch["input_ids"], batch["attention_mask"], self._prompt_lengths(batch),
                                           padding_side)
@@ -116,10 +120,10 @@ class AudioCaptionCollator(CaptionCollator):
     def boundary_token(self) -> str:
         return self.processor.audio_eos_token
 
-    def process(self, texts: list[str], media: list[Any]) -> dict[str, torch.Tensor]:
+    def process(self, texts: list[str], media: list[Any], padding_side: str) -> dict[str, torch.Tensor]:
         audios = [np.asarray(a, dtype=np.float32) for a in media]
         return self.processor(text=texts, audio=audios, sampling_rate=self.processor.feature_extractor.sampling_rate,
-                              padding=True, return_tensors="pt")
+                              padding=True, padding_side=padding_side, return_tensors="pt")
 
 
 IMAGE_PROMPT = "<image>\nPlease carefully observe the image and come up with a caption for the image."  # paper
@@ -138,8 +142,8 @@ class ImageCaptionCollator(CaptionCollator):
     def boundary_token(self) -> str:
         return self.processor.image_token
 
-    def process(self, texts: list[str], media: list[Any]) -> dict[str, torch.Tensor]:
-        return self.processor(text=texts, images=media, padding=True, return_tensors="pt")
+    def process(self, texts: list[str], media: list[Any], padding_side: str) -> dict[str, torch.Tensor]:
+        return self.processor(text=texts, images=media, padding=True, padding_side=padding_side, return_tensors="pt")
 
 
 TRANSLATION_PROMPT = "Translate this from {src_name} to {tgt_name}:\n{src_name}: {source}\n{tgt_name}:"  # ALMA
@@ -178,8 +182,7 @@ class TranslationCollator:
                 ids.append(item.get("id"))
         tok = self.tokenizer
         if not self.train:
-            tok.padding_side = "left"
-            batch = dict(tok(prompts, padding=True, return_tensors="pt"))
+            batch = dict(tok(prompts, padding=True, padding_side="left", return_tensors="pt"))
             return {**batch, "references": [item["references"] for item in items], "ids": ids, "targets": targets}
         rows, prompt_lengths = [], []
         for prompt, target in zip(prompts, targets):

@@ -1,38 +1,46 @@
-"""The evaluation sweep's decoding methods: each turns a batch of prompts into exactly K candidates.
+"""The evaluation sweep's decoding methods, one registry entry each: K candidates per item.
 
-One `DecodingSpec` (a file of `configs/decoding/`) names a method:
+A `DecodingSpec` (a file of `configs/decoding/`, every key validated) names a `Method` of `METHODS`.
+Each entry declares everything about its method in one place: the training schemes it suits, its
+forward passes per item, its label, the data it needs and its decode function:
 
-    hypotheses   every hypothesis (MCL) / forced expert (MoE) decoded with beam B, top-1 kept; all K
-                 in ONE batched `generate` call (rows replicated hypothesis-major, one routing id per
-                 row, which survives the beam expansion inside `generate`)
-    beam         beam search with B beams returning the K best sequences (MLE / MoE)
-    dbs          diverse beam search, K groups (the project's `decoding.dbs`)
-    sample       K samples: top-k, nucleus, typical or ancestral
-    tta          K augmented copies of each input (see `decoding.tta`), each decoded with beam B, top-1
-    moe_sample   K decodes where every token of every layer draws its expert from the MoE router
+    hypotheses     (LoRA-MCL) every hypothesis decoded with beam B, top-1 kept; all K in ONE batched
+                   `generate` call (rows replicated hypothesis-major, one routing id per row, which
+                   survives the beam expansion inside `generate`)
+    forced_expert  (LoRA-MoE) the same with expert k forced for the whole sequence
+    beam           beam search with B beams returning the K best sequences (MLE / MoE mixture)
+    dbs            diverse beam search, K groups (the project's `decoding.dbs`)
+    sample         K samples: top-k, nucleus, typical or ancestral
+    tta            K augmented copies of each input (see `decoding.tta`), each decoded with beam B, top-1
+    moe_sample     K decodes where every token of every layer draws its expert from the MoE router
 
 `forward_passes` is the number of sequences decoded in parallel per item (the beams in flight):
-K * B for `hypotheses`, `tta` and `moe_sample`, B for `beam` and `dbs`, K for `sample`. It is the cost
-axis of the quality-versus-diversity plot.
+K * B for `hypotheses`, `forced_expert`, `tta` and `moe_sample`, B for `beam` and `dbs`, K for
+`sample`. It is the cost axis of the quality-versus-diversity plot.
+
+Adding a method: one `register(Method(...))` at the end of this file and one YAML file in
+configs/decoding/.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from loramcl.config import ConfigError
+from loramcl.errors import ConfigError
+from loramcl.layers import Route
 from loramcl.model import replicate
+from loramcl.schemes import MCL, MLE, MOE
 
-METHODS = ("hypotheses", "beam", "dbs", "sample", "tta", "moe_sample")
 SAMPLERS = {
     "top_k": {"top_k": 50, "top_p": 1.0, "typical_p": 1.0},  # paper: k = 50
     "nucleus": {"top_k": 0, "top_p": 0.95, "typical_p": 1.0},  # paper: p = 0.95
     "typical": {"top_k": 0, "top_p": 1.0, "typical_p": 0.95},  # paper: 0.95
     "ancestral": {"top_k": 0, "top_p": 1.0, "typical_p": 1.0},  # the model's full distribution
 }
+ONE_OUTPUT = frozenset({MLE, MOE})  # models decoded as one distribution (the MoE mixture included)
 
 
 @dataclass
@@ -42,12 +50,39 @@ class Candidate:
     score: float  # the decoder's score (length-normalised log-probability)
 
 
+@dataclass(frozen=True)
+class Method:
+    """One decoding method: what it suits and costs, how it is named, and how it decodes."""
+
+    name: str
+    schemes: frozenset  # training schemes it suits (loramcl.schemes kinds)
+    label: Callable[["DecodingSpec", int, int], str]  # (spec, K, B) -> default label
+    forward_passes: Callable[[int, int], int]  # (K, B) -> sequences in flight per item
+    decode: Callable[["Decoder", dict, int, int], list]  # (decoder, inputs, n items, B) -> candidates
+    purpose: str  # "decoding=<name> <purpose>; this is a <scheme> run": said when a run does not suit it
+    title: str = ""  # a longer name for messages (default: the name)
+    data_kinds: Optional[frozenset] = None  # the data kinds it is defined for (None: any)
+    augments_inputs: bool = False  # the caller puts K augmented copies of each item in `inputs`
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in METHODS:
+        raise ValueError(f"decoding method {method.name!r} is registered twice")
+    METHODS[method.name] = method
+    return method
+
+
 @dataclass
 class DecodingSpec:
+    """A file of configs/decoding/: every key is a field here (an unknown key is an error)."""
+
     name: str
     method: str
     num_beams: Union[int, str] = 1  # an int or "K", "2K", "K^2"
-    label: Optional[str] = None
+    label: Optional[str] = None  # "{K}" and "{B}" are filled in
     diversity_penalty: float = 0.5  # dbs lambda
     num_beam_groups: Union[int, str] = "K"  # dbs groups
     sampler: Optional[str] = None  # top_k | nucleus | typical | ancestral
@@ -68,32 +103,27 @@ class DecodingSpec:
         from omegaconf import OmegaConf
 
         data = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"decoding {data.get('name', '?')!r} has unknown key(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @property
+    def entry(self) -> Method:
+        return METHODS[self.method]
 
     def beams(self, K: int) -> int:
         return resolve_count(self.num_beams, K, "decoding.num_beams")
 
     def forward_passes(self, K: int) -> int:
-        B = self.beams(K)
-        if self.method in ("hypotheses", "tta", "moe_sample"):
-            return K * B
-        if self.method == "sample":
-            return K
-        return B
+        return self.entry.forward_passes(K, self.beams(K))
 
     def describe(self, K: int) -> str:
         if self.label:
             return self.label.replace("{K}", str(K)).replace("{B}", str(self.beams(K)))
-        B = self.beams(K)
-        return {
-            "hypotheses": f"Hypotheses, beam {B}",
-            "beam": f"Beam search (B={B})",
-            "dbs": f"DBS (lambda={self.diversity_penalty:g})",
-            "sample": f"Sampling ({self.sampler})",
-            "tta": f"TTA, beam {B}",
-            "moe_sample": "Sampled expert per token",
-        }[self.method]
+        return self.entry.label(self, K, self.beams(K))
 
 
 def resolve_count(value: Union[int, str], K: int, what: str) -> int:
@@ -137,16 +167,22 @@ def sequence_scores(out: Any, prompt_length: int, eos_token_id: int) -> torch.Te
 class Decoder:
     """Decodes batches of prompts into K candidates per item with one `DecodingSpec`.
 
-    `model` is an `MCLModel`; `routing` is what single-output methods run under (0 for a K = 1 MLE
-    model, "moe" for a LoRA-MoE model); `K` is the number of candidates per item.
+    `model` is an adapter model (`MCLModel` / `MoEModel`); one-output methods run it under its
+    `default_routing` (hypothesis 0 of a K = 1 MLE model, the router mixture of a LoRA-MoE model);
+    `K` is the number of candidates per item.
     """
 
     def __init__(self, model: Any, tokenizer: Any, spec: DecodingSpec, K: int, max_new_tokens: int,
-                 repetition_penalty: Optional[float] = 1.1, routing: Any = 0, length_penalty: float = 1.0):
+                 repetition_penalty: Optional[float] = 1.1, length_penalty: float = 1.0):
         self.model, self.tokenizer, self.spec, self.K = model, tokenizer, spec, K
         self.gen = generation_kwargs(tokenizer, max_new_tokens, repetition_penalty)
-        self.routing = routing
+        self.routing = model.default_routing
         self.length_penalty = length_penalty
+
+    def decode(self, inputs: dict[str, torch.Tensor], n_items: int) -> list[list[Candidate]]:
+        """`inputs`: model tensors of n_items prompts (left padded); a method that augments its inputs
+        (tta) expects the K copies per item there, copy-major (rows [c * n, (c + 1) * n) are copy c)."""
+        return self.spec.entry.decode(self, inputs, n_items, self.spec.beams(self.K))
 
     # ------------------------------------------------------------------ helpers
     def _texts(self, sequences: torch.Tensor, prompt_length: int) -> list[str]:
@@ -154,76 +190,20 @@ class Decoder:
 
     def _generate(self, inputs: dict[str, torch.Tensor], routing: Any, num_beams: int, num_return: int,
                   **extra: Any) -> tuple[list[str], torch.Tensor]:
-        """One `generate` call: (texts of the R = rows * num_return sequences, their scores)."""
+        """One `generate` call under `routing`: (texts of the R = rows * num_return sequences, their scores)."""
         prompt_length = inputs["input_ids"].shape[1]
         kwargs = dict(self.gen, num_beams=num_beams, num_return_sequences=num_return, return_dict_in_generate=True,
                       output_scores=True, do_sample=extra.pop("do_sample", False), **extra)
         if num_beams > 1:
             kwargs["length_penalty"] = self.length_penalty
             kwargs["early_stopping"] = False
-        out = self.model.generate(**inputs, hypothesis_idx=routing, **kwargs) if not isinstance(routing, str) \
-            else self.model.generate(**inputs, routing=routing, **kwargs)
+        with self.model.route(routing), torch.no_grad():
+            out = self.model.base_model.generate(**inputs, **kwargs)
         if num_beams > 1:
             scores = out.sequences_scores.float()
         else:
             scores = sequence_scores(out, prompt_length, self.gen["eos_token_id"])
         return self._texts(out.sequences, prompt_length), scores.cpu()
-
-    # ------------------------------------------------------------------ methods
-    def decode(self, inputs: dict[str, torch.Tensor], n_items: int) -> list[list[Candidate]]:
-        """`inputs`: model tensors of n_items prompts (left padded); `tta` expects the K copies per
-        item already in `inputs`, copy-major (rows [c * n, (c + 1) * n) are copy c)."""
-        method = self.spec.method
-        K, B = self.K, self.spec.beams(self.K)
-        if method == "hypotheses":
-            return self._hypotheses(inputs, n_items, B)
-        if method in ("tta", "moe_sample"):
-            rows = inputs if method == "tta" else {k: replicate(v, K, n_items) for k, v in inputs.items()}
-            texts, scores = self._generate(rows, self.routing if method == "tta" else "moe-sample", B, 1)
-            return self._copy_major(texts, scores, n_items)
-        if method == "beam":
-            if B < K:
-                raise ConfigError(f"beam search returns K = {K} sequences: num_beams must be >= K, got {B}")
-            texts, scores = self._generate(inputs, self.routing, B, K)
-            return self._item_major(texts, scores, n_items)
-        if method == "sample":
-            params = dict(SAMPLERS[self.spec.sampler], temperature=self.spec.temperature)
-            texts, scores = self._generate(inputs, self.routing, 1, K, do_sample=True, **params)
-            return self._item_major(texts, scores, n_items)
-        if method == "dbs":
-            return self._dbs(inputs, n_items, B)
-        raise AssertionError(method)
-
-    def _hypotheses(self, inputs: dict[str, torch.Tensor], n: int, B: int) -> list[list[Candidate]]:
-        K = self.K
-        if self.spec.batched:
-            rows = {k: replicate(v, K, n) for k, v in inputs.items()}
-            ids = torch.arange(K).repeat_interleave(n)  # row k * n + i -> hypothesis k
-            texts, scores = self._generate(rows, ids, B, 1)
-            return self._copy_major(texts, scores, n)
-        texts, scores = [], []
-        for k in range(K):
-            t, s = self._generate(inputs, k, B, 1)
-            texts += t
-            scores.append(s)
-        return self._copy_major(texts, torch.cat(scores), n)
-
-    def _dbs(self, inputs: dict[str, torch.Tensor], n: int, B: int) -> list[list[Candidate]]:
-        from loramcl.decoding.dbs import diverse_beam_search
-
-        K = self.K
-        groups = resolve_count(self.spec.num_beam_groups, K, "decoding.num_beam_groups")
-        if B < K or B % groups:
-            raise ConfigError(f"dbs needs num_beams >= K = {K} and divisible by num_beam_groups = {groups}; got {B}")
-        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-        with self.model.route(self.routing):
-            sequences, scores = diverse_beam_search(
-                self.model.base_model, inputs["input_ids"], inputs["attention_mask"], num_beams=B,
-                num_beam_groups=groups, diversity_penalty=self.spec.diversity_penalty, num_return_sequences=K,
-                max_new_tokens=self.gen["max_new_tokens"], eos_token_id=self.gen["eos_token_id"],
-                pad_token_id=self.gen["pad_token_id"], length_penalty=self.length_penalty,
-                repetition_penalty=self.gen.get("repetition_penalty"), **extra)
-        return self._item_major(self._texts(sequences, 0), scores.float().cpu(), n)
 
     # ------------------------------------------------------------------ reshaping
     def _copy_major(self, texts: Sequence[str], scores: torch.Tensor, n: int) -> list[list[Candidate]]:
@@ -236,3 +216,86 @@ class Decoder:
         if len(texts) != n * K:
             raise RuntimeError(f"expected {n * K} sequences ({n} items x K = {K}), got {len(texts)}")
         return [[Candidate(texts[i * K + j], j, float(scores[i * K + j])) for j in range(K)] for i in range(n)]
+
+
+# ---------------------------------------------------------------------------- the methods
+def _adapters(d: Decoder, inputs: dict, n: int, B: int) -> list[list[Candidate]]:
+    """Adapter k (hypothesis, or forced expert) gives candidate k."""
+    K = d.K
+    if d.spec.batched:
+        rows = {k: replicate(v, K, n) for k, v in inputs.items()}
+        ids = torch.arange(K).repeat_interleave(n)  # row k * n + i -> adapter k
+        texts, scores = d._generate(rows, ids, B, 1)
+        return d._copy_major(texts, scores, n)
+    texts, scores = [], []
+    for k in range(K):
+        t, s = d._generate(inputs, k, B, 1)
+        texts += t
+        scores.append(s)
+    return d._copy_major(texts, torch.cat(scores), n)
+
+
+def _augmented_copies(d: Decoder, inputs: dict, n: int, B: int) -> list[list[Candidate]]:
+    """Copy c of each item (already in `inputs`) gives candidate c."""
+    texts, scores = d._generate(inputs, d.routing, B, 1)
+    return d._copy_major(texts, scores, n)
+
+
+def _sampled_experts(d: Decoder, inputs: dict, n: int, B: int) -> list[list[Candidate]]:
+    """K replicas of each item, every token's expert drawn from the router."""
+    rows = {k: replicate(v, d.K, n) for k, v in inputs.items()}
+    texts, scores = d._generate(rows, Route.SAMPLED, B, 1)
+    return d._copy_major(texts, scores, n)
+
+
+def _beam(d: Decoder, inputs: dict, n: int, B: int) -> list[list[Candidate]]:
+    if B < d.K:
+        raise ConfigError(f"beam search returns K = {d.K} sequences: num_beams must be >= K, got {B}")
+    texts, scores = d._generate(inputs, d.routing, B, d.K)
+    return d._item_major(texts, scores, n)
+
+
+def _sample(d: Decoder, inputs: dict, n: int, B: int) -> list[list[Candidate]]:
+    params = dict(SAMPLERS[d.spec.sampler], temperature=d.spec.temperature)
+    texts, scores = d._generate(inputs, d.routing, 1, d.K, do_sample=True, **params)
+    return d._item_major(texts, scores, n)
+
+
+def _dbs(d: Decoder, inputs: dict, n: int, B: int) -> list[list[Candidate]]:
+    from loramcl.decoding.dbs import diverse_beam_search
+
+    K = d.K
+    groups = resolve_count(d.spec.num_beam_groups, K, "decoding.num_beam_groups")
+    if B < K or B % groups:
+        raise ConfigError(f"dbs needs num_beams >= K = {K} and divisible by num_beam_groups = {groups}; got {B}")
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    with d.model.route(d.routing):
+        sequences, scores = diverse_beam_search(
+            d.model.base_model, inputs["input_ids"], inputs["attention_mask"], num_beams=B,
+            num_beam_groups=groups, diversity_penalty=d.spec.diversity_penalty, num_return_sequences=K,
+            max_new_tokens=d.gen["max_new_tokens"], eos_token_id=d.gen["eos_token_id"],
+            pad_token_id=d.gen["pad_token_id"], length_penalty=d.length_penalty,
+            repetition_penalty=d.gen.get("repetition_penalty"), **extra)
+    return d._item_major(d._texts(sequences, 0), scores.float().cpu(), n)
+
+
+def _k_times_b(K: int, B: int) -> int:
+    return K * B
+
+
+ONE_OUTPUT_PURPOSE = "is for one-output models (LoRA-MLE, LoRA-MoE)"
+register(Method("hypotheses", frozenset({MCL}), lambda s, K, B: f"Hypotheses, beam {B}", _k_times_b, _adapters,
+                purpose="decodes each of the K hypotheses of a LoRA-MCL run"))
+register(Method("forced_expert", frozenset({MOE}), lambda s, K, B: f"Expert k forced, beam {B}", _k_times_b,
+                _adapters, purpose="forces each of the K experts of a LoRA-MoE run"))
+register(Method("beam", ONE_OUTPUT, lambda s, K, B: f"Beam search (B={B})", lambda K, B: B, _beam,
+                purpose=ONE_OUTPUT_PURPOSE))
+register(Method("dbs", ONE_OUTPUT, lambda s, K, B: f"DBS (lambda={s.diversity_penalty:g})", lambda K, B: B, _dbs,
+                purpose=ONE_OUTPUT_PURPOSE))
+register(Method("sample", ONE_OUTPUT, lambda s, K, B: f"Sampling ({s.sampler})", lambda K, B: K, _sample,
+                purpose=ONE_OUTPUT_PURPOSE))
+register(Method("tta", ONE_OUTPUT, lambda s, K, B: f"TTA, beam {B}", _k_times_b, _augmented_copies,
+                purpose=ONE_OUTPUT_PURPOSE, title="test-time augmentation",
+                data_kinds=frozenset({"audio_caption", "image_caption"}), augments_inputs=True))
+register(Method("moe_sample", frozenset({MOE}), lambda s, K, B: "Sampled expert per token", _k_times_b,
+                _sampled_experts, purpose="samples the experts of a LoRA-MoE run from its routers"))

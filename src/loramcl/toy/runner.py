@@ -27,9 +27,11 @@ import torch
 from omegaconf import DictConfig
 
 from loramcl.backbones import receptive_field
+from loramcl.config import validated_configs
 from loramcl.model import MCLModel
+from loramcl.preflight import output_dir
 from loramcl.toy.markov import MarkovMixture, theory_summary, wta_entropy_bound
-from loramcl.training import apply_extras, fit_model, make_mlflow_run, output_dir, validated_configs
+from loramcl.training import FitResult, apply_extras, train_mle_and_mcl
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +101,15 @@ def run_toy(cfg: DictConfig) -> dict[str, float]:
     mixture = MarkovMixture(transitions=list(cfg.data.transitions),
                             weights=None if cfg.data.weights is None else list(cfg.data.weights), init=cfg.data.init)
     seq_len, K = int(cfg.data.seq_len), mcl_cfg.num_hypotheses
-    parent = make_mlflow_run(cfg, f"{cfg.task_name}_seed{cfg.seed}")
-
-    models = [("mle", 1)] if cfg.task.get("train_mle", True) else []
-    models.append(("mcl", K))
     results: dict[str, Any] = {}
     histories: dict[str, list] = {}
-    for name, k in models:
-        fit = fit_model(cfg, name, num_hypotheses=k, parent_run_id=parent.run_id if parent else None)
-        window = receptive_field(fit.module.model.config)
-        val_tokens = fit.datamodule.val_set.tokens
-        read = read_matrices(fit.module.model, val_tokens, mixture.num_states)
+    read_from: dict[str, Any] = {}  # the validation tokens and receptive field (same for both models)
+
+    def after_fit(name: str, fit: FitResult) -> None:
+        k = fit.module.num_hypotheses
+        read_from["window"] = receptive_field(fit.module.model.config)
+        read_from["tokens"] = fit.datamodule.val_set.tokens
+        read = read_matrices(fit.module.model, read_from["tokens"], mixture.num_states)
         counts = torch.bincount(read["winners"], minlength=k)
         results[name] = {
             "num_hypotheses": k,
@@ -123,6 +123,8 @@ def run_toy(cfg: DictConfig) -> dict[str, float]:
         if fit.mlflow_run is not None:
             fit.mlflow_run.log_metrics({"eval_wta_loss": results[name]["eval_wta_loss"]})
 
+    parent = train_mle_and_mcl(cfg, after_fit)
+    window, val_tokens = read_from["window"], read_from["tokens"]
     theory = theory_summary(mixture, seq_len, window)
     theory_out = {
         "mle_optimum": theory["mle_optimum"],

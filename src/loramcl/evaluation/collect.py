@@ -1,7 +1,8 @@
 """Collect evaluation runs from MLflow into a CSV, a LaTeX table and a quality-versus-diversity plot.
 
 The contract with `eval.py` (the only thing this module relies on): an evaluation run carries the tag
-`loramcl.kind = eval`, the params `eval.scheme` (training scheme label), `eval.decoding` (decoding
+`loramcl.kind = eval`, the params `eval.scheme` (training scheme label), `eval.scheme_kind` (mle | moe |
+mcl, see `loramcl.schemes`), `eval.decoding` (decoding
 config name), `eval.method` (human label of the decoding method), `eval.num_hypotheses` (K) and
 `eval.task_type` ("captioning" | "translation"), and metrics named as in `metrics.registry.METRICS`
 (plus per-hypothesis `<name>_hyp<k>` metrics, which are not table columns). The experiment name is the
@@ -13,8 +14,8 @@ Runs that are not FINISHED are skipped, also with a log line.
 
 Outputs, one set per experiment, in the output folder (derived files, replaced on every call):
 `<experiment>.csv`, `<experiment>.tex` (one booktabs table), `<experiment>_quality_diversity.png`
-and `.pdf`. Rows are grouped by scheme, baselines first (MLE, then MoE, then other schemes, MCL last, as
-in the paper), then by decoding name.
+and `.pdf`. Rows are grouped by scheme, baselines first (by `eval.scheme_kind`: MLE, then MoE, then MCL,
+as in the paper; runs without the param last), then by decoding name.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from loramcl.metrics.registry import METRICS, PER_HYPOTHESIS_PREFIXES
+from loramcl.schemes import ORDER
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///logs/mlflow.db"
 EVAL_FILTER = "tags.`loramcl.kind` = 'eval'"
-ID_COLUMNS = ["experiment", "scheme", "method", "decoding", "K", "task_type", "run_id"]
+ID_COLUMNS = ["experiment", "scheme", "scheme_kind", "method", "decoding", "K", "task_type", "run_id"]
 INTEGER_KEYS = {"vocab", "forward_passes"}  # counts: shown without decimals
 UP, DOWN = r" $\uparrow$", r" $\downarrow$"  # header arrows: best is the max / the min
 MAX_MARKER_AREA = 400.0  # points^2 of the method with the most forward passes; others scale linearly
@@ -98,6 +100,7 @@ def _row(experiment: str, run) -> dict[str, Any]:
     row: dict[str, Any] = {
         "experiment": experiment,
         "scheme": params.get("eval.scheme", ""),
+        "scheme_kind": params.get("eval.scheme_kind", ""),
         "method": params.get("eval.method") or params.get("eval.decoding", ""),
         "decoding": params.get("eval.decoding", ""),
         "K": int(k) if str(k).isdigit() else k,
@@ -108,16 +111,10 @@ def _row(experiment: str, run) -> dict[str, Any]:
     return row
 
 
-def _scheme_rank(scheme: str) -> tuple[int, str]:
-    # Paper layout: the MLE baselines, then the mixture of experts, then anything else, ours (MCL) last.
-    for rank, marker in enumerate(("MLE", "MoE")):
-        if marker in scheme:
-            return rank, scheme
-    return (3 if "MCL" in scheme else 2), scheme
-
-
 def sort_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(rows, key=lambda r: (r["experiment"], _scheme_rank(r["scheme"]), r["decoding"], r["method"]))
+    """Paper layout: the MLE baselines, then the mixture of experts, then ours (MCL); unknown kinds last."""
+    return sorted(rows, key=lambda r: (r["experiment"], ORDER.get(r.get("scheme_kind", ""), len(ORDER)), r["scheme"],
+                                       r["decoding"], r["method"]))
 
 
 def _merge_same_method(rows: list[dict]) -> list[dict]:

@@ -1,0 +1,150 @@
+"""`python eval.py ckpt_path=<run folder or checkpoint> decoding=<name>`: decode, score, report.
+
+Order of work, cheapest checks first (nothing is decoded before all of them pass):
+1. the checkpoint, the run's config and the evaluation config agree (K, training scheme, backbone,
+   adapter rank) and the decoding method suits the model and the data (`checks`);
+2. data files and backbone weights exist (`preflight`);
+3. the backbone is built and the checkpoint's adapter tensors match it name for name, shape for shape;
+4. the test split is decoded into K candidates per item (progress bar), written to predictions.jsonl;
+5. the task's metrics (captioning or translation, diversity, win rates) and the oracle NLL go to
+   metrics.json and to MLflow (`report`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from loramcl.data.collate import model_inputs
+from loramcl.decoding.methods import Decoder, DecodingSpec
+from loramcl.decoding.tta import TTAConfig, augment_audio_batch, augment_image_items
+from loramcl.errors import ConfigError, UnsuitedDecoding
+from loramcl.evaluation.checks import check_compatibility, check_data, num_candidates, select_checkpoint, skip_unsuited
+from loramcl.evaluation.report import log_to_mlflow, write_outputs
+from loramcl.metrics.tasks import score, task_for
+from loramcl.preflight import output_dir, preflight
+from loramcl.runs import checkpoint_config, load_model
+from loramcl.schemes import Scheme
+
+log = logging.getLogger(__name__)
+
+
+def batches(dataset: Any, batch_size: int, limit: Optional[int]):
+    n = len(dataset) if not limit else min(int(limit), len(dataset))
+    for start in range(0, n, batch_size):
+        yield [dataset[i] for i in range(start, min(start + batch_size, n))]
+
+
+def decode_split(decoder: Decoder, datamodule: Any, spec: DecodingSpec, K: int, batch_size: int,
+                 limit: Optional[int], device: torch.device) -> list[dict]:
+    """Decode the test split; one record per item with its K candidates."""
+    from tqdm.auto import tqdm
+
+    dataset = datamodule.sets["test"]
+    collate = datamodule.collator(False, "first")
+    tta = TTAConfig(**spec.tta) if spec.entry.augments_inputs else None
+    records = []
+    total = len(dataset) if not limit else min(int(limit), len(dataset))
+    with tqdm(total=total, desc=f"decoding ({spec.name})", unit="item") as bar:
+        for items in batches(dataset, batch_size, limit):
+            n = len(items)
+            if tta is not None and datamodule.kind == "image_caption":
+                batch = collate(augment_image_items(items, K, tta))
+                batch["references"], batch["ids"] = batch["references"][:n], batch["ids"][:n]
+            else:
+                batch = collate(items)
+                if tta is not None:
+                    batch = augment_audio_batch(batch, [it["id"] for it in items], K, tta)
+            inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+            candidates = decoder.decode(inputs, n)
+            for item, cands in zip(items, candidates):
+                if len(cands) != K:
+                    raise RuntimeError(f"decoding {spec.name} gave {len(cands)} candidates for item {item['id']}, not K={K}")
+                refs = item.get("captions", item.get("references"))
+                records.append({"id": item["id"], "references": list(refs), "candidates": [asdict(c) for c in cands]})
+            bar.update(n)
+    return records
+
+
+@torch.no_grad()
+def oracle_nll(model: Any, datamodule: Any, batch_size: int, limit: Optional[int], device: torch.device) -> float:
+    """Teacher-forced mean NLL of every reference under every hypothesis; min over hypotheses; mean
+    over (item, reference) pairs (SPEC section 7). One-output models: their own NLL."""
+    collate = datamodule.collator(True, "all")
+    total, count = 0.0, 0
+    for items in batches(datamodule.sets["test"], batch_size, limit):
+        batch = collate(items)
+        out = model(**{k: v.to(device) for k, v in model_inputs(batch).items()})
+        per_row = out.hypothesis_losses.float().min(dim=0).values
+        total += float(per_row.sum())
+        count += per_row.numel()
+    return total / max(count, 1)
+
+
+def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
+    spec = DecodingSpec.from_config(cfg.decoding)
+    checkpoint = select_checkpoint(cfg, spec)
+    train_cfg = checkpoint_config(checkpoint, OmegaConf.load(cfg.train_config) if cfg.get("train_config") else None)
+    try:
+        check_compatibility(cfg, train_cfg, checkpoint, spec)
+    except UnsuitedDecoding as err:
+        if not skip_unsuited(cfg, err):
+            raise
+        return {}
+    scheme = Scheme.of_config(train_cfg)
+    K = int(train_cfg.mcl.num_hypotheses) if scheme.kind == "mcl" else num_candidates(cfg, train_cfg)
+    spec.beams(K), spec.forward_passes(K)  # resolve "K", "2K", ... now: a bad value fails here
+
+    datamodule = preflight(train_cfg)  # data files and backbone weights exist (or fail in one message)
+    if not hasattr(datamodule, "sets") or "test" not in getattr(datamodule, "splits", {}):
+        raise ConfigError(f"the run's data ({train_cfg.data.get('name')}) has no test split to decode")
+    try:
+        check_data(spec, datamodule.kind)
+    except UnsuitedDecoding as err:
+        if not skip_unsuited(cfg, err):
+            raise
+        return {}
+    task = task_for(datamodule.kind)
+    datamodule.setup("test")
+
+    torch.manual_seed(int(cfg.seed))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(checkpoint, train_cfg).to(device).eval()
+    tokenizer = getattr(datamodule.processor, "tokenizer", datamodule.processor)
+    gen = cfg.generation
+    decoder = Decoder(model, tokenizer, spec, K, max_new_tokens=gen.max_new_tokens,
+                      repetition_penalty=gen.get("repetition_penalty"), length_penalty=gen.get("length_penalty", 1.0))
+    batch_size = int(cfg.get("batch_size") or train_cfg.data.get("val_batch_size") or 8)
+    limit = cfg.get("max_items")
+    method_label = spec.describe(K)
+    name = checkpoint.path.parent.name
+    log.info(f"evaluating {scheme.label} ({name}: {checkpoint.path}) with {method_label}: K={K} candidates per item")
+
+    start = time.perf_counter()
+    torch.manual_seed(int(cfg.seed))  # sampling seeds
+    records = decode_split(decoder, datamodule, spec, K, batch_size, limit, device)
+    decode_seconds = time.perf_counter() - start
+
+    candidates = [[c["text"] for c in r["candidates"]] for r in records]
+    metrics, sentence, notes = score(task, candidates, [r["references"] for r in records], cfg.metrics)
+    if cfg.metrics.get("oracle_nll", True):
+        metrics["oracle_nll"] = oracle_nll(model, datamodule, batch_size, limit, device)
+    metrics["forward_passes"] = float(spec.forward_passes(K))
+    metrics["decode_seconds"] = decode_seconds
+    for i, record in enumerate(records):  # sentence-level scores kept beside each candidate
+        for j, cand in enumerate(record["candidates"]):
+            cand["metrics"] = {k: float(v[i][j]) for k, v in sentence.items()}
+
+    info = {"scheme": scheme.label, "scheme_kind": scheme.kind, "decoding": spec.name, "method": method_label,
+            "num_hypotheses": K, "task_type": task.name, "train_run": str(checkpoint.path), "model_name": name,
+            "items": len(records), "notes": notes}
+    out = output_dir(cfg)
+    files = write_outputs(out, records, metrics, info) if out is not None else []
+    log_to_mlflow(cfg, train_cfg, metrics, info, files)
+    log.info(f"{scheme.label} / {method_label}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return metrics

@@ -1,0 +1,43 @@
+"""`python eval.py ckpt_path=<run folder or checkpoint>` without `decoding`: recompute the validation
+WTA loss, per-hypothesis losses and win rates of every model of a run (eval_metrics.json)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from loramcl.checkpoints import Checkpoint
+from loramcl.errors import ConfigError
+from loramcl.lit_module import MCLLitModule
+from loramcl.preflight import output_dir
+from loramcl.runs import checkpoint_config, find_checkpoints, load_model
+
+log = logging.getLogger(__name__)
+
+
+def run_validation(cfg: DictConfig) -> dict[str, float]:
+    checkpoints = find_checkpoints(cfg.ckpt_path)
+    if cfg.get("model_name"):
+        if cfg.model_name not in checkpoints:
+            raise ConfigError(f"model_name={cfg.model_name} is not in {cfg.ckpt_path}: it holds {', '.join(checkpoints)}")
+        checkpoints = {cfg.model_name: checkpoints[cfg.model_name]}
+    results: dict[str, float] = {}
+    for name, path in checkpoints.items():
+        checkpoint = Checkpoint.load(path)
+        train_cfg = checkpoint_config(checkpoint)
+        L.seed_everything(train_cfg.seed, verbose=False)
+        datamodule = instantiate(train_cfg.data)
+        module = MCLLitModule(load_model(checkpoint, train_cfg), None, None, optimizer=None)
+        trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="auto",
+                            devices=1, enable_model_summary=False)
+        metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        results.update({f"{name}/{k}": float(v) for k, v in metrics.items()})
+        log.info(f"{name} ({path}): " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    out = output_dir(cfg)
+    if out is not None:
+        (out / "eval_metrics.json").write_text(json.dumps(results, indent=2))
+    return results
