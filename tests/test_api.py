@@ -15,7 +15,7 @@ from tiny_models import tiny_llama
 from loramcl import LoRAConfig, MCLConfig, MCLModel, mcl_loss
 from loramcl.hf_trainer import MCLTrainer
 from loramcl.layers import lora_layers
-from loramcl.model import ADAPTER_FILE, CONFIG_FILE
+from loramcl.adapters import ADAPTER_FILE, CONFIG_FILE
 
 TARGETS = ["q_proj", "v_proj", "up_proj"]
 
@@ -164,7 +164,7 @@ def test_load_adapters_refuses_another_shape(saved_llama, tmp_path, K, r):
     with pytest.raises(ValueError) as info:
         make_model(path, K=K, r=r).load_adapters(folder)
     message = str(info.value)
-    assert "holds adapters with K=3, r=4" in message
+    assert "holds K=3, r=4 adapters" in message
     assert f"this model has K={K}, r={r}" in message
 
 

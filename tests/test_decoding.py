@@ -5,11 +5,13 @@ import torch
 from omegaconf import OmegaConf
 
 from loramcl import LoRAConfig, MCLConfig, MCLModel
-from loramcl.config import ConfigError
+from loramcl.checkpoints import Checkpoint, CheckpointMeta
+from loramcl.config import LoRAConfig as _LoRA, MCLConfig as _MCL
 from loramcl.decoding.methods import Decoder, DecodingSpec, resolve_count
 from loramcl.decoding.tta import STRENGTHS, TTAConfig, augment_audio_batch, augment_image_items, mask_features
-from loramcl.eval_decoding import check_compatibility, num_candidates
-from tests.tiny_models import tiny_llama
+from loramcl.errors import ConfigError
+from loramcl.evaluation.checks import check_compatibility, num_candidates, select_checkpoint
+from tiny_models import tiny_llama
 
 VOCAB = 64
 EOS, PAD = 1, 0
@@ -106,7 +108,7 @@ def test_one_output_methods_give_exactly_K_candidates(tok, kw):
     K = 3
     model = trained_like(1)
     torch.manual_seed(0)
-    cands = Decoder(model, tok, spec(**kw), K, max_new_tokens=6, routing=0).decode(prompts(tok), 3)
+    cands = Decoder(model, tok, spec(**kw), K, max_new_tokens=6).decode(prompts(tok), 3)
     assert len(cands) == 3 and all(len(item) == K for item in cands)
     assert all(isinstance(c.text, str) and c.score == c.score for item in cands for c in item)
     if kw["method"] in ("beam", "dbs"):  # best first
@@ -215,40 +217,59 @@ def eval_cfg(**kw):
 
 
 def test_mismatches_fail_before_decoding(tmp_path):
-    ck = tmp_path / "last.ckpt"
+    ck = Checkpoint(tmp_path / "last.ckpt", CheckpointMeta(3, 8), {})
     mcl_spec, beam_spec = spec(method="hypotheses"), spec(method="beam", num_beams="K")
-    check_compatibility(eval_cfg(), run_cfg(), {"num_hypotheses": 3, "r": 8}, mcl_spec, ck)  # fine
-    with pytest.raises(ConfigError, match="K=2, r=8 adapters but its config says K=3"):
-        check_compatibility(eval_cfg(), run_cfg(), {"num_hypotheses": 2, "r": 8}, mcl_spec, ck)
+    check_compatibility(eval_cfg(), run_cfg(), ck, mcl_spec)  # fine
     with pytest.raises(ConfigError, match="num_hypotheses=5 but .* K=3"):
-        check_compatibility(eval_cfg(num_hypotheses=5), run_cfg(), {"num_hypotheses": 3, "r": 8}, mcl_spec, ck)
+        check_compatibility(eval_cfg(num_hypotheses=5), run_cfg(), ck, mcl_spec)
     with pytest.raises(ConfigError, match="backbone=qwen2_audio but .* trained on data/tiny_bases/alma"):
-        check_compatibility(eval_cfg(backbone="qwen2_audio"), run_cfg(), {"num_hypotheses": 3, "r": 8}, mcl_spec, ck)
-    check_compatibility(eval_cfg(backbone="alma"), run_cfg(), {"num_hypotheses": 3, "r": 8}, mcl_spec, ck)
+        check_compatibility(eval_cfg(backbone="qwen2_audio"), run_cfg(), ck, mcl_spec)
+    check_compatibility(eval_cfg(backbone="alma"), run_cfg(), ck, mcl_spec)
     with pytest.raises(ConfigError, match="one-output models .* use mcl_beam1"):
-        check_compatibility(eval_cfg(), run_cfg(), {"num_hypotheses": 3, "r": 8}, beam_spec, ck)
+        check_compatibility(eval_cfg(), run_cfg(), ck, beam_spec)
     with pytest.raises(ConfigError, match="decodes each of the K hypotheses"):
-        check_compatibility(eval_cfg(), run_cfg(K=1), {"num_hypotheses": 1, "r": 8}, mcl_spec, ck)
-    with pytest.raises(ConfigError, match="mode=moe but its config says mode=wta"):
-        check_compatibility(eval_cfg(), run_cfg(), {"num_hypotheses": 3, "r": 8, "mode": "moe"}, mcl_spec, ck)
+        check_compatibility(eval_cfg(), run_cfg(K=1), Checkpoint(ck.path, CheckpointMeta(1, 8), {}), mcl_spec)
+    with pytest.raises(ConfigError, match="forces each of the K experts of a LoRA-MoE run; this LoRA-MCL"):
+        check_compatibility(eval_cfg(), run_cfg(), ck, spec(method="forced_expert"))
+
+
+def test_checkpoint_meta_is_checked_against_the_config(tmp_path):
+    """The one place of the K / rank / scheme mismatch messages (`CheckpointMeta.check`)."""
+    mcl, lora = _MCL(num_hypotheses=3), _LoRA(r=8)
+    CheckpointMeta(3, 8).check(mcl, lora, "ck")
+    with pytest.raises(ConfigError, match=r"ck holds K=2, r=8 adapters; its config has K=3, r=8"):
+        CheckpointMeta(2, 8).check(mcl, lora, "ck", own="its config")
+    with pytest.raises(ConfigError, match=r"ck holds K=3, r=4 adapters; this run has K=3, r=8"):
+        CheckpointMeta(3, 4).check(mcl, lora, "ck")
+    with pytest.raises(ConfigError, match="ck holds LoRA-MoE experts with token routers .* this run has LoRA-MCL"):
+        CheckpointMeta(3, 8, mode="moe").check(mcl, lora, "ck")
     with pytest.raises(ConfigError, match="not written by loramcl"):
-        check_compatibility(eval_cfg(), run_cfg(), {}, mcl_spec, ck)
+        CheckpointMeta.from_dict({}, "ck")
+    path = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(ConfigError, match="foreign.ckpt was not written by loramcl"):
+        Checkpoint.load(path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="foreign.ckpt cannot be read as a checkpoint"):
+        Checkpoint.load(path)
 
 
 def test_multi_model_run_folder_gives_the_model_that_suits_the_decoding(tmp_path):
-    from loramcl.eval_decoding import select_checkpoint
-
     for name, K in (("mle", 1), ("mcl", 2)):
         (tmp_path / "checkpoints" / name).mkdir(parents=True)
         torch.save({"loramcl": {"num_hypotheses": K, "r": 4}}, tmp_path / "checkpoints" / name / "last.ckpt")
     cfg = OmegaConf.create({"ckpt_path": str(tmp_path), "model_name": None})
-    assert select_checkpoint(cfg, spec(method="hypotheses"))[0] == "mcl"
-    assert select_checkpoint(cfg, spec(method="beam", num_beams="K"))[0] == "mle"
-    assert select_checkpoint(OmegaConf.merge(cfg, {"model_name": "mle"}), spec(method="hypotheses"))[0] == "mle"
+
+    def chosen(cfg, decoding):
+        return select_checkpoint(cfg, decoding).path.parent.name
+
+    assert chosen(cfg, spec(method="hypotheses")) == "mcl"
+    assert chosen(cfg, spec(method="beam", num_beams="K")) == "mle"
+    assert chosen(OmegaConf.merge(cfg, {"model_name": "mle"}), spec(method="hypotheses")) == "mle"
     with pytest.raises(ConfigError, match="several models .* model_name"):
         select_checkpoint(cfg, spec(method="moe_sample"))
     with pytest.raises(ConfigError, match="model_name=moe is not in"):
-        select_checkpoint(OmegaConf.merge(cfg, {"model_name": "moe"}))
+        select_checkpoint(OmegaConf.merge(cfg, {"model_name": "moe"}), spec(method="hypotheses"))
 
 
 def test_number_of_candidates():

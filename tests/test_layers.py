@@ -18,7 +18,7 @@ from torch import nn
 
 from tiny_models import tiny_llama
 from loramcl import LoRAConfig, MCLConfig, MCLModel, MultiLoRALinear
-from loramcl.layers import lora_layers
+from loramcl.layers import Route, lora_layers
 
 ATOL = 1e-5
 
@@ -224,7 +224,7 @@ def test_per_row_routing_equals_each_row_with_its_hypothesis():
         for row, k in enumerate(hyps):
             expected = ours(input_ids=ids, attention_mask=mask, hypothesis_idx=k).logits[row]
             torch.testing.assert_close(routed[row], expected, atol=ATOL, rtol=1e-5)
-    assert all(layer.routing is None for layer in lora_layers(ours))  # the context restores it
+    assert all(layer.routing is Route.REPLICATED for layer in lora_layers(ours))  # the context restores it
     with pytest.raises(ValueError, match=r"hypothesis ids must be in \[0, 2\], got \[0, 3\]"):
         with ours.route([0, 3]):
             pass
@@ -243,7 +243,7 @@ def test_routing_accepts_numpy_ints_and_rejects_other_types():
     with pytest.raises(ValueError, match=r"hypothesis_idx must be in \[0, 2\], got 5"):
         with ours.route(np.int64(5)):
             pass
-    with pytest.raises(TypeError, match="routing must be None, an int, a LongTensor or 'base', got 'all'"):
+    with pytest.raises(TypeError, match="routing must be a Route .*, a hypothesis index or one index per row, got 'all'"):
         with ours.route("all"):
             pass
 
@@ -290,14 +290,14 @@ def test_scaling_alpha_over_r_in_train_and_eval(train):
     layer.train(train)
     x = torch.randn(2, 4, 8)
     with torch.no_grad():
-        layer.routing = None
+        layer.routing = Route.REPLICATED
         y = layer(x.repeat(3, 1, 1)).view(3, 2, 4, 5)
         for k in range(3):
             torch.testing.assert_close(y[k], by_hand(layer, x, k), atol=ATOL, rtol=1e-5)
             layer.routing = k
             torch.testing.assert_close(layer(x), by_hand(layer, x, k), atol=ATOL, rtol=1e-5)
-            layer.routing = None
-        layer.routing = "base"
+            layer.routing = Route.REPLICATED
+        layer.routing = Route.BASE
         torch.testing.assert_close(layer(x), layer.base_layer(x))
         layer.routing = torch.tensor([1, 2])
         torch.testing.assert_close(layer(x)[1], by_hand(layer, x[1:], 2)[0], atol=ATOL, rtol=1e-5)

@@ -20,11 +20,12 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from helpers import timeout
 from tiny_models import tiny_llama
-from loramcl import LoRAConfig, MCLConfig, MCLModel, MultiLoRALinear
-from loramcl.config import ConfigError
+from loramcl import LoRAConfig, MCLConfig, MCLModel, MoEModel, MultiLoRALinear, Route, build_model
+from loramcl.adapters import ADAPTER_FILE
+from loramcl.errors import ConfigError
 from loramcl.layers import adapter_state_dict, lora_layers, set_routing
-from loramcl.model import ADAPTER_FILE
 
 ATOL = 1e-5
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,8 +73,8 @@ class HandMoE(nn.Module):
 def make_moe(K=3, r=4, seed=0, randomise=True, mode="moe"):
     """An MoE (or, mode != "moe", MCL) model on the tiny Llama, with random B and router weights."""
     torch.manual_seed(seed)
-    model = MCLModel(tiny_llama(), MCLConfig(num_hypotheses=K, mode=mode),
-                     LoRAConfig(r=r, alpha=8, target_modules=TARGETS))
+    model = build_model(tiny_llama(), MCLConfig(num_hypotheses=K, mode=mode),
+                        LoRAConfig(r=r, alpha=8, target_modules=TARGETS))
     if randomise:
         g = torch.Generator().manual_seed(seed + 100)
         with torch.no_grad():
@@ -108,7 +109,7 @@ def test_zero_router_gives_the_mean_of_the_experts():
     assert torch.count_nonzero(layer.router.weight) == 0 and layer.router.weight.dtype == torch.float32
     assert layer.router.bias is None and layer.router.weight.requires_grad
     x = torch.randn(2, 4, 8)
-    layer.routing = "moe"
+    layer.routing = Route.MIXTURE
     with torch.no_grad():
         got = layer(x)
         mean_delta = torch.stack([expert_by_hand(layer, x, k) for k in range(3)]).mean(0)
@@ -118,7 +119,7 @@ def test_zero_router_gives_the_mean_of_the_experts():
 def test_soft_mixture_is_the_softmax_weighted_sum():
     layer = moe_layer(router_std=1.0)
     x = torch.randn(2, 4, 8)
-    layer.routing = "moe"
+    layer.routing = Route.MIXTURE
     with torch.no_grad():
         got = layer(x)
         logits = x @ layer.router.weight.T
@@ -152,7 +153,7 @@ def test_sampled_routing_with_a_peaked_router_is_that_expert():
         layer.router.weight[1] = 100.0  # x > 0 below: logit of expert 1 >= 80 above the others
     x = torch.rand(2, 4, 8) + 0.1
     with torch.no_grad():
-        layer.routing = "moe-sample"
+        layer.routing = Route.SAMPLED
         sampled = layer(x)
         layer.routing = 1
         forced = layer(x)
@@ -172,7 +173,7 @@ def test_sampled_routing_follows_the_router_distribution():
         layer.lora_B[:, 0, 0] = torch.arange(1.0, K + 1)
         layer.router.weight.copy_(probs.log()[:, None].expand(K, d_in) / d_in)  # R x = log p
     x = torch.ones(n // 100, 100, d_in)
-    layer.routing = "moe-sample"
+    layer.routing = Route.SAMPLED
     with torch.no_grad():
         torch.manual_seed(0)
         y = layer(x)[..., 0]
@@ -190,17 +191,16 @@ def test_sampled_routing_follows_the_router_distribution():
 
 def test_moe_routings_need_a_router():
     mcl = MCLModel(tiny_llama(), MCLConfig(num_hypotheses=2), LoRAConfig(r=2, target_modules=TARGETS))
-    for routing in ("moe", "moe-sample"):
-        with pytest.raises(ValueError, match=f"routing '{routing}' needs a token router"):
+    for routing in (Route.MIXTURE, Route.SAMPLED):
+        with pytest.raises(ValueError, match=f"routing {routing} needs a token router"):
             set_routing(lora_layers(mcl), routing)
-    assert all(layer.routing is None for layer in lora_layers(mcl))  # nothing was changed
-    ids, mask, _ = batch()
-    with pytest.raises(ValueError, match="routing='moe' needs a LoRA-MoE model"):
-        mcl(input_ids=ids, attention_mask=mask, routing="moe")
-    with pytest.raises(ValueError, match="routing='moe-sample' needs a LoRA-MoE model"):
-        mcl.generate(ids, attention_mask=mask, routing="moe-sample", max_new_tokens=2)
-    with pytest.raises(TypeError, match="'mixture'"):
+    assert all(layer.routing is Route.REPLICATED for layer in lora_layers(mcl))  # nothing was changed
+    with pytest.raises(TypeError, match="routing must be a Route"):  # strings are not routings
         set_routing(lora_layers(mcl), "mixture")
+    with pytest.raises(ValueError, match="mcl mode 'moe' is the LoRA-MoE baseline: build it with"):
+        MCLModel(tiny_llama(), MCLConfig(num_hypotheses=2, mode="moe"), LoRAConfig(r=2, target_modules=TARGETS))
+    with pytest.raises(ValueError, match="MoEModel needs an MCLConfig with mode 'moe'"):
+        MoEModel(tiny_llama(), MCLConfig(num_hypotheses=2), LoRAConfig(r=2, target_modules=TARGETS))
 
 
 def test_moe_config_needs_two_experts():
@@ -212,7 +212,7 @@ def test_moe_config_needs_two_experts():
 # ------------------------------------------------------------------------ the model
 def test_moe_forward_loss_is_the_mean_nll_of_the_mixture():
     model = make_moe(K=3)
-    assert model.is_moe and len(lora_layers(model)) == len(model.target_names) == 2 * len(TARGETS)
+    assert isinstance(model, MoEModel) and len(lora_layers(model)) == len(model.target_names) == 2 * len(TARGETS)
     reference = copy.deepcopy(model.base_model)  # the same weights, with hand-written MoE layers
     for name in model.target_names:
         parent, _, child = name.rpartition(".")
@@ -245,10 +245,10 @@ def test_forced_expert_equals_mcl_hypothesis_in_the_model():
     with torch.no_grad():
         all_k = mcl(input_ids=ids, attention_mask=mask).logits
         for k in range(3):
-            forced = moe(input_ids=ids, attention_mask=mask, labels=labels, hypothesis_idx=k)
+            forced = moe(input_ids=ids, attention_mask=mask, labels=labels, routing=k)
             torch.testing.assert_close(forced.logits, all_k[k], atol=ATOL, rtol=1e-5)
         kwargs = dict(max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=0)
-        assert moe.generate(ids, attention_mask=mask, hypothesis_idx=2, **kwargs).tolist() == \
+        assert moe.generate(ids, attention_mask=mask, routing=2, **kwargs).tolist() == \
             mcl.generate(ids, attention_mask=mask, hypothesis_idx=2, **kwargs).tolist()
 
 
@@ -257,16 +257,19 @@ def test_generate_decodes_the_mixture_by_default():
     ids, mask, _ = batch()
     kwargs = dict(max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
     default = model.generate(ids, attention_mask=mask, **kwargs)
-    assert default.tolist() == model.generate(ids, attention_mask=mask, routing="moe", **kwargs).tolist()
+    assert default.tolist() == model.generate(ids, attention_mask=mask, routing=Route.MIXTURE, **kwargs).tolist()
+    assert default.tolist() == model.generate(ids, attention_mask=mask, routing="mixture", **kwargs).tolist()
     # per-token routing is the same with and without the KV cache
     assert default.tolist() == model.generate(ids, attention_mask=mask, use_cache=False, **kwargs).tolist()
     torch.manual_seed(3)
-    sampled = model.generate(ids, attention_mask=mask, routing="moe-sample", **kwargs)
+    sampled = model.generate(ids, attention_mask=mask, routing=Route.SAMPLED, **kwargs)
     torch.manual_seed(3)
-    assert sampled.tolist() == model.generate(ids, attention_mask=mask, routing="moe-sample", **kwargs).tolist()
-    with pytest.raises(ValueError, match="not both"):
-        model.generate(ids, routing="moe", hypothesis_idx=0, **kwargs)
-    assert all(layer.routing is None for layer in lora_layers(model))  # restored after generate
+    assert sampled.tolist() == model.generate(ids, attention_mask=mask, routing=Route.SAMPLED, **kwargs).tolist()
+    with pytest.raises(ValueError, match="routing must be 'mixture' or 'sampled', got 'moe'"):
+        model.generate(ids, routing="moe", **kwargs)
+    with pytest.raises(ValueError, match="a LoRA-MoE model runs under"):
+        model.generate(ids, routing=Route.BASE, **kwargs)
+    assert all(layer.routing is Route.REPLICATED for layer in lora_layers(model))  # restored after generate
 
 
 def test_gradients_reach_router_and_every_expert():
@@ -344,7 +347,7 @@ def test_peft_export_refuses_the_mixture_but_exports_an_expert(tmp_path):
     peft_model = PeftModel.from_pretrained(tiny_llama(), str(folder)).eval()
     with torch.no_grad():
         torch.testing.assert_close(peft_model(input_ids=ids, attention_mask=mask).logits,
-                                   model(input_ids=ids, attention_mask=mask, hypothesis_idx=1).logits,
+                                   model(input_ids=ids, attention_mask=mask, routing=1).logits,
                                    atol=ATOL, rtol=1e-5)
 
 
@@ -355,7 +358,7 @@ def test_train_py_moe_run_checkpoints_under_moe_k(tmp_path):
            "mcl.num_hypotheses=2", "trainer.max_steps=4", "trainer.val_check_interval=2",
            "data.num_val_sequences=32", "data.batch_size=8", "logger=none", "callbacks=model_checkpoint"]
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=timeout(600))
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = next(tmp_path.glob("transition1/runs/*"))
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["moe2"]
@@ -367,9 +370,9 @@ def test_train_py_moe_run_checkpoints_under_moe_k(tmp_path):
     assert "val/wta_loss" in metrics and "train/loss" in metrics
     assert not any("hyp" in k or "win_rate" in k for k in metrics)
     # resuming it as an MCL run is refused before any model is built
-    from loramcl.training import check_checkpoint
+    from loramcl.runs import require_checkpoint_meta
 
     last = str(run_dir / "checkpoints" / "moe2" / "last.ckpt")
     with pytest.raises(ConfigError, match="holds LoRA-MoE experts with token routers"):
-        check_checkpoint(last, MCLConfig(num_hypotheses=2), LoRAConfig(r=64))  # lora=toy: r = 64
-    check_checkpoint(last, MCLConfig(num_hypotheses=2, mode="moe"), LoRAConfig(r=64))
+        require_checkpoint_meta(last, MCLConfig(num_hypotheses=2), LoRAConfig(r=64))  # lora=toy: r = 64
+    require_checkpoint_meta(last, MCLConfig(num_hypotheses=2, mode="moe"), LoRAConfig(r=64))

@@ -182,9 +182,11 @@ def train_run(tmp_path_factory) -> Path:
 def test_export_script_on_a_train_run(train_run, tmp_path, capsys):
     from hydra.utils import instantiate
 
-    from loramcl.evaluation import find_checkpoints, run_config
+    from omegaconf import OmegaConf
+
+    from loramcl.config import validated_configs
     from loramcl.lit_module import MCLLitModule
-    from loramcl.training import validated_configs
+    from loramcl.runs import find_checkpoints
 
     out, base = tmp_path / "export", tmp_path / "base"
     assert export_script().main([str(train_run), "--out", str(out), "--save-base", str(base)]) == 0
@@ -195,7 +197,7 @@ def test_export_script_on_a_train_run(train_run, tmp_path, capsys):
     # Reference: the run's Lightning module with the checkpoint loaded the Lightning way.
     (ckpt,) = find_checkpoints(train_run).values()
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    cfg = run_config(ckpt)
+    cfg = OmegaConf.load(train_run / ".hydra" / "config.yaml")
     module = MCLLitModule(instantiate(cfg.model), *validated_configs(cfg, checkpoint["loramcl"]["num_hypotheses"]),
                           optimizer=None)
     missing, _ = module.load_state_dict(checkpoint["state_dict"], strict=False)
@@ -215,12 +217,12 @@ def test_export_script_on_a_train_run(train_run, tmp_path, capsys):
 def test_export_script_one_line_errors(tmp_path, capsys):
     script = export_script()
     assert script.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err.strip() == f"export_peft.py: error: {tmp_path / 'nowhere'} does not exist"
+    assert capsys.readouterr().err.strip() == f"export_peft.py: error: {tmp_path / 'nowhere'} does not exist (give a train.py run folder or a checkpoint in it)"
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
     assert script.main([str(foreign), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no 'loramcl' entry" in err
+    assert len(err.splitlines()) == 1 and "foreign.ckpt was not written by loramcl" in err
 
 
 @pytest.mark.parametrize("backbone", ["qwen2_audio", "llava_next"])

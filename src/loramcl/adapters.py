@@ -96,7 +96,8 @@ class AdapterModel(nn.Module):
         self.target_names = inject_adapters(model, self.lora_config, self.mcl_config.num_hypotheses, scope,
                                             router=self.has_router)
         self._layers = lora_layers(model)
-        self._decoder, self._decoder_path, self._has_encoder = decoder, decoder_path, has_encoder
+        # (a tuple: a module attribute would register the language model a second time)
+        self._language_model = (decoder, decoder_path, has_encoder)
         self.step = 0
         self.epoch = 0
 

@@ -65,10 +65,10 @@ class MCLModel(AdapterModel):
         super().__init__(model, mcl, lora)
         # With every adapter inside the language model, the K replicas are made at its entrance:
         # a frozen encoder then runs once per batch and its output is shared by the K replicas.
-        decoder, path = self._decoder, self._decoder_path
+        decoder, path, has_encoder = self._language_model
         inside = path is not None and all(n.startswith(path + ".") for n in self.target_names)
         # (share_encoder=False replicates the whole input instead: for benchmarks and checks)
-        self._replica_point: Optional[nn.Module] = decoder if inside and self._has_encoder and share_encoder else None
+        self._replica_point: Optional[nn.Module] = decoder if inside and has_encoder and share_encoder else None
 
     @property
     def temperature(self) -> Optional[float]:
