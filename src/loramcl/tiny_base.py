@@ -136,7 +136,7 @@ def _fit(model: torch.nn.Module, loader: DataLoader, steps: int, lr: float, desc
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 sched.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 step += 1
                 progress.update(task, advance=1, description=f"{desc} loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
                 if step >= steps:

@@ -31,21 +31,14 @@ from loramcl.utils.mlflow_store import MLflowRun, flatten
 log = logging.getLogger(__name__)
 
 
-# Warnings that every run on a frozen-backbone, adapter-only, small-data setup triggers and that say
-# nothing actionable; `extras.ignore_warnings` silences exactly these (message regex, category).
+# Warnings every run triggers that say nothing actionable; `extras.ignore_warnings` silences exactly
+# these (message regex, category), never a whole category or library.
 KNOWN_NOISY_WARNINGS = [
-    # Lightning: our DataModules load in the main process (HDF5 / in-memory tensors), on purpose
-    (r".*does not have many workers which may be a bottleneck.*", UserWarning),
-    # Lightning: tiny demo / toy sets have fewer batches than the default logging interval
-    (r".*The number of training batches .* is smaller than the logging interval.*", UserWarning),
-    # Lightning: checkpoints hold the adapters only; the frozen backbone is rebuilt from its config
-    (r".*Found keys that are not in the model state dict but in the checkpoint.*", UserWarning),
-    # Lightning's LR-monitor / checkpoint chatter when a run has no logger (logger=none)
-    (r".*Cannot log learning rate because the `Trainer` has no `logger`.*", Warning),
-    (r".*ModelCheckpoint.*could not find the monitored key.*", Warning),
-    # transformers: generation defaults the decoders set explicitly anyway
-    (r".*Setting `pad_token_id` to `eos_token_id`.*", UserWarning),
+    # Lightning 2.6: backbones loaded by from_pretrained are in eval mode and we leave them so (frozen
+    # weights; the adapters' own dropout is what regularises training), which Lightning reports at every fit
+    (r"Found \d+ module\(s\) in eval mode at the start of training", UserWarning),
 ]
+NOISY_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric")  # "GPU available: ..." chatter
 
 
 def apply_extras(cfg: DictConfig) -> None:
@@ -54,6 +47,8 @@ def apply_extras(cfg: DictConfig) -> None:
     if extras.get("ignore_warnings"):
         for message, category in KNOWN_NOISY_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category)
+        for name in NOISY_INFO_LOGGERS:  # their warnings still show
+            logging.getLogger(name).setLevel(logging.WARNING)
     if extras.get("flush_denormal"):
         torch.set_flush_denormal(True)
     if extras.get("num_threads"):
