@@ -59,6 +59,31 @@ def wins_by_language(model: Any, loader: Any) -> dict[str, list[float]]:
     return {lang: (c / c.sum()).tolist() for lang, c in sorted(counts.items())}
 
 
+def evaluate_model(name: str, fit: FitResult, generation: dict, out: Path) -> tuple[dict, list[dict]]:
+    """Greedy test captions of every hypothesis (predictions_<name>.jsonl), their language shares and
+    the validation wins by reference language; (summary entry, shares per hypothesis)."""
+    k = fit.module.num_hypotheses
+    dm = fit.datamodule
+    captions = decode_hypotheses(fit.module.model, dm.test_dataloader(), dm.processor.tokenizer, generation)
+    shares = [language_shares(c) for c in captions]
+    result = {
+        "num_hypotheses": k,
+        "language_shares": shares,
+        "dominant_language": [max(("en", "fr"), key=s.get) for s in shares],
+        "val_wta_loss": fit.metrics.get("val/wta_loss"),
+        "val_win_rates_by_reference_language": wins_by_language(fit.module.model, dm.val_dataloader()) if k > 1 else None,
+        "examples": [c[:5] for c in captions],
+    }
+    with open(out / f"predictions_{name}.jsonl", "w") as f:
+        for i, item_id in enumerate(dm.sets["test"].ids):
+            f.write(json.dumps({"id": item_id, "references": dm.sets["test"].texts[i],
+                                "candidates": [{"hypothesis": h, "text": captions[h][i]} for h in range(k)]}) + "\n")
+    if fit.mlflow_run is not None:
+        fit.mlflow_run.log_metrics({f"hyp{h}_share_{lang}": v for h, s in enumerate(shares) for lang, v in s.items()})
+        fit.mlflow_run.log_artifact(out / f"predictions_{name}.jsonl")
+    return result, shares
+
+
 def run_bilingual(cfg: DictConfig) -> dict[str, float]:
     apply_extras(cfg)  # (each fit runs the preflight checks before building anything)
     out = output_dir(cfg) or Path.cwd()
@@ -67,29 +92,10 @@ def run_bilingual(cfg: DictConfig) -> dict[str, float]:
     test_set: dict[str, Any] = {}
 
     def after_fit(name: str, fit: FitResult) -> None:
-        k = fit.module.num_hypotheses
-        dm = fit.datamodule
-        test_set["texts"] = dm.sets["test"].texts
-        captions = decode_hypotheses(fit.module.model, dm.test_dataloader(), dm.processor.tokenizer, generation)
-        shares = [language_shares(c) for c in captions]
-        by_language = wins_by_language(fit.module.model, dm.val_dataloader()) if k > 1 else None
-        results[name] = {
-            "num_hypotheses": k,
-            "language_shares": shares,
-            "dominant_language": [max(("en", "fr"), key=s.get) for s in shares],
-            "val_wta_loss": fit.metrics.get("val/wta_loss"),
-            "val_win_rates_by_reference_language": by_language,
-            "examples": [c[:5] for c in captions],
-        }
-        with open(out / f"predictions_{name}.jsonl", "w") as f:
-            for i, item_id in enumerate(dm.sets["test"].ids):
-                f.write(json.dumps({"id": item_id, "references": dm.sets["test"].texts[i],
-                                    "candidates": [{"hypothesis": h, "text": captions[h][i]} for h in range(k)]}) + "\n")
+        test_set["texts"] = fit.datamodule.sets["test"].texts
+        results[name], shares = evaluate_model(name, fit, generation, out)
         for h, s in enumerate(shares):
             metrics.update({f"{name}/hyp{h}_share_{lang}": v for lang, v in s.items()})
-        if fit.mlflow_run is not None:
-            fit.mlflow_run.log_metrics({f"hyp{h}_share_{lang}": v for h, s in enumerate(shares) for lang, v in s.items()})
-            fit.mlflow_run.log_artifact(out / f"predictions_{name}.jsonl")
 
     parent = train_mle_and_mcl(cfg, after_fit)
     mcl = results["mcl"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 import torch
@@ -86,7 +86,21 @@ def oracle_nll(model: Any, datamodule: Any, batch_size: int, limit: Optional[int
     return total / max(count, 1)
 
 
-def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
+@dataclass
+class Plan:
+    """Everything checked before a model is built: what to decode, with which model, at which K."""
+
+    spec: DecodingSpec
+    checkpoint: Any  # loramcl.checkpoints.Checkpoint
+    train_cfg: DictConfig
+    scheme: Scheme
+    K: int
+    datamodule: Any
+    task: Any  # loramcl.metrics.tasks.Task
+
+
+def plan(cfg: DictConfig) -> Optional[Plan]:
+    """The checks of steps 1 and 2, cheapest first; None when a multirun skips an unsuited method."""
     spec = DecodingSpec.from_config(cfg.decoding)
     checkpoint = select_checkpoint(cfg, spec)
     train_cfg = checkpoint_config(checkpoint, OmegaConf.load(cfg.train_config) if cfg.get("train_config") else None)
@@ -95,7 +109,7 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
     except UnsuitedDecoding as err:
         if not skip_unsuited(cfg, err):
             raise
-        return {}
+        return None
     scheme = Scheme.of_config(train_cfg)
     K = int(train_cfg.mcl.num_hypotheses) if scheme.kind == "mcl" else num_candidates(cfg, train_cfg)
     spec.beams(K), spec.forward_passes(K)  # resolve "K", "2K", ... now: a bad value fails here
@@ -108,8 +122,16 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
     except UnsuitedDecoding as err:
         if not skip_unsuited(cfg, err):
             raise
+        return None
+    return Plan(spec, checkpoint, train_cfg, scheme, K, datamodule, task_for(datamodule.kind))
+
+
+def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
+    p = plan(cfg)
+    if p is None:
         return {}
-    task = task_for(datamodule.kind)
+    spec, checkpoint, train_cfg, scheme, K, datamodule, task = (p.spec, p.checkpoint, p.train_cfg, p.scheme, p.K,
+                                                                 p.datamodule, p.task)
     datamodule.setup("test")
 
     torch.manual_seed(int(cfg.seed))

@@ -63,6 +63,21 @@ def read_matrices(model: MCLModel, tokens: torch.Tensor, num_states: int, batch_
     return {"matrices": matrices, "losses": losses, "winners": winners}
 
 
+def model_summary(fit: FitResult, tokens: torch.Tensor, num_states: int, mode: str) -> dict[str, Any]:
+    """What summary.json says of one trained model: its matrices, losses and win rates."""
+    k = fit.module.num_hypotheses
+    read = read_matrices(fit.module.model, tokens, num_states)
+    counts = torch.bincount(read["winners"], minlength=k)
+    return {
+        "num_hypotheses": k,
+        "mode": mode if k > 1 else "mle",
+        "matrices": read["matrices"].tolist(),
+        "eval_wta_loss": float(read["losses"].min(dim=0).values.mean()),
+        "hypothesis_losses": read["losses"].mean(dim=1).tolist(),
+        "win_rates": (counts.float() / counts.sum()).tolist(),
+    }
+
+
 def validation_references(mixture: MarkovMixture, tokens: torch.Tensor) -> dict[str, float]:
     """Theoretical losses on the very validation sequences (nats per scored token).
 
@@ -106,19 +121,9 @@ def run_toy(cfg: DictConfig) -> dict[str, float]:
     read_from: dict[str, Any] = {}  # the validation tokens and receptive field (same for both models)
 
     def after_fit(name: str, fit: FitResult) -> None:
-        k = fit.module.num_hypotheses
         read_from["window"] = receptive_field(fit.module.model.config)
         read_from["tokens"] = fit.datamodule.val_set.tokens
-        read = read_matrices(fit.module.model, read_from["tokens"], mixture.num_states)
-        counts = torch.bincount(read["winners"], minlength=k)
-        results[name] = {
-            "num_hypotheses": k,
-            "mode": mcl_cfg.mode if k > 1 else "mle",
-            "matrices": read["matrices"].tolist(),
-            "eval_wta_loss": float(read["losses"].min(dim=0).values.mean()),
-            "hypothesis_losses": read["losses"].mean(dim=1).tolist(),
-            "win_rates": (counts.float() / counts.sum()).tolist(),
-        }
+        results[name] = model_summary(fit, read_from["tokens"], mixture.num_states, mcl_cfg.mode)
         histories[name] = fit.module.val_history
         if fit.mlflow_run is not None:
             fit.mlflow_run.log_metrics({"eval_wta_loss": results[name]["eval_wta_loss"]})
