@@ -60,17 +60,40 @@ def eval_predictions(log_dir: Path) -> list[list[dict]]:
     return [[json.loads(line) for line in f.read_text().splitlines()] for f in files]
 
 
+# The demos build their synthetic data set and tiny base on first use below paths.data_dir and reuse
+# them afterwards; that cache is keyed by path only (the first run's steps and sizes win). Every run
+# that shares a data folder (conftest's `demo_data`) therefore passes the same asset overrides: these.
+TRANSLATION_ASSETS = ["model.auto_pretrain.steps=10", "data.auto_prepare.sizes=[64,8,8]"]
+AUDIO_ASSETS = ["model.auto_pretrain.steps=10", "data.auto_prepare.sizes=[24,4,4]"]
+BILINGUAL_ASSETS: list[str] = []  # the full demo: its configured sizes and 600 pre-training steps
+
 # Short demo trainings used by the evaluation tests (tiny bases pre-trained for 10 steps).
 TRANSLATION_DEMO = ["model.auto_pretrain.steps=10", "trainer.max_epochs=1", "data.auto_prepare.sizes=[64,8,8]",
                     "callbacks=model_checkpoint", "extras.print_config=false", "logger=none"]
 AUDIO_DEMO = ["model.auto_pretrain.steps=10", "trainer.max_epochs=1", "data.max_train_items=16",
               "data.max_val_items=4", "data.auto_prepare.sizes=[24,4,4]", "callbacks=model_checkpoint",
               "extras.print_config=false", "logger=none"]
+assert set(TRANSLATION_ASSETS) <= set(TRANSLATION_DEMO) and set(AUDIO_ASSETS) <= set(AUDIO_DEMO)
 
 
-def train_demo(experiment: str, overrides: Sequence[str], data_dir: Path, log_dir: Path) -> Path:
+def build_demo_assets(experiment: str, assets: Sequence[str], data_dir: Path, log_dir: Path,
+                      seconds: float = 1800) -> Path:
+    """Build `experiment`'s synthetic data set and tiny base below `data_dir`; return `data_dir`.
+
+    It is train.py's own first-use path (a fast dev run of one batch, `task=finetune` for every demo),
+    so the files are byte for byte those a first real run would write; later runs only load them.
+    """
+    proc = run_train(f"experiment={experiment}", *assets, "task=finetune", "debug=fdr", "logger=none",
+                     f"paths.data_dir={data_dir}", log_dir=log_dir, timeout=seconds)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return data_dir
+
+
+def train_demo(experiment: str, overrides: Sequence[str], data_dir: Path, log_dir: Path,
+               seconds: float = 1200) -> Path:
     """Train `experiment` with `overrides`; return its run folder (fails the test on an error)."""
-    proc = run_train(f"experiment={experiment}", *overrides, f"paths.data_dir={data_dir}", log_dir=log_dir)
+    proc = run_train(f"experiment={experiment}", *overrides, f"paths.data_dir={data_dir}", log_dir=log_dir,
+                     timeout=seconds)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = sorted(log_dir.glob(f"{experiment}/runs/*"))
     return run

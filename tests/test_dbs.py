@@ -1,36 +1,33 @@
-"""Diverse beam search reproduces transformers 4.56.2's group beam search (recorded fixture)."""
+"""Diverse beam search reproduces transformers 4.56.2's group beam search (recorded fixture).
+
+The reference (a tiny seeded Llama and the ids / scores transformers 4.56.2 returned) is part of the
+repository: tests/fixtures/dbs_reference (its README says how it was made).
+"""
 
 import json
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import FIXTURES
 from loramcl.decoding.dbs import diverse_beam_search
 
-
-def _fixture_dir() -> Path:
-    here = Path(__file__).resolve()
-    for root in (here.parents[2], here.parents[1]):
-        path = root / "shared" / "fixtures" / "dbs_reference"
-        if (path / "expected.json").is_file():
-            return path
-    pytest.skip("dbs_reference fixture not found")
+REFERENCE = FIXTURES / "dbs_reference"
 
 
 @lru_cache(maxsize=1)
-def _load(path: Path):
+def _load():
     from transformers import LlamaForCausalLM
 
-    expected = json.loads((path / "expected.json").read_text())
-    model = LlamaForCausalLM.from_pretrained(path / "model").eval()
+    expected = json.loads((REFERENCE / "expected.json").read_text())
+    model = LlamaForCausalLM.from_pretrained(REFERENCE / "model").eval()
     return model, expected
 
 
 @lru_cache(maxsize=None)
-def _run(path: Path, case_idx: int):
-    model, expected = _load(path)
+def _run(case_idx: int):
+    model, expected = _load()
     params = expected["cases"][case_idx]["params"]
     return diverse_beam_search(
         model,
@@ -42,12 +39,17 @@ def _run(path: Path, case_idx: int):
     )
 
 
+def test_reference_fixture_is_complete():
+    """The recorded reference ships with the repository: four cases over three prompts."""
+    _, expected = _load()
+    assert len(expected["cases"]) == 4 and len(expected["prompt_ids"]) == 3
+
+
 @pytest.mark.parametrize("case_idx", range(4))
 def test_matches_transformers_4_group_beam_search(case_idx):
-    path = _fixture_dir()
-    _, expected = _load(path)
+    _, expected = _load()
     case = expected["cases"][case_idx]
-    sequences, scores = _run(path, case_idx)
+    sequences, scores = _run(case_idx)
     assert sequences.tolist() == case["sequences"]
     torch.testing.assert_close(
         scores, torch.tensor(case["sequences_scores"]), atol=1e-4, rtol=0
@@ -55,12 +57,11 @@ def test_matches_transformers_4_group_beam_search(case_idx):
 
 
 def test_returns_num_return_sequences_rows_per_prompt():
-    path = _fixture_dir()
-    _, expected = _load(path)
+    _, expected = _load()
     n_prompts = len(expected["prompt_ids"])
     for case_idx, case in enumerate(expected["cases"]):
         params = case["params"]
-        sequences, scores = _run(path, case_idx)
+        sequences, scores = _run(case_idx)
         rows = n_prompts * params["num_return_sequences"]
         assert sequences.shape == (rows, params["max_new_tokens"])
         assert scores.shape == (rows,)

@@ -9,28 +9,11 @@ import os
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = str(ROOT / "configs")
-
-
-def run_train(*overrides: str, log_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    flags = [o for o in overrides if o.startswith("-")]
-    rest = [o for o in overrides if not o.startswith("-")]
-    cmd = [sys.executable, str(ROOT / "train.py"), *flags, f"paths.log_dir={log_dir}", *rest]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def compose_train(*overrides: str, hydra_cfg: bool = False):
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=hydra_cfg)
+from helpers import ROOT, compose_train, run_script, run_train, timeout
 
 
 def test_default_config_is_transition1():
@@ -102,7 +85,12 @@ def test_multirun_sweep_shares_one_mlflow_store(tmp_path):
     assert sorted(runs) == [("K1", "FINISHED"), ("K2", "FINISHED")]
     assert params == {"K1": "1", "K2": "2"}
     assert metric_runs == 2
-    assert list((tmp_path / "mlartifacts").iterdir()) is not None
+    # the jobs' artifacts go to the configured folder beside the store (finetune runs log none there)
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        (location,) = db.execute("select artifact_location from experiments where name = 'transition1'").fetchone()
+        uris = [uri for (uri,) in db.execute("select artifact_uri from runs")]
+    assert location.removeprefix("file://") == str(tmp_path / "mlartifacts")
+    assert len(uris) == 2 and all(uri.removeprefix("file://").startswith(f"{location}/") for uri in uris)
 
 
 def test_checkpoint_holds_only_adapters(tmp_path):
@@ -126,9 +114,7 @@ def test_eval_reloads_a_run_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = next(tmp_path.glob("transition1/runs/*"))
     trained = json.loads((run_dir / "metrics.json").read_text())
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={run_dir}", f"paths.log_dir={tmp_path}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_script([ROOT / "eval.py", f"ckpt_path={run_dir}", f"paths.log_dir={tmp_path}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     evaluated = json.loads(next(tmp_path.glob("eval/runs/*/eval_metrics.json")).read_text())
     assert abs(evaluated["K2/val/wta_loss"] - trained["val/wta_loss"]) < 1e-6
@@ -173,9 +159,15 @@ def test_parallel_jobs_share_a_fresh_mlflow_store(tmp_path):
     procs = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *common, f"seed={s}", f"task_name=par{s}"],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for s in (0, 1)]
-    for p in procs:
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=timeout(1200))
+            assert p.returncode == 0, err[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         experiments = {name for (name,) in db.execute("select name from experiments")}
         finished = db.execute("select count(*) from runs where status = 'FINISHED'").fetchone()[0]
