@@ -32,6 +32,7 @@ from loramcl.layers import (
     replace_with_merged,
     set_routing,
 )
+from loramcl.losses import sequence_nll
 
 ADAPTER_FILE = "mcl_adapters.safetensors"
 CONFIG_FILE = "mcl_config.json"
@@ -141,6 +142,19 @@ class AdapterModel(nn.Module):
         finally:
             for layer, r in zip(self._layers, previous):
                 layer.routing = r
+
+    def _routed_forward(self, routing: Routing, input_ids: Optional[torch.Tensor],
+                        attention_mask: Optional[torch.Tensor], labels: Optional[torch.Tensor], **kwargs: Any) -> MCLOutput:
+        """One output per row under `routing` (a hypothesis, a forced expert, the MoE mixture): logits
+        (B, S, V) and, with labels, the per-sequence NLL (1, B) and its mean over scored sequences."""
+        with self.route(routing):
+            out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if labels is None:
+            return MCLOutput(logits=out.logits)
+        nll, count = sequence_nll(out.logits, labels, attention_mask)
+        valid = count > 0
+        loss = nll[valid].mean() if valid.any() else nll.sum() * 0.0
+        return MCLOutput(loss=loss, logits=out.logits, hypothesis_losses=nll[None])
 
     def _generate(self, routing: Routing, *args: Any, **kwargs: Any):
         with self.route(routing):

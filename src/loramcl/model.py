@@ -87,14 +87,7 @@ class MCLModel(AdapterModel):
     ) -> MCLOutput:
         """All K hypotheses in one pass (default), or hypothesis `hypothesis_idx` alone."""
         if hypothesis_idx is not None:
-            with self.route(hypothesis_idx):
-                out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-            if labels is None:
-                return MCLOutput(logits=out.logits)
-            nll, count = sequence_nll(out.logits, labels, attention_mask)
-            valid = count > 0
-            loss = nll[valid].mean() if valid.any() else nll.sum() * 0.0
-            return MCLOutput(loss=loss, logits=out.logits, hypothesis_losses=nll[None])
+            return self._routed_forward(hypothesis_idx, input_ids, attention_mask, labels, **kwargs)
 
         K = self.num_hypotheses
         ref = input_ids if input_ids is not None else kwargs.get("inputs_embeds")

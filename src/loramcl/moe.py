@@ -22,7 +22,6 @@ import torch
 
 from loramcl.adapters import AdapterModel, MCLOutput
 from loramcl.layers import ROUTED, Route, Routing, as_routing
-from loramcl.losses import sequence_nll
 
 
 class MoEModel(AdapterModel):
@@ -56,15 +55,12 @@ class MoEModel(AdapterModel):
                 **kwargs: Any) -> MCLOutput:
         """The mixture (default), sampled experts (`Route.SAMPLED`) or expert k forced (`routing=k`);
         loss = mean per-sequence NLL. The mixture is one model: one "hypothesis" that wins every sequence."""
-        with self.route(self._check(routing)):
-            out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        if labels is None:
-            return MCLOutput(logits=out.logits)
-        nll, count = sequence_nll(out.logits, labels, attention_mask)
-        valid = count > 0
-        loss = nll[valid].mean() if valid.any() else nll.sum() * 0.0
-        return MCLOutput(loss=loss, logits=out.logits, hypothesis_losses=nll[None], weights=torch.ones_like(nll)[None],
-                         winners=torch.zeros(nll.shape[0], dtype=torch.long, device=nll.device))
+        out = self._routed_forward(self._check(routing), input_ids, attention_mask, labels, **kwargs)
+        if out.hypothesis_losses is not None:
+            nll = out.hypothesis_losses[0]
+            out.weights = torch.ones_like(nll)[None]
+            out.winners = torch.zeros(nll.shape[0], dtype=torch.long, device=nll.device)
+        return out
 
     @torch.no_grad()
     def generate(self, *args: Any, routing: Union[Routing, str] = Route.MIXTURE, **kwargs: Any):
