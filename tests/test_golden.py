@@ -90,8 +90,7 @@ def test_golden_training_steps(mode):
 
 
 # ---------------------------------------------------------------------------- eval.py outputs
-def _normalised(eval_dir: Path, run: Path) -> dict:
-    (pred,) = eval_dir.glob("eval/runs/*/predictions.jsonl")
+def _normalised(pred: Path, run: Path) -> dict:
     rows = [json.loads(line) for line in pred.read_text().splitlines()]
     summary = json.loads(pred.with_name("metrics.json").read_text())
     summary["metrics"].pop("decode_seconds")  # a timing
@@ -100,18 +99,33 @@ def _normalised(eval_dir: Path, run: Path) -> dict:
     return {"predictions": rows, "metrics": summary}
 
 
-CASES = [  # (run, decoding)
-    ("translation_mcl", "mcl_beam1"), ("translation_mcl", "mcl_beam2"),
-    ("translation_mle", "mle_beam"), ("translation_mle", "mle_dbs"), ("translation_mle", "mle_sampling_nucleus"),
-    ("translation_moe", "moe_standard"), ("translation_moe", "moe_sampled_expert"), ("translation_moe", "moe_forced"),
-    ("audio_mcl", "mcl_beam1"), ("audio_mcl", "mcl_beam2"),
-]
+DECODINGS = {  # run -> the decodings recorded for it
+    "translation_mcl": ["mcl_beam1", "mcl_beam2"],
+    "translation_mle": ["mle_beam", "mle_dbs", "mle_sampling_nucleus"],
+    "translation_moe": ["moe_standard", "moe_sampled_expert", "moe_forced"],
+    "audio_mcl": ["mcl_beam1", "mcl_beam2"],
+}
+CASES = [(run, decoding) for run, decodings in DECODINGS.items() for decoding in decodings]
+
+
+@pytest.fixture(scope="module")
+def eval_outputs(translation_runs, audio_mcl_run, tmp_path_factory):
+    """{(run, decoding): normalised outputs}; one eval.py multirun per run (the same commands as
+    single runs: every job is seeded by `seed`, not by its place in the sweep)."""
+    outputs = {}
+    for run_name, decodings in DECODINGS.items():
+        run = audio_mcl_run if run_name == "audio_mcl" else translation_runs[run_name.split("_")[1]]
+        log_dir = tmp_path_factory.mktemp(f"golden_{run_name}")
+        proc = run_eval("-m", f"ckpt_path={run}", f"decoding={','.join(decodings)}", "max_items=4",
+                        "mlflow.enabled=false", log_dir=log_dir)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        for pred in sorted(log_dir.glob("eval/multiruns/*/*/predictions.jsonl")):
+            decoding = json.loads(pred.with_name("metrics.json").read_text())["decoding"]
+            outputs[(run_name, decoding)] = _normalised(pred, run)
+    return outputs
 
 
 @pytest.mark.parametrize("run_name,decoding", CASES)
-def test_eval_outputs_are_unchanged(run_name, decoding, translation_runs, audio_mcl_run, tmp_path):
-    run = audio_mcl_run if run_name == "audio_mcl" else translation_runs[run_name.split("_")[1]]
-    proc = run_eval(f"ckpt_path={run}", f"decoding={decoding}", "max_items=4", "mlflow.enabled=false",
-                    log_dir=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    _compare_or_record(f"eval_{run_name}_{decoding}.json", _normalised(tmp_path, run))
+def test_eval_outputs_are_unchanged(run_name, decoding, eval_outputs):
+    assert (run_name, decoding) in eval_outputs, f"eval.py wrote nothing for {run_name} / {decoding}"
+    _compare_or_record(f"eval_{run_name}_{decoding}.json", eval_outputs[(run_name, decoding)])
