@@ -57,15 +57,6 @@ class RunFolder:
         """{model name: its best checkpoint} (see `best_checkpoint`)."""
         return {name: best_checkpoint(folder) for name, folder in self.model_folders().items()}
 
-    def newest_checkpoint(self) -> Optional[Path]:
-        """The most recently written checkpoint of any model (what a resume wants), or None."""
-        try:
-            folders = self.model_folders().values()
-        except MissingResource:
-            return None
-        files = [c for folder in folders for c in folder.glob("*.ckpt")]
-        return max(files, key=lambda c: c.stat().st_mtime) if files else None
-
 
 def best_checkpoint(folder: Path) -> Path:
     """The best checkpoint ModelCheckpoint recorded in `last.ckpt`, else the newest other one, else last."""
