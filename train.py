@@ -6,7 +6,11 @@
     python train.py debug=fdr                         # fast dev run on the CPU
     python train.py -m hydra/launcher=slurm hydra.launcher.partition=gpu seed=0,1,2
 
-Returns `optimized_metric` (val/wta_loss by default) to sweepers.
+    python train.py experiment=demo_translation_mcl ckpt_path=<run folder>   # resume its newest checkpoint
+    python train.py experiment=... hydra.run.dir=logs/job42 ckpt_path=auto   # requeued job: continue itself
+
+Returns `optimized_metric` (val/wta_loss by default) to sweepers. A non-finite loss or gradient
+stops the run with exit status 1; SIGTERM / SIGINT save a checkpoint and exit with 143 / 130.
 """
 
 import os
@@ -23,7 +27,7 @@ from omegaconf import DictConfig  # noqa: E402
 def main(cfg: DictConfig) -> float | None:
     from hydra.utils import get_method
 
-    from loramcl.errors import ConfigError, MissingResource
+    from loramcl.errors import ConfigError, MissingResource, RunStopped
 
     try:
         metrics = get_method(cfg.task.runner)(cfg)
@@ -31,6 +35,9 @@ def main(cfg: DictConfig) -> float | None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         sys.exit(f"error: {err}")
+    except RunStopped as err:  # a NaN / inf (exit 1) or SIGTERM / SIGINT (exit 143 / 130), checkpoint saved
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
 
 

@@ -19,6 +19,7 @@ import torch
 from loramcl.errors import ConfigError, MissingResource
 
 META_KEY = "loramcl"  # checkpoint["loramcl"]: the CheckpointMeta of a Lightning checkpoint
+RUN_KEY = "loramcl_run"  # checkpoint["loramcl_run"]: the MLflow run id of the run that wrote it
 LIT_PREFIX = "model."  # MCLLitModule keeps the adapter model as `self.model`
 
 
@@ -104,6 +105,11 @@ class Checkpoint:
         """The adapter (and router) tensors, keyed as in the adapter model (without `model.`)."""
         state = self.raw.get("state_dict", {})
         return {k[len(LIT_PREFIX):]: v for k, v in state.items() if k.startswith(LIT_PREFIX)}
+
+    @property
+    def mlflow_run_id(self) -> Optional[str]:
+        """The MLflow run that wrote this checkpoint (None without MLflow)."""
+        return (self.raw.get(RUN_KEY) or {}).get("mlflow_run_id")
 
     def best_model_path(self) -> Optional[Path]:
         """The best checkpoint ModelCheckpoint recorded in this one (its file name, beside this file)."""

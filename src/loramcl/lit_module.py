@@ -21,10 +21,11 @@ from typing import Any, Callable, Optional
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.loggers import MLFlowLogger
 from torch import nn
 
 from loramcl.adapters import AdapterModel
-from loramcl.checkpoints import META_KEY, CheckpointMeta
+from loramcl.checkpoints import META_KEY, RUN_KEY, CheckpointMeta
 from loramcl.config import LoRAConfig, MCLConfig
 from loramcl.data.collate import model_inputs
 from loramcl.losses import win_counts
@@ -59,6 +60,7 @@ class MCLLitModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.val_history: list[dict[str, float]] = []
         self._val_sums: Optional[dict[str, torch.Tensor]] = None
+        self.last_hypothesis_losses: Optional[torch.Tensor] = None
 
     @property
     def num_hypotheses(self) -> int:
@@ -71,6 +73,7 @@ class MCLLitModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         self.model.set_progress(self.global_step, self.current_epoch)
         out = self.model(**model_inputs(batch))
+        self.last_hypothesis_losses = out.hypothesis_losses.detach()  # names the hypothesis of a NaN loss
         K, B = out.hypothesis_losses.shape
         metrics = {"train/loss": out.loss.detach()}
         if self.model.compares_hypotheses:  # the MoE mixture is one model: no hypotheses to compare
@@ -130,6 +133,10 @@ class MCLLitModule(L.LightningModule):
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint[META_KEY] = CheckpointMeta.of_model(self.model).to_dict()
+        if self._trainer is not None:  # the MLflow run a resume continues
+            for logger in self.trainer.loggers:
+                if isinstance(logger, MLFlowLogger) and logger.run_id:
+                    checkpoint[RUN_KEY] = {"mlflow_run_id": logger.run_id}
         # RNG states (dropout masks), so a resumed run continues exactly where this one was
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
                                     "numpy": _numpy_state()}

@@ -22,11 +22,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from loramcl.callbacks import AtomicCheckpointIO, GracefulStop, NonFiniteGuard
+from loramcl.checkpoints import Checkpoint
 from loramcl.config import validated_configs
+from loramcl.errors import ConfigError, RunStopped
 from loramcl.lit_module import MCLLitModule
 from loramcl.preflight import output_dir, preflight
+from loramcl.resume import finished, resolve_ckpt_path
 from loramcl.schemes import Scheme
-from loramcl.utils.mlflow_store import MLflowRun, flatten
+from loramcl.utils.mlflow_store import RUN_DIR_TAG, MLflowRun, close_abandoned_runs, flatten, get_experiment_id
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +74,60 @@ class FitResult:
     metrics: dict[str, float]
 
 
-def make_mlflow_run(cfg: DictConfig, run_name: str, parent_run_id: Optional[str] = None) -> Optional[MLflowRun]:
+def make_mlflow_run(cfg: DictConfig, run_name: str, parent_run_id: Optional[str] = None,
+                    resume: Optional[Checkpoint] = None) -> Optional[MLflowRun]:
+    """A new MLflow run, or, when resuming a checkpoint whose run is in this store, that run again
+    (RUNNING, tagged with the resume). When resuming (any `ckpt_path`), runs of this run folder or
+    of the checkpoint's that are still RUNNING (jobs killed with SIGKILL) are closed as KILLED."""
     mlcfg = cfg.get("logger", {}) and cfg.logger.get("mlflow")
     if not mlcfg or cfg.trainer.get("fast_dev_run"):
         return None
-    return MLflowRun(mlcfg.tracking_uri, mlcfg.experiment_name, mlcfg.artifact_location, run_name,
-                     parent_run_id=parent_run_id, tags={"task": cfg.task.name})
+    previous = resume.mlflow_run_id if resume is not None else None
+    run = None
+    if previous:
+        get_experiment_id(mlcfg.tracking_uri, mlcfg.experiment_name, mlcfg.artifact_location)  # the store exists
+        run = MLflowRun.reopen(mlcfg.tracking_uri, previous)
+        if run is not None:
+            count = int(run.client.get_run(run.run_id).data.tags.get("loramcl.resumes", 0)) + 1
+            run.set_tag("loramcl.resumes", count)
+            run.set_tag(f"loramcl.resume{count}", f"{resume.path} (step {resume.raw.get('global_step')})")
+            log.info(f"continuing MLflow run {run.run_id} of {resume.path}")
+    out = output_dir(cfg)
+    if run is not None and out is not None:
+        run.set_tag(RUN_DIR_TAG, str(out.resolve()))
+    if run is None:
+        tags = {"task": cfg.task.name}
+        if out is not None:
+            tags[RUN_DIR_TAG] = str(out.resolve())
+        if previous:
+            tags["loramcl.resumed_from_run"] = previous  # the checkpoint's run is in another store
+        run = MLflowRun(mlcfg.tracking_uri, mlcfg.experiment_name, mlcfg.artifact_location, run_name,
+                        parent_run_id=parent_run_id, tags=tags)
+    if cfg.get("ckpt_path"):
+        folders = ([str(out.resolve())] if out is not None else []) + (
+            [str(resume.path.resolve().parents[2])] if resume is not None else [])  # <run>/checkpoints/K3/x.ckpt
+        for run_id in close_abandoned_runs(run.tracking_uri, run.experiment_id, folders, keep=run.run_id):
+            log.info(f"MLflow run {run_id} of a killed job in {', '.join(folders)} closed as KILLED")
+    return run
+
+
+def resume_command(cfg: DictConfig) -> str:
+    """The command line that resumes this run (for stop messages): its own overrides, with
+    `ckpt_path=auto` kept as is (a fixed run folder continues itself), else `ckpt_path=<run folder>`."""
+    import shlex
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides
+        given = [o for o in overrides.hydra if not o.startswith("hydra.mode=")] + list(overrides.task)
+    except ValueError:  # not under Hydra
+        given = []
+    out = output_dir(cfg)
+    auto = str(cfg.get("ckpt_path")) == "auto"
+    given = [o for o in given if not o.startswith("ckpt_path=")]
+    target = "ckpt_path=auto" if auto else (f"ckpt_path={out}" if out else "ckpt_path=<checkpoint>")
+    return " ".join(["python train.py", *map(shlex.quote, given), target])
 
 
 def build_loggers(cfg: DictConfig, name: str, mlflow_run: Optional[MLflowRun]) -> list:
@@ -90,9 +142,12 @@ def build_loggers(cfg: DictConfig, name: str, mlflow_run: Optional[MLflowRun]) -
     return loggers
 
 
-def build_callbacks(cfg: DictConfig, name: Optional[str] = None) -> list:
+def build_callbacks(cfg: DictConfig, name: Optional[str] = None, has_logger: bool = True) -> list:
     callbacks = []
     for key, conf in (cfg.get("callbacks") or {}).items():
+        if not has_logger and str(conf.get("_target_", "")).endswith("LearningRateMonitor"):
+            log.info(f"callbacks.{key} skipped: no logger to log the learning rate to (logger=none)")
+            continue
         extra = {}
         if key == "model_checkpoint" and name:
             extra["dirpath"] = str(Path(conf.dirpath) / name)
@@ -105,11 +160,15 @@ def fit_model(
     name: str,
     num_hypotheses: Optional[int] = None,
     parent_run_id: Optional[str] = None,
-    ckpt_path: Optional[str] = None,
+    ckpt_path: Optional[Path] = None,
     datamodule: Any = None,
 ) -> FitResult:
     """Seed, build data (unless `datamodule`, from a preflight, is given), backbone, module, loggers
-    and trainer from `cfg`, then fit."""
+    and trainer from `cfg`, then fit (resuming `ckpt_path` if given).
+
+    Every fit has the non-finite guard, SIGTERM / SIGINT handling and atomic checkpoint writes
+    (`loramcl.callbacks`); a stopped fit raises `RunStopped` after closing its MLflow run (FAILED
+    for a non-finite value, KILLED for a signal)."""
     mcl_cfg, lora_cfg = validated_configs(cfg, num_hypotheses)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if datamodule is None:
@@ -120,25 +179,47 @@ def fit_model(
     trainable, total = module.model.parameter_counts()
     log.info(f"[{name}] K={mcl_cfg.num_hypotheses} mode={mcl_cfg.mode}: {len(module.model.target_names)} "
              f"adapted layers, {trainable:,} trainable / {total:,} parameters")
-    mlflow_run = make_mlflow_run(cfg, name, parent_run_id)
+    resume = Checkpoint.load(ckpt_path) if ckpt_path else None
+    mlflow_run = make_mlflow_run(cfg, name, parent_run_id, resume=resume)
     if mlflow_run is not None:
         params = flatten(cfg)
         params.update({f"mcl.{k}": str(v) for k, v in mcl_cfg.to_dict().items()})
         params["trainable_parameters"] = str(trainable)
         mlflow_run.log_params(params)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg, name, mlflow_run) or False,
-                                     callbacks=build_callbacks(cfg, name))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    loggers = build_loggers(cfg, name, mlflow_run)
+    callbacks = [NonFiniteGuard(), GracefulStop(resume_command(cfg)), *build_callbacks(cfg, name, bool(loggers))]
+    extra = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **extra)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except RunStopped as err:
+        if mlflow_run is not None:
+            mlflow_run.finish(err.mlflow_status)
+        raise
+    except (KeyboardInterrupt, SystemExit):  # a second Ctrl+C: Lightning exits at once, without checkpoint
+        if mlflow_run is not None:
+            mlflow_run.finish("KILLED")
+        raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     return FitResult(module, trainer, datamodule, mlflow_run, metrics)
 
 
 def run_finetune(cfg: DictConfig) -> dict[str, float]:
-    """`task=finetune`: train one model and write metrics.json to the run folder."""
-    datamodule = preflight(cfg, resume=cfg.get("ckpt_path"))
-    apply_extras(cfg)
+    """`task=finetune`: train one model and write metrics.json to the run folder. `ckpt_path` (a
+    checkpoint, a run folder or `auto`, see `loramcl.resume`) resumes; a checkpoint that already
+    reached the end of training is reported and nothing is trained."""
     folder = Scheme.of_config(cfg).checkpoint_folder  # checkpoints/K{K}/, or moe{K}/ for LoRA-MoE
-    result = fit_model(cfg, name=folder, ckpt_path=cfg.get("ckpt_path"), datamodule=datamodule)
+    validated_configs(cfg)
+    ckpt_path = resolve_ckpt_path(cfg, folder, output_dir(cfg))
+    datamodule = preflight(cfg, resume=ckpt_path)
+    if ckpt_path is not None:
+        done = finished(Checkpoint.load(ckpt_path), cfg)
+        if done:
+            log.warning(f"nothing to train: {ckpt_path} is finished ({done}); raise trainer.max_steps / "
+                        f"trainer.max_epochs to train further")
+            return {}
+    apply_extras(cfg)
+    result = fit_model(cfg, name=folder, ckpt_path=ckpt_path, datamodule=datamodule)
     out = output_dir(cfg)
     if out is not None:
         (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
@@ -150,11 +231,19 @@ def train_mle_and_mcl(cfg: DictConfig, after_fit: Callable[[str, FitResult], Non
     with `task.train_mle=false`) and the MCL model (K = mcl.num_hypotheses), trained one after the
     other as child runs of one parent MLflow run (returned, still open, or None without MLflow).
     `after_fit(name, fit)` runs after each fit ("mle", then "mcl")."""
+    if cfg.get("ckpt_path"):
+        raise ConfigError(f"task={cfg.task.name} trains two models from scratch and does not resume: drop ckpt_path "
+                          f"(resuming is for task=finetune runs)")
     parent = make_mlflow_run(cfg, f"{cfg.task_name}_seed{cfg.seed}")
     models = ([("mle", 1)] if cfg.task.get("train_mle", True) else []) + [("mcl", int(cfg.mcl.num_hypotheses))]
-    for name, k in models:
-        run_cfg = cfg
-        if name == "mle" and cfg.task.get("mle_rank"):  # the paper's MLE baselines may use their own rank
-            run_cfg = OmegaConf.merge(cfg, {"lora": {"r": int(cfg.task.mle_rank)}})
-        after_fit(name, fit_model(run_cfg, name, num_hypotheses=k, parent_run_id=parent.run_id if parent else None))
+    try:
+        for name, k in models:
+            run_cfg = cfg
+            if name == "mle" and cfg.task.get("mle_rank"):  # the paper's MLE baselines may use their own rank
+                run_cfg = OmegaConf.merge(cfg, {"lora": {"r": int(cfg.task.mle_rank)}})
+            after_fit(name, fit_model(run_cfg, name, num_hypotheses=k, parent_run_id=parent.run_id if parent else None))
+    except RunStopped as err:
+        if parent is not None:
+            parent.finish(err.mlflow_status)
+        raise
     return parent

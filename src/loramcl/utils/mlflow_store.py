@@ -65,6 +65,26 @@ def flatten(cfg: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, 
     return out
 
 
+RUN_DIR_TAG = "loramcl.run_dir"  # the train.py run folder a run writes to
+
+
+def close_abandoned_runs(tracking_uri: str, experiment_id: str, run_dirs: list[str], keep: Optional[str] = None,
+                         status: str = "KILLED") -> list[str]:
+    """Mark the runs still RUNNING that wrote to one of `run_dirs` (their job was killed, e.g. by
+    SIGKILL, before it could close them) as `status`, except `keep`; returns their ids."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    closed = []
+    for run_dir in dict.fromkeys(run_dirs):
+        value = run_dir.replace("'", "\\'")
+        for run in client.search_runs([experiment_id], f"tags.`{RUN_DIR_TAG}` = '{value}' and attributes.status = 'RUNNING'"):
+            if run.info.run_id != keep:
+                client.set_terminated(run.info.run_id, status)
+                closed.append(run.info.run_id)
+    return closed
+
+
 class MLflowRun:
     """A run in a (sqlite) store, optionally nested under a parent run."""
 
@@ -81,12 +101,34 @@ class MLflowRun:
         all_tags["mlflow.runName"] = run_name
         self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags).info.run_id
 
+    @classmethod
+    def reopen(cls, tracking_uri: str, run_id: str) -> Optional["MLflowRun"]:
+        """The existing run `run_id` of this store set RUNNING again (a resumed training run), or
+        None when the store does not have it."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        try:
+            info = client.get_run(run_id).info
+        except MlflowException:
+            return None
+        run = cls.__new__(cls)
+        run.tracking_uri, run.experiment_id, run.client, run.run_id = tracking_uri, info.experiment_id, client, run_id
+        client.update_run(run_id, status="RUNNING")
+        return run
+
     def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log `params`; keys the run already has keep their first value (MLflow params are immutable)."""
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        existing = self.client.get_run(self.run_id).data.params
+        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in existing]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def set_tag(self, key: str, value: Any) -> None:
+        self.client.set_tag(self.run_id, key, str(value))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         for key, value in metrics.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import rich
 import rich.console
 import rich.syntax
@@ -19,9 +21,9 @@ def config_tree(cfg: DictConfig, print_it: bool = True) -> str:
         value = cfg[key]
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
         branch.add(rich.syntax.Syntax(text, "yaml"))
-    console = rich.console.Console(record=True, width=120)
-    with console.capture():
-        console.print(tree)
+    # printed into a string buffer (not captured: a captured print is not recorded, and the text came out empty)
+    console = rich.console.Console(record=True, width=120, file=io.StringIO(), color_system=None)
+    console.print(tree)
     if print_it:
         rich.print(tree)
-    return console.export_text()
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"

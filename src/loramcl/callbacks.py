@@ -1,0 +1,279 @@
+"""What keeps a training run safe to stop: checkpoints, the non-finite guard and signal handling.
+
+- `AdapterCheckpoint` (configs/callbacks/model_checkpoint.yaml): Lightning's ModelCheckpoint for the
+  best checkpoint (on `val/wta_loss`), plus a resume point `last.ckpt` that does not wait for
+  validation: written every `every_n_train_steps` optimizer steps, at every validation, at the end
+  of training and when a stop signal arrives. No checkpoint with non-finite adapter weights is ever
+  written.
+- `AtomicCheckpointIO`: every checkpoint is written to a temporary file beside its target and
+  renamed over it, so a kill during a save leaves the previous checkpoint intact; temporary files of
+  dead writers are removed when a run starts.
+- `NonFiniteGuard`: a NaN / inf loss (before backward) or gradient (before the optimizer step) stops
+  the run with one line naming the step, the hypothesis and the last good checkpoint.
+- `GracefulStop`: SIGTERM / SIGINT save a checkpoint at the next step boundary and stop the run with
+  `StopRequested` (exit status 128 + signal; MLflow status KILLED). A second SIGINT stops at once.
+
+`training.fit_model` adds the guard, the stop handler and the checkpoint IO to every fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from loramcl.errors import NonFiniteError, StopRequested
+
+log = logging.getLogger(__name__)
+
+TMP_MARK = ".tmp-"  # temporary checkpoint files: .<name>.tmp-<host>-<pid>
+
+
+# ---------------------------------------------------------------------------------------------- files
+def temp_path(target: Path) -> Path:
+    return target.parent / f".{target.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Remove the temporary checkpoint files in `folder` left by dead writers on this host (a kill
+    during a save); returns them."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    host = socket.gethostname()
+    for path in folder.glob(f".*{TMP_MARK}*"):
+        owner = path.name.rsplit(TMP_MARK, 1)[1]
+        owner_host, _, pid = owner.rpartition("-")
+        if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save to a temporary file beside the target, fsync, then rename over the target: a
+    checkpoint file is always complete, and nothing is left in $TMPDIR."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        if "://" in str(path):  # remote stores: Lightning's own transaction
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(target)
+        try:
+            with open(tmp, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        try:  # make the rename itself durable
+            fd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _trainable(module: L.LightningModule) -> list[tuple[str, torch.Tensor]]:
+    return [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+
+
+def _first_non_finite(named: list[tuple[str, torch.Tensor]]) -> Optional[tuple[str, Optional[int]]]:
+    """(name, hypothesis) of the first non-finite tensor (one device sync when all are finite). The
+    adapters and routers keep the hypothesis / expert on dim 0; None for other tensors."""
+    if not named:
+        return None
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named])
+    if bool(finite.all()):
+        return None
+    name, tensor = named[int((~finite).nonzero()[0])]
+    hypothesis = None
+    if tensor.dim() >= 2 and name.rsplit(".", 1)[-1] in ("lora_A", "lora_B", "weight") and (
+            "lora_" in name or "router" in name):
+        hypothesis = int((~torch.isfinite(tensor).flatten(1).all(dim=1)).nonzero()[0])
+    return name, hypothesis
+
+
+def _last_checkpoint_phrase(trainer: L.Trainer) -> str:
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, AdapterCheckpoint) and cb.last_model_path and Path(cb.last_model_path).is_file():
+            return f"last good checkpoint: {cb.last_model_path} (step {cb.last_step})"
+    return "no checkpoint was written before it"
+
+
+def _advice(trainer: L.Trainer) -> str:
+    resumable = "last good checkpoint" in _last_checkpoint_phrase(trainer)
+    return ("Lower optim.optimizer.lr or set trainer.gradient_clip_val, then "
+            + ("resume from that checkpoint (ckpt_path=...)" if resumable else "start again"))
+
+
+class NonFiniteGuard(Callback):
+    """Stops a fit at the first non-finite loss or gradient, before the optimizer applies it."""
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        where = ""
+        losses = getattr(pl_module, "last_hypothesis_losses", None)
+        if losses is not None:
+            bad = (~torch.isfinite(losses).all(dim=1)).nonzero().flatten().tolist()
+            if bad and losses.shape[0] > 1:
+                where = f", hypothesis {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+        raise NonFiniteError(
+            f"non-finite training loss ({float(loss.detach().float().mean())}) in step {trainer.global_step + 1}{where}; "
+            f"stopped before the optimizer step, {_last_checkpoint_phrase(trainer)}. {_advice(trainer)}")
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        named = [(n, p.grad) for n, p in _trainable(pl_module) if p.grad is not None]
+        found = _first_non_finite(named)
+        if found is None:
+            return
+        name, hypothesis = found
+        where = f", hypothesis {hypothesis}" if hypothesis is not None else ""
+        raise NonFiniteError(
+            f"non-finite gradient of {name} in step {trainer.global_step + 1}{where}; stopped before the optimizer "
+            f"step, {_last_checkpoint_phrase(trainer)}. {_advice(trainer)}")
+
+
+def require_finite_weights(trainer: L.Trainer, pl_module: L.LightningModule, target: str) -> None:
+    """Refuse to save `target` when an adapter weight is NaN / inf."""
+    found = _first_non_finite([(n, p.detach()) for n, p in _trainable(pl_module)])
+    if found is not None:
+        name, hypothesis = found
+        where = f" (hypothesis {hypothesis})" if hypothesis is not None else ""
+        raise NonFiniteError(f"adapter weight {name}{where} is not finite after step {trainer.global_step}; "
+                             f"{target} was not written, {_last_checkpoint_phrase(trainer)}. {_advice(trainer)}")
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+class AdapterCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint (best / top-k on `monitor`, step files) whose `last.ckpt` is a resume point
+    independent of validation. `save_last=True` writes it every `every_n_train_steps` steps (also
+    before the first validation), after every validation, at the end of training and on a stop
+    signal; `save_last=False` never writes it."""
+
+    def __init__(self, *args: Any, save_last: bool = True, **kwargs: Any):
+        super().__init__(*args, save_last=False, **kwargs)  # Lightning's own `last` waits for the monitor
+        self.keep_last = bool(save_last)
+        self.last_step: Optional[int] = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.dirpath and trainer.is_global_zero:
+            for path in remove_stale_temp_files(Path(self.dirpath)):
+                log.warning(f"removed {path}: an unfinished checkpoint save of a killed run")
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        require_finite_weights(trainer, trainer.lightning_module, filepath)
+        super()._save_checkpoint(trainer, filepath)
+
+    def save_resume_point(self, trainer: L.Trainer) -> Optional[str]:
+        """Write `last.ckpt` for the current step (unless already written); returns its path."""
+        if not self.keep_last or trainer.fast_dev_run or trainer.sanity_checking or not self.dirpath:
+            return None
+        path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+        if self.last_step == trainer.global_step and os.path.isfile(path):
+            return path
+        require_finite_weights(trainer, trainer.lightning_module, path)
+        self.last_model_path, self.last_step = path, trainer.global_step  # part of the saved state
+        trainer.save_checkpoint(path)
+        return path
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        every = self._every_n_train_steps
+        if every and every > 0 and trainer.global_step % every == 0:
+            self.save_resume_point(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.save_resume_point(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self.save_resume_point(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "last_step": self.last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.last_step = state_dict.get("last_step")
+
+
+# ---------------------------------------------------------------------------------------------- signals
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class GracefulStop(Callback):
+    """SIGTERM / SIGINT: finish the current step, save `last.ckpt`, raise `StopRequested`.
+
+    `resume_hint` is appended to the message (how to resume). Handlers are installed for the fit only
+    (replacing Lightning's SIGTERM notifier, whose SystemExit would end the process with status 0)."""
+
+    def __init__(self, resume_hint: str = ""):
+        self.resume_hint = resume_hint
+        self.received: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:  # second Ctrl+C: stop now
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step, then stopping"
+              + (" (Ctrl+C again stops at once, without it)" if signum == signal.SIGINT else ""),
+              file=sys.stderr, flush=True)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.received = None
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        received = self.received is not None
+        if trainer.world_size > 1:  # every rank stops at the same step
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        if not received:
+            return
+        path = None
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, AdapterCheckpoint):
+                path = cb.save_resume_point(trainer) or path
+        name = signal.Signals(self.received or signal.SIGTERM).name
+        saved = f"checkpoint {path}" if path else "no checkpoint (no model_checkpoint callback with save_last)"
+        raise StopRequested(f"stopped by {name} after step {trainer.global_step}: {saved}"
+                            + (f"; resume with: {self.resume_hint}" if self.resume_hint and path else ""),
+                            self.received or signal.SIGTERM)
