@@ -200,3 +200,5 @@ def test_nan_loss_stops_with_one_line(tmp_path):
             assert torch.isfinite(tensor).all(), f"{path}: {name} is not finite"
     named = lines[0].split("last good checkpoint: ", 1)[1].split(" (step")[0]
     assert Path(named).is_file()
+    tree = next(tmp_path.glob("nanloss/runs/*/config_tree.log")).read_text()  # was written empty
+    assert "num_hypotheses: 2" in tree and "lr: 1.0e+30" in tree

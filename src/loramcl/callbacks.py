@@ -172,14 +172,21 @@ def require_finite_weights(trainer: L.Trainer, pl_module: L.LightningModule, tar
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 class AdapterCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint (best / top-k on `monitor`, step files) whose `last.ckpt` is a resume point
-    independent of validation. `save_last=True` writes it every `every_n_train_steps` steps (also
-    before the first validation), after every validation, at the end of training and on a stop
-    signal; `save_last=False` never writes it."""
+    """ModelCheckpoint (best / top-k on `monitor` at each validation; without a monitor, step files
+    every `every_n_train_steps`) whose `last.ckpt` is a resume point independent of validation.
+    `save_last=True` writes it every `every_n_train_steps` steps (also before the first validation),
+    after every validation, at the end of training and on a stop signal; `save_last=False` never
+    writes it."""
 
-    def __init__(self, *args: Any, save_last: bool = True, **kwargs: Any):
-        super().__init__(*args, save_last=False, **kwargs)  # Lightning's own `last` waits for the monitor
+    def __init__(self, *args: Any, save_last: bool = True, every_n_train_steps: Optional[int] = None,
+                 monitor: Optional[str] = None, **kwargs: Any):
+        # Lightning's own `last` waits for the monitor, and its every_n_train_steps replaces the saves
+        # at validation: with a monitor, the best is judged at each validation and the steps only
+        # pace last.ckpt; without one, step files are kept every N steps too
+        super().__init__(*args, save_last=False, monitor=monitor,
+                         every_n_train_steps=every_n_train_steps if monitor is None else None, **kwargs)
         self.keep_last = bool(save_last)
+        self.resume_every = int(every_n_train_steps or 0)
         self.last_step: Optional[int] = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -206,8 +213,7 @@ class AdapterCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
-        every = self._every_n_train_steps
-        if every and every > 0 and trainer.global_step % every == 0:
+        if self.resume_every > 0 and trainer.global_step % self.resume_every == 0:
             self.save_resume_point(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
