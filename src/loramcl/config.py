@@ -4,13 +4,19 @@
 "moe": the LoRA-MoE baseline, K experts mixed per token by a router and trained as one MLE model),
 `LoRAConfig` says where the K low-rank adapters go and how large they are. Both check every value
 in `__post_init__` and fail with one specific message per bad value, so that a wrong sweep value
-is reported before any model is built. Hydra configs map one-to-one onto these fields.
+is reported before any model is built. Hydra configs map one-to-one onto these fields;
+`validated_configs` names the config group in its messages (`lora.r must be ...`).
+
+Also here, since every consumer of a run config imports this module: the `loramcl.num_states`
+config resolver (the number of states of the toy's Markov chains, which the toy backbone's
+vocabulary follows: `vocab_size: ${loramcl.num_states:${data.transitions}}`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional, Sequence, Union
 
 from loramcl.errors import ConfigError
@@ -131,6 +137,13 @@ class LoRAConfig:
                 )
         if self.exclude_modules is not None and not isinstance(self.exclude_modules, str):
             self.exclude_modules = list(self.exclude_modules)
+        for key in ("target_modules", "exclude_modules"):  # a string is a regex over full module names
+            spec = getattr(self, key)
+            if isinstance(spec, str) and spec != "all-linear":
+                try:
+                    re.compile(spec)
+                except re.error as err:
+                    raise ConfigError(f"{key}={spec!r} is not a valid regular expression ({err})") from None
 
     @property
     def scaling(self) -> float:
@@ -148,4 +161,33 @@ def validated_configs(cfg: Any, num_hypotheses: Optional[int] = None) -> tuple[M
     mcl = OmegaConf.to_container(cfg.mcl, resolve=True)
     if num_hypotheses is not None:
         mcl["num_hypotheses"] = num_hypotheses
-    return MCLConfig(**mcl), LoRAConfig(**OmegaConf.to_container(cfg.lora, resolve=True))
+    built = []
+    for group, cls, values in (("mcl", MCLConfig, mcl), ("lora", LoRAConfig, OmegaConf.to_container(cfg.lora, resolve=True))):
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"{group} has unknown key(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(f.name for f in fields(cls))}")
+        try:
+            built.append(cls(**values))
+        except ConfigError as err:
+            raise ConfigError(f"{group}.{err}") from None
+    mcl_cfg, lora_cfg = built
+    return mcl_cfg, lora_cfg
+
+
+def num_states(transitions: Any) -> int:
+    """The `loramcl.num_states` resolver: S of a list of S x S transition matrices."""
+    try:
+        return len(transitions[0])
+    except (TypeError, IndexError, KeyError):
+        raise ConfigError(f"data.transitions must be a non-empty list of S x S matrices, got {transitions!r}") from None
+
+
+def _register_resolver() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("loramcl.num_states"):
+        OmegaConf.register_new_resolver("loramcl.num_states", num_states)
+
+
+_register_resolver()
