@@ -3,6 +3,8 @@
 `from_config` builds a randomly initialised model from a real transformers config class (tiny test
 models, the frozen random GPT-Neo of the toy experiment); `from_pretrained` loads a checkpoint from
 a Hub name or a local folder through the real `AutoModelForCausalLM.from_pretrained` path.
+`meta_backbone` builds the module tree a model config describes on the meta device (no weights, no
+memory), so that the LoRA targets can be matched before anything is loaded.
 """
 
 from __future__ import annotations
@@ -131,6 +133,47 @@ def from_pretrained(name_or_path: str, dtype: Optional[str] = None, model_class:
             f"(download it on a machine with Hub access and pass its folder as model.name_or_path): {err}"
         ) from None
     return _finish(model, gradient_checkpointing)
+
+
+def _known_config(name_or_path: str) -> Optional[Any]:
+    """The transformers config of a local folder or of a Hub model in the local cache (never downloads)."""
+    from transformers import AutoConfig
+
+    local = Path(name_or_path).expanduser()
+    try:
+        if (local / "config.json").is_file():
+            return AutoConfig.from_pretrained(str(local))
+        return AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+    except (OSError, ValueError):  # not cached, or a config transformers cannot read: known after loading
+        return None
+
+
+def meta_backbone(model_cfg: Any) -> Optional[torch.nn.Module]:
+    """The backbone a `model/` config describes, built on the meta device from its config alone.
+
+    Module names and types are those of the real model, and nothing is allocated or loaded. None
+    when the architecture is not known before loading: a Hub model that is not in the local cache,
+    or a tiny base still to be pre-trained whose `model_class` the config does not name.
+    """
+    if isinstance(model_cfg, DictConfig):
+        model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
+    target = str(model_cfg.get("_target_", ""))
+    cls = model_class_for(model_cfg.get("model_class"))
+    if target.endswith("from_config"):
+        config_cls = getattr(transformers, model_cfg["config_class"], None)
+        if config_cls is None:
+            raise ValueError(f"model.config_class={model_cfg['config_class']!r} is not a transformers config class")
+        config = config_cls(**(model_cfg.get("config") or {}))
+    elif target.endswith("from_pretrained"):
+        config = _known_config(str(model_cfg["name_or_path"]))
+        if config is None and model_cfg.get("auto_pretrain") and cls is not AutoModelForCausalLM:
+            config = cls.config_class()  # the default sizes: the same module names, up to the layer count
+        if config is None:
+            return None
+    else:
+        return None
+    with torch.device("meta"):
+        return cls.from_config(config) if cls is AutoModelForCausalLM else cls(config)
 
 
 def receptive_field(config: Any) -> Optional[int]:

@@ -1,34 +1,257 @@
 """Checks that run before any model is built, and the job's output folder; shared by training and evaluation.
 
-`preflight(cfg)` validates the config values, checks that the data files and backbone weights exist
-(every missing piece named in one error) and, when resuming, that the checkpoint matches K, rank and
-scheme; it returns the DataModule (not set up) so that a run builds it once.
+Cheapest first, each failure one `ConfigError` / `MissingResource` line naming the key or file:
+- `check_config(cfg)`: what the config alone decides, in milliseconds: the MCL / LoRA values (and
+  target regexes), batch sizes, step counts, the validation interval, the toy's chains against the
+  backbone's vocabulary, the optimizer's learning rate, a writable `paths.log_dir`;
+- `check_targets(cfg, mcl, lora)`: `lora.target_modules` against the backbone's module tree, built on
+  the meta device from its config (no weights);
+- `preflight(cfg)`: both, then the data files (synthetic ones generated when missing) and backbone
+  weights (every missing piece named in one error), the validation interval against the training
+  split's size, and a resume checkpoint's K, rank and scheme; it returns the DataModule (not set up)
+  so that a run builds it once.
+
+`check_before_build` (config and targets, no data) is what the Hydra callback of
+`loramcl.hydra_checks` runs in every train.py job before the runner and its imports start.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Any, Optional
 
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from loramcl.config import validated_configs
-from loramcl.errors import MissingResource
-from loramcl.runs import require_checkpoint_meta
+from loramcl.config import LoRAConfig, MCLConfig, validated_configs
+from loramcl.errors import ConfigError, MissingResource
+
+REFERENCE_MODES = ("random", "all", "first")  # loramcl.data.collate.REFERENCE_MODES (kept torch-free here)
 
 
-def preflight(cfg: DictConfig, resume: Optional[str] = None) -> Any:
-    """Everything that can fail before a model is loaded, in seconds: config values, data files,
-    model weights, the resume checkpoint `resume`. Returns the (unset-up) DataModule."""
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    return OmegaConf.select(cfg, key, default=default)
+
+
+def _has(cfg: Any, key: str) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    node = _get(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def require_int(cfg: Any, key: str, low: int, nullable: bool = False, hint: str = "") -> None:
+    """`key`, when the config has it, must be an integer >= `low` (or null when `nullable`)."""
+    if not _has(cfg, key):
+        return
+    value = _get(cfg, key)
+    if value is None and nullable:
+        return
+    if not _is_int(value) or value < low:
+        allowed = f"an integer >= {low}" + (" or null" if nullable else "")
+        raise ConfigError(f"{key} must be {allowed}, got {value!r}{hint}")
+
+
+# --------------------------------------------------------------------------------- the config alone
+def check_writable(path: Any, key: str) -> None:
+    """`path` must be a folder that exists or can be created: its nearest existing ancestor is a writable folder."""
+    path = Path(str(path)).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={path} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" (its nearest existing folder {existing})"
+        raise ConfigError(f"{key}={path} is not writable{where}: read-only; choose a writable folder with {key}=...")
+
+
+def _check_data(cfg: DictConfig) -> None:
+    for key in ("batch_size", "val_batch_size", "num_val_sequences"):
+        require_int(cfg, f"data.{key}", 1)
+    require_int(cfg, "data.num_workers", 0)
+    require_int(cfg, "data.max_train_items", 1, nullable=True, hint=" (null: every item)")
+    require_int(cfg, "data.max_val_items", 1, nullable=True, hint=" (null: every item)")
+    require_int(cfg, "data.num_train_batches", 1,
+                  hint=" (the toy's training stream, one batch per optimizer step: set trainer.max_steps >= 1)")
+    require_int(cfg, "data.seq_len", 2, hint=" (the first token is never scored)")
+    for key in ("references", "val_references"):
+        if _has(cfg, f"data.{key}") and _get(cfg, f"data.{key}") not in REFERENCE_MODES:
+            raise ConfigError(f"data.{key} must be one of {', '.join(REFERENCE_MODES)}, got {_get(cfg, f'data.{key}')!r}")
+    if _has(cfg, "data.transitions"):
+        _check_chains(cfg)
+
+
+def _check_chains(cfg: DictConfig) -> None:
+    """The toy's Markov chains are valid, and the backbone has a token for every state."""
+    from loramcl.toy.markov import MarkovMixture
+
+    data = cfg.data
+    try:
+        mixture = MarkovMixture(transitions=OmegaConf.to_container(data.transitions),
+                                weights=None if data.get("weights") is None else OmegaConf.to_container(data.weights),
+                                init=data.get("init", "uniform") if isinstance(data.get("init", "uniform"), str)
+                                else OmegaConf.to_container(data.init))
+    except ValueError as err:
+        raise ConfigError(f"data: {err}") from None
+    try:
+        vocab = _get(cfg, "model.config.vocab_size")
+    except Exception:  # an interpolation that cannot resolve here: checked when the model is built
+        return
+    if _is_int(vocab) and vocab < mixture.num_states:
+        raise ConfigError(f"data.transitions have {mixture.num_states} states but model.config.vocab_size={vocab}: "
+                          f"every state is a token (leave model.config.vocab_size to follow the chains, or set "
+                          f"model.config.vocab_size={mixture.num_states})")
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    trainer = cfg.get("trainer")
+    if not isinstance(trainer, DictConfig):
+        return
+    max_steps = trainer.get("max_steps", -1)
+    if not _is_int(max_steps) or (max_steps != -1 and max_steps < 1):
+        raise ConfigError(f"trainer.max_steps must be -1 (no limit: trainer.max_epochs decides) or >= 1, got {max_steps!r}")
+    max_epochs = trainer.get("max_epochs")
+    if max_epochs is not None and (not _is_int(max_epochs) or (max_epochs != -1 and max_epochs < 1)):
+        raise ConfigError(f"trainer.max_epochs must be -1 (no limit), null or >= 1, got {max_epochs!r}")
+    interval = trainer.get("val_check_interval")
+    if interval is not None:
+        if _is_int(interval):
+            if interval < 1:
+                raise ConfigError(f"trainer.val_check_interval must be a number of training steps >= 1 or a fraction "
+                                  f"of an epoch in (0, 1], got {interval!r}")
+        elif not isinstance(interval, float) or not 0.0 < interval <= 1.0:
+            raise ConfigError(f"trainer.val_check_interval must be a fraction of an epoch in (0, 1] or a number of "
+                              f"training steps >= 1, got {interval!r}")
+    require_int(cfg, "trainer.check_val_every_n_epoch", 1, nullable=True)
+    require_int(cfg, "trainer.accumulate_grad_batches", 1)
+
+
+def _check_optim(cfg: DictConfig) -> None:
+    lr = _get(cfg, "optim.optimizer.lr")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+        raise ConfigError(f"optim.optimizer.lr must be > 0, got {lr!r}")
+    warmup = _get(cfg, "optim.scheduler.warmup_ratio")
+    if warmup is not None and (isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 <= warmup < 1):
+        raise ConfigError(f"optim.scheduler.warmup_ratio must be in [0, 1), got {warmup!r}")
+
+
+def check_config(cfg: DictConfig, training: bool = True) -> tuple[MCLConfig, LoRAConfig]:
+    """Every value the config alone decides (no data, no weights, no torch for the common groups).
+    `training=False` (an evaluation rebuilding a run from its config): the model and data values
+    only, not the trainer, optimizer and log folder of the run."""
     mcl, lora = validated_configs(cfg)
+    _check_data(cfg)
+    dtype = _get(cfg, "model.dtype")
+    if dtype is not None:
+        from loramcl.backbones import DTYPES
+
+        if dtype not in DTYPES:
+            raise ConfigError(f"model.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if training:
+        _check_trainer(cfg)
+        _check_optim(cfg)
+        log_dir = _get(cfg, "paths.log_dir")
+        if log_dir is not None:
+            check_writable(log_dir, "paths.log_dir")
+    return mcl, lora
+
+
+def train_batches(cfg: DictConfig) -> Optional[int]:
+    """Training batches per epoch, when known without building anything: the toy stream, or the
+    training split file's item count (None while that file does not exist yet)."""
+    data = cfg.get("data")
+    if not isinstance(data, DictConfig) or not _is_int(data.get("batch_size")):
+        return None
+    if _is_int(data.get("num_train_batches")):
+        return int(data.num_train_batches)
+    if data.get("root") is None or data.get("name") is None:
+        return None
+    from loramcl.data.hdf5 import split_items
+
+    splits = data.get("splits") or {}
+    items = split_items(data.root, data.name, splits.get("train", "train"))
+    if items is None:
+        return None
+    if data.get("max_train_items"):
+        items = min(items, int(data.max_train_items))
+    return math.ceil(items / int(data.batch_size))
+
+
+def check_validation_interval(cfg: DictConfig) -> None:
+    """A validation interval in steps must fit in an epoch (Lightning refuses it at the first epoch
+    otherwise), unless validation counts steps across epochs (check_val_every_n_epoch=null)."""
+    interval = _get(cfg, "trainer.val_check_interval")
+    if not _is_int(interval) or _get(cfg, "trainer.check_val_every_n_epoch") is None:
+        return
+    batches = train_batches(cfg)
+    if batches is not None and interval > batches:
+        raise ConfigError(f"trainer.val_check_interval={interval} steps but an epoch has only {batches} training "
+                          f"batches (data.batch_size={_get(cfg, 'data.batch_size')}): lower it, give a fraction of an "
+                          f"epoch, or set trainer.check_val_every_n_epoch=null to count steps across epochs")
+
+
+# --------------------------------------------------------------------------------- the backbone
+def check_targets(cfg: DictConfig, mcl: MCLConfig, lora: LoRAConfig) -> None:
+    """Inject the adapters into the backbone's module tree built on the meta device (no weights):
+    targets that match nothing, or select a module that is not a linear layer, fail here. Skipped
+    when the architecture is not known before loading (then checked when the model is built)."""
+    from loramcl.backbones import meta_backbone
+
+    try:
+        backbone = meta_backbone(cfg.model)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if backbone is None:
+        return
+    from loramcl.model import build_model
+
+    try:
+        build_model(backbone, mcl, lora)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def check_before_build(cfg: DictConfig) -> tuple[MCLConfig, LoRAConfig]:
+    """The checks that need neither data nor weights: config values, the validation interval when
+    the training split exists, LoRA targets on the meta device."""
+    mcl, lora = check_config(cfg)
+    check_validation_interval(cfg)
+    if cfg.get("model") is not None:
+        check_targets(cfg, mcl, lora)
+    return mcl, lora
+
+
+# --------------------------------------------------------------------------------- everything
+def _instantiate_data(cfg: DictConfig) -> Any:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg.data)
+    except InstantiationException as err:  # e.g. a key the DataModule does not take
+        cause = err.__cause__ or err
+        detail = " ".join(str(cause).split())
+        raise ConfigError(f"data: cannot build {cfg.data.get('_target_')}: {detail}") from None
+
+
+def preflight(cfg: DictConfig, resume: Optional[str] = None, training: bool = True) -> Any:
+    """Everything that can fail before a model is loaded, in seconds: config values, data files,
+    model weights, the resume checkpoint `resume`. Returns the (unset-up) DataModule.
+    `training=False`: a run's config rebuilt for evaluation (see `check_config`)."""
+    mcl, lora = check_config(cfg, training)
     problems = []
-    datamodule = instantiate(cfg.data)
+    datamodule = _instantiate_data(cfg)
     if hasattr(datamodule, "check"):
         try:
             datamodule.check()
         except (FileNotFoundError, ValueError) as err:
             problems.append(str(err))
+    weights_ok = True
     if str(cfg.model.get("_target_", "")).endswith("from_pretrained"):
         from loramcl.backbones import check_available
 
@@ -36,9 +259,16 @@ def preflight(cfg: DictConfig, resume: Optional[str] = None) -> Any:
             check_available(cfg.model.name_or_path, cfg.model.get("auto_pretrain"))
         except FileNotFoundError as err:
             problems.append(str(err))
+            weights_ok = False
     if problems:
         raise MissingResource(" | ".join(problems))
+    if training:
+        check_validation_interval(cfg)
+    if weights_ok:
+        check_targets(cfg, mcl, lora)
     if resume:
+        from loramcl.runs import require_checkpoint_meta
+
         require_checkpoint_meta(resume, mcl, lora)
     return datamodule
 

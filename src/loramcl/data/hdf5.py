@@ -83,6 +83,18 @@ def split_path(root: str | os.PathLike, name: str, split: str) -> Path:
     return Path(root) / f"{name}_{split}.hdf5"
 
 
+def split_items(root: str | os.PathLike, name: str, split: str) -> Optional[int]:
+    """The item count a split file records (`num_items`), or None when it is absent or unreadable."""
+    path = split_path(root, name, split)
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f.attrs["num_items"])
+    except (OSError, KeyError, ValueError, TypeError):  # validated, and reported, by check_split_files
+        return None
+
+
 def human_size(num_bytes: float) -> str:
     """1234567 -> '1.2 MB'."""
     for unit in ("B", "kB", "MB"):
