@@ -63,14 +63,22 @@ class H5DataModule(L.LightningDataModule):
         self.sets: dict[str, Any] = {}
 
     def check(self) -> None:
-        """Fail fast on missing or bad split files (or generate the synthetic ones: `auto_prepare`)."""
-        files = [self.root / f"{self.name}_{s}.hdf5" for s in self.splits.values()]
-        if self.auto_prepare and not all(f.exists() for f in files):
+        """Fail fast on missing or bad split files. With `auto_prepare` (the synthetic sets) the
+        missing splits are generated, each exactly as a full generation writes it; files that exist
+        are never replaced."""
+        files = {s: self.root / f"{self.name}_{s}.hdf5" for s in self.splits.values()}
+        missing = [s for s, f in files.items() if not f.exists()]
+        if self.auto_prepare and missing:
             from loramcl.data import synthetic
 
-            log.info(f"preparing the synthetic dataset {self.name} under {self.root} (first use)")
+            log.info(f"preparing split(s) {', '.join(missing)} of the synthetic dataset {self.name} under {self.root}")
             args = {k: v for k, v in self.auto_prepare.items() if k != "function"}
-            getattr(synthetic, self.auto_prepare["function"])(out_dir=self.root, name=self.name, **args)
+            try:
+                getattr(synthetic, self.auto_prepare["function"])(out_dir=self.root, name=self.name, only=missing, **args)
+            except FileExistsError as err:  # a file written with the missing split (e.g. the multi-reference test text)
+                raise FileNotFoundError(f"dataset {self.name!r} under {self.root}: cannot prepare the missing split(s) "
+                                        f"{', '.join(f'{s} ({files[s]})' for s in missing)}: {str(err).split(';')[0]}, and "
+                                        f"it is written together with them: delete it too, then run again") from None
         check_split_files(self.root, self.name, self.splits.values(), self.prepare_hint, kind=self.kind)
 
     def load_processor(self) -> Any:

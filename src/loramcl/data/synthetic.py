@@ -28,7 +28,7 @@ import io
 import itertools
 import json
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import h5py
 import numpy as np
@@ -54,6 +54,16 @@ def _sizes(sizes: Sizes) -> dict[str, int]:
         if split not in SPLITS or int(n) < 1:
             raise ValueError(f"sizes: split must be one of {SPLITS} with at least 1 item, got {split}={n}")
     return {s: int(n) for s, n in sizes.items()}
+
+
+def _only(sizes: dict[str, int], only: Optional[Sequence[str]]) -> list[str]:
+    """The splits to write: `only` (each one of `sizes`), or all of them."""
+    if only is None:
+        return list(sizes)
+    unknown = [s for s in only if s not in sizes]
+    if unknown:
+        raise ValueError(f"only: split(s) {', '.join(unknown)} not among the sizes given ({', '.join(sizes)})")
+    return list(only)
 
 
 def _check_free(paths: list[Path], overwrite: bool) -> None:
@@ -176,13 +186,17 @@ def audio_captions(events: list[dict], rng: np.random.Generator, n: int = 5) -> 
 
 def make_audio(
     out_dir="data/synthetic/audio", *, name: str = "synth_audio", sizes: Sizes = (400, 50, 50), seed: int = 0,
-    overwrite: bool = False, progress: bool = False,
+    overwrite: bool = False, progress: bool = False, only: Optional[Sequence[str]] = None,
 ) -> dict[str, Path]:
-    """Writes `<out_dir>/<name>_<split>.hdf5` for each split; returns {split: path}."""
+    """Writes `<out_dir>/<name>_<split>.hdf5` for each split (`only`: these splits, the same files
+    as a full generation writes); returns {split: path}."""
     sizes = _sizes(sizes)
-    _check_free([split_path(out_dir, name, s) for s in sizes], overwrite)
+    only = _only(sizes, only)
+    _check_free([split_path(out_dir, name, s) for s in only], overwrite)
     paths = {}
     for split, count in sizes.items():
+        if split not in only:
+            continue
         rng = _rng(seed, split)
         path = split_path(out_dir, name, split)
         events = []
@@ -318,7 +332,7 @@ def make_shapes(
     out_dir="data/synthetic/shapes", *, name: Optional[str] = None, sizes: Sizes = (400, 50, 50), image_size: int = 64,
     captions_per_image: int = 5, bilingual: bool = False, second_language: str = "fr", seed: int = 0,
     export_coco: Optional[Union[str, Path]] = None, overwrite: bool = False, progress: bool = False,
-    phrasing: str = "varied",
+    phrasing: str = "varied", only: Optional[Sequence[str]] = None,
 ) -> dict[str, Path]:
     """Writes `<out_dir>/<name>_<split>.hdf5` (name "shapes", or "shapes_bilingual" when bilingual).
 
@@ -327,13 +341,17 @@ def make_shapes(
     `DIR/<split>/captions_en.json` and `DIR/<split>/captions_fr.json` (COCO format, caption j of one
     file describes the same image as caption j of the other): the input of
     `prepare_data.py coco` and `prepare_data.py bilingual`. `phrasing="canonical"`: one fixed
-    phrasing per language (see `shape_captions`).
+    phrasing per language (see `shape_captions`). `only`: write these splits alone (the same files
+    as a full generation writes).
     """
     name = name or ("shapes_bilingual" if bilingual else "shapes")
     sizes = _sizes(sizes)
-    _check_free([split_path(out_dir, name, s) for s in sizes], overwrite)
+    only = _only(sizes, only)
+    _check_free([split_path(out_dir, name, s) for s in only], overwrite)
     paths = {}
     for split, count in sizes.items():
+        if split not in only:
+            continue
         rng = _rng(seed, split)
         items = []
         for i in _bar(range(count), count, f"{name} {split}", progress):
@@ -450,17 +468,19 @@ def translation_pair(rng: np.random.Generator) -> tuple[str, list[str]]:
 
 def make_translation(
     out_dir="data/synthetic/translation", *, name: str = "synth_en_de", sizes: Sizes = (2000, 100, 100), seed: int = 0,
-    overwrite: bool = False, progress: bool = False,
+    overwrite: bool = False, progress: bool = False, only: Optional[Sequence[str]] = None,
 ) -> dict[str, Path]:
     """Writes `<out_dir>/<name>_<split>.hdf5` and `<out_dir>/<name>_test.multiref.txt` (Ott et al. format).
 
     Sources are drawn without repetition for test, then val, then a disjoint pool for train; each
     train row is a source from that pool (so a source may repeat) with ONE translation drawn at
-    random; val / test items carry every valid translation.
+    random; val / test items carry every valid translation. `only`: write these splits alone (the
+    sources of all splits are drawn as in a full generation, so the files are the same).
     """
     sizes = _sizes(sizes)
+    only = _only(sizes, only)
     ott = Path(out_dir) / f"{name}_test.multiref.txt"
-    _check_free([split_path(out_dir, name, s) for s in sizes] + ([ott] if "test" in sizes else []), overwrite)
+    _check_free([split_path(out_dir, name, s) for s in only] + ([ott] if "test" in only else []), overwrite)
     rng = np.random.default_rng([seed, 99])
     pool: dict[str, list[str]] = {}
     n_train_sources = max(1, sizes.get("train", 0) // 2)
@@ -478,6 +498,8 @@ def make_translation(
     split_sources["train"] = sources[len(split_sources["test"]) + len(split_sources["val"]) :]
     paths = {}
     for split, count in sizes.items():
+        if split not in only:
+            continue
         srng = _rng(seed, split)
         path = split_path(out_dir, name, split)
         items = []
