@@ -5,10 +5,16 @@ A `train.py` run folder is `<run>/.hydra/config.yaml` (the resolved training con
 `K3`, `moe3`, or `mle` and `mcl` for the toy and bilingual runners). `RunFolder` answers every
 question about one; `load_model` rebuilds the model of a checkpoint (backbone from the config,
 adapters from the checkpoint), which evaluation, validation and the peft export all use.
+
+A run's saved config resolves `${paths.root_dir}` from the PROJECT_ROOT environment variable (set by
+train.py / eval.py / scripts/*); `RunFolder.config` falls back to this checkout's root, so that
+data and tiny-base paths never resolve against the current folder.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -21,6 +27,14 @@ from loramcl.errors import ConfigError, MissingResource
 from loramcl.model import build_model
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
+CHECKOUT = Path(__file__).resolve().parents[2]  # src/loramcl/runs.py -> the repository (configs/, data/, logs/)
+
+log = logging.getLogger(__name__)
+
+
+def project_root() -> Path:
+    """PROJECT_ROOT when set (train.py sets it to its folder), else this checkout's root."""
+    return Path(os.environ.get("PROJECT_ROOT") or CHECKOUT).resolve()
 
 
 @dataclass(frozen=True)
@@ -41,7 +55,16 @@ class RunFolder:
         raise MissingResource(f"no {CONFIG_FILE} in {path} or above it: not a train.py run folder")
 
     def config(self) -> DictConfig:
-        return OmegaConf.load(self.root / CONFIG_FILE)
+        """The run's training config; a `paths.root_dir` that would resolve relative to the current
+        folder (PROJECT_ROOT unset) is the project root instead."""
+        cfg = OmegaConf.load(self.root / CONFIG_FILE)
+        try:
+            root = OmegaConf.select(cfg, "paths.root_dir")
+        except Exception:  # an interpolation that cannot resolve outside Hydra: left as it is
+            return cfg
+        if root is not None and not Path(str(root)).is_absolute():
+            cfg.paths.root_dir = str(project_root())
+        return cfg
 
     def model_folders(self) -> dict[str, Path]:
         """{model name: checkpoint folder} of every model that has at least one checkpoint."""
@@ -58,19 +81,50 @@ class RunFolder:
         return {name: best_checkpoint(folder) for name, folder in self.model_folders().items()}
 
 
+def _readable(path: Path) -> Optional[Checkpoint]:
+    try:
+        return Checkpoint.load(path)
+    except (ConfigError, MissingResource):
+        return None
+
+
 def best_checkpoint(folder: Path) -> Path:
-    """The best checkpoint ModelCheckpoint recorded in `last.ckpt`, else the newest other one, else last."""
+    """The best checkpoint ModelCheckpoint recorded in `last.ckpt`, else the newest other one, else
+    last.ckpt. An unreadable file (truncated by a kill, corrupt) is passed over for the newest
+    readable one, with one warning naming both; none readable: MissingResource naming them."""
     last = folder / "last.ckpt"
+    others = sorted((c for c in folder.glob("*.ckpt") if c.name != "last.ckpt"), key=lambda c: c.stat().st_mtime,
+                    reverse=True)
+    unreadable: list[Path] = []
+    chosen: Optional[Path] = None
     if last.is_file():
-        best = Checkpoint.load(last).best_model_path()
-        if best is not None:
-            return best
-    others = sorted((c for c in folder.glob("*.ckpt") if c.name != "last.ckpt"), key=lambda c: c.stat().st_mtime)
-    if others:
-        return others[-1]
-    if last.is_file():
-        return last
-    raise MissingResource(f"no checkpoint in {folder}")
+        checkpoint = _readable(last)
+        if checkpoint is None:
+            unreadable.append(last)
+        else:
+            best = checkpoint.best_model_path()
+            if best is not None and _readable(best) is not None:
+                return best
+            if best is not None:
+                unreadable.append(best)
+    for path in others:
+        if path in unreadable:
+            continue
+        if _readable(path) is not None:
+            chosen = path
+            break
+        unreadable.append(path)
+    if chosen is None and last.is_file() and last not in unreadable:
+        chosen = last
+    if chosen is None:
+        if unreadable:
+            raise MissingResource(f"no readable checkpoint in {folder}: {', '.join(p.name for p in unreadable)} "
+                                  f"cannot be read (truncated or corrupt)")
+        raise MissingResource(f"no checkpoint in {folder}")
+    if unreadable:
+        log.warning(f"{', '.join(map(str, unreadable))} cannot be read (truncated or corrupt): using {chosen}, "
+                    f"the newest readable checkpoint")
+    return chosen
 
 
 def find_checkpoints(path: Union[str, Path]) -> dict[str, Path]:

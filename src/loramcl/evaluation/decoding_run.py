@@ -114,7 +114,7 @@ def plan(cfg: DictConfig) -> Optional[Plan]:
     K = int(train_cfg.mcl.num_hypotheses) if scheme.kind == "mcl" else num_candidates(cfg, train_cfg)
     spec.beams(K), spec.forward_passes(K)  # resolve "K", "2K", ... now: a bad value fails here
 
-    datamodule = preflight(train_cfg)  # data files and backbone weights exist (or fail in one message)
+    datamodule = preflight(train_cfg, training=False)  # data files and backbone weights exist (or fail in one message)
     if not hasattr(datamodule, "sets") or "test" not in getattr(datamodule, "splits", {}):
         raise ConfigError(f"the run's data ({train_cfg.data.get('name')}) has no test split to decode")
     try:

@@ -9,7 +9,19 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 
+def check_eval_values(cfg: DictConfig) -> None:
+    """eval.py's own numbers, before anything is read."""
+    from loramcl.preflight import require_int
+
+    require_int(cfg, "max_items", 1, nullable=True, hint=" (null: the whole test split)")
+    require_int(cfg, "batch_size", 1, nullable=True, hint=" (null: the run's data.val_batch_size)")
+    require_int(cfg, "num_candidates", 1, nullable=True)
+    require_int(cfg, "num_hypotheses", 1, nullable=True)
+    require_int(cfg, "generation.max_new_tokens", 1)
+
+
 def run_eval(cfg: DictConfig) -> dict[str, float]:
+    check_eval_values(cfg)
     if cfg.get("decoding"):
         from loramcl.evaluation.decoding_run import run_decoding_eval
 

@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 import logging
 
-import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from loramcl.checkpoints import Checkpoint
 from loramcl.errors import ConfigError
-from loramcl.lit_module import MCLLitModule
-from loramcl.preflight import output_dir
+from loramcl.preflight import output_dir, preflight
 from loramcl.runs import checkpoint_config, find_checkpoints, load_model
 
 log = logging.getLogger(__name__)
@@ -25,12 +22,19 @@ def run_validation(cfg: DictConfig) -> dict[str, float]:
         if cfg.model_name not in checkpoints:
             raise ConfigError(f"model_name={cfg.model_name} is not in {cfg.ckpt_path}: it holds {', '.join(checkpoints)}")
         checkpoints = {cfg.model_name: checkpoints[cfg.model_name]}
-    results: dict[str, float] = {}
+    # every checkpoint, config, data file and backbone is checked before Lightning is even imported
+    plans = []
     for name, path in checkpoints.items():
         checkpoint = Checkpoint.load(path)
         train_cfg = checkpoint_config(checkpoint)
+        plans.append((name, path, checkpoint, train_cfg, preflight(train_cfg, training=False)))
+    import lightning as L
+
+    from loramcl.lit_module import MCLLitModule
+
+    results: dict[str, float] = {}
+    for name, path, checkpoint, train_cfg, datamodule in plans:
         L.seed_everything(train_cfg.seed, verbose=False)
-        datamodule = instantiate(train_cfg.data)
         module = MCLLitModule(load_model(checkpoint, train_cfg), None, None, optimizer=None)
         trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="auto",
                             devices=1, enable_model_summary=False)
