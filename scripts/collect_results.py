@@ -5,7 +5,8 @@
     python scripts/collect_results.py --experiment eval_clotho --quality oracle_cider_d --diversity div_2
     python scripts/collect_results.py --tracking-uri sqlite:////abs/logs/mlflow.db --all
 
-Per experiment it writes <out>/<experiment>.csv, <experiment>.tex (one booktabs table) and
+The defaults (logs/mlflow.db, results/) are those of the project folder, as train.py and eval.py
+use them, from whatever folder the script runs. Per experiment it writes <out>/<experiment>.csv, <experiment>.tex (one booktabs table) and
 <experiment>_quality_diversity.png / .pdf, replacing earlier files of the same experiment (they are
 derived outputs), and prints the table. The logic lives in src/loramcl/evaluation/collect.py.
 """
@@ -14,12 +15,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-from loramcl.metrics.registry import METRICS
-from loramcl.evaluation.collect import (DEFAULT_TRACKING_URI, CollectError, best_rows, collect, format_value,
-                             group_by_experiment, metric_columns, output_paths, write_outputs)
+ROOT = Path(os.environ.get("PROJECT_ROOT") or Path(__file__).resolve().parents[1])  # as train.py's paths.root_dir
+
+from loramcl.metrics.registry import METRICS  # noqa: E402
+from loramcl.evaluation.collect import (CollectError, best_rows, collect, format_value,  # noqa: E402
+                                        group_by_experiment, metric_columns, output_paths, write_outputs)
+
+DEFAULT_TRACKING_URI = f"sqlite:///{ROOT / 'logs' / 'mlflow.db'}"  # train.py / eval.py's default store
 
 
 def print_table(experiment: str, rows: list[dict], console) -> None:
@@ -48,12 +54,12 @@ def print_table(experiment: str, rows: list[dict], console) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
-                        help=f"MLflow store (default {DEFAULT_TRACKING_URI}, relative to the current folder)")
+                        help=f"MLflow store (default {DEFAULT_TRACKING_URI})")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--experiment", nargs="+", action="extend", metavar="NAME",
                        help="experiment (evaluation task) name(s), e.g. eval_demo_audio")
     which.add_argument("--all", action="store_true", help="every experiment that holds evaluation runs")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results/)")
+    parser.add_argument("--out", type=Path, default=ROOT / "results", help=f"output folder (default {ROOT / 'results'})")
     parser.add_argument("--quality", help="plot y axis metric key (default: oracle_spider, else oracle_cider_d "
                                           "for captioning; oracle_bleu for translation)")
     parser.add_argument("--diversity", help="plot x axis metric key (default: mbleu_4 for captioning; "

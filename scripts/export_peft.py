@@ -6,7 +6,10 @@
     python scripts/export_peft.py <run> --out export/ --save-base export/base   # random from-config backbone
 
 Writes <out>/hyp_k (adapter_config.json + adapter_model.safetensors) for each hypothesis, and
-<out>/mcl_export.json. The run's `.hydra/config.yaml` rebuilds the backbone and adapters; the
+<out>/mcl_export.json; `base_model_name_or_path` is the Hub name of a Hub backbone, the absolute
+folder of a local one. Works from any folder; bad input (a missing run, an index out of range, a
+LoRA-MoE run without --hypotheses, a non-empty hyp_k folder) fails with one line before the model
+is built. The run's `.hydra/config.yaml` rebuilds the backbone and adapters; the
 adapter-only checkpoint (best, else last) is loaded on top. Each folder then loads with
 `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), "<out>/hyp_k")`, or is
 served by vLLM (`--enable-lora --lora-modules hyp0=<out>/hyp_0 ...`).
@@ -15,14 +18,17 @@ served by vLLM (`--enable-lora --lora-modules hyp0=<out>/hyp_0 ...`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
-from loramcl.checkpoints import Checkpoint
-from loramcl.errors import ConfigError, MissingResource
-from loramcl.peft_io import export_all
-from loramcl.runs import checkpoint_config, find_checkpoints, load_model
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))  # run configs resolve data paths from it
+
+from loramcl.checkpoints import Checkpoint  # noqa: E402
+from loramcl.errors import ConfigError, MissingResource  # noqa: E402
+from loramcl.peft_io import export_all  # noqa: E402
+from loramcl.runs import checkpoint_config, find_checkpoints, load_model  # noqa: E402
 
 
 def choose_checkpoint(path: Path, model_name: Optional[str]) -> Path:
@@ -39,6 +45,31 @@ def choose_checkpoint(path: Path, model_name: Optional[str]) -> Path:
     raise ValueError(f"{path} holds several models ({', '.join(found)}): choose one with --model")
 
 
+def base_name(model_cfg: Any) -> Optional[str]:
+    """adapter_config.json's base: a Hub backbone's name, a local one's absolute folder; None for a
+    backbone built from a config (nothing to load it from)."""
+    name = model_cfg.get("name_or_path")
+    if not name:
+        return None
+    local = Path(str(name)).expanduser()
+    return str(local.resolve()) if local.exists() else str(name)
+
+
+def check_request(checkpoint: Checkpoint, out: Path, hypotheses: Optional[Sequence[int]], overwrite: bool) -> None:
+    """What export_all would refuse, checked before the model is built."""
+    K = checkpoint.meta.num_hypotheses
+    ks = list(range(K)) if hypotheses is None else list(hypotheses)
+    if hypotheses is None and checkpoint.meta.is_moe:
+        raise ValueError(f"{checkpoint.path} holds a LoRA-MoE model, which cannot be exported to peft (its token "
+                         f"routers have no peft equivalent): export single experts with --hypotheses k ...")
+    if not ks or len(set(ks)) != len(ks) or any(not 0 <= k < K for k in ks):
+        raise ValueError(f"--hypotheses must be distinct indices in [0, {K - 1}] (the run has K={K}), got {ks}")
+    for k in ks:
+        folder = out / f"hyp_{k}"
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())) and not overwrite:
+            raise FileExistsError(f"{folder} is not empty; pass --overwrite to replace its adapter")
+
+
 def load_run_model(ckpt: Path, save_base: Optional[Path] = None):
     """The run's adapter model with the checkpoint's adapters loaded, and the run's config.
 
@@ -47,9 +78,15 @@ def load_run_model(ckpt: Path, save_base: Optional[Path] = None):
     """
     from hydra.utils import instantiate
 
+    from hydra.errors import InstantiationException
+
     checkpoint = Checkpoint.load(ckpt)
     cfg = checkpoint_config(checkpoint)
-    backbone = instantiate(cfg.model)
+    try:
+        backbone = instantiate(cfg.model)
+    except InstantiationException as err:  # e.g. a tiny base to rebuild whose data are gone
+        detail = " ".join(str(err.__cause__ or err).split())
+        raise MissingResource(f"cannot build the run's backbone {cfg.model.get('name_or_path') or ''}: {detail}") from None
     if save_base is not None:
         backbone.save_pretrained(str(save_base))
     return load_model(checkpoint, cfg, backbone=backbone).eval(), cfg
@@ -68,16 +105,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         ckpt = choose_checkpoint(args.path, args.model)
+        check_request(Checkpoint.load(ckpt), args.out, args.hypotheses, args.overwrite)
         if args.save_base is not None and args.save_base.exists() and any(args.save_base.iterdir()) \
                 and not args.overwrite:
             raise FileExistsError(f"{args.save_base} is not empty; pass --overwrite to replace it")
         model, cfg = load_run_model(ckpt, args.save_base)
         base = args.base or (str(args.save_base.resolve()) if args.save_base else None)
-        base = base or cfg.model.get("name_or_path") or None
+        base = base or base_name(cfg.model)
         paths = export_all(model, args.out, base, hypotheses=args.hypotheses, overwrite=args.overwrite,
                            source=str(ckpt.resolve()))
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, ConfigError, MissingResource) as err:
-        print(f"export_peft.py: error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported {len(paths)} of K={model.num_hypotheses} hypotheses of {ckpt}")
     for path in paths:

@@ -21,12 +21,14 @@ Downloads (one split per call unless --root; outputs <out>/<name>_<split>.hdf5):
     python scripts/prepare_data.py translation --ott newstest2014.multiref.txt --split test --name wmt14_en_de --out data/wmt
     python scripts/prepare_data.py check --root data/clotho --name clotho                   # validate the splits
 
-Every command refuses to replace an existing file unless --overwrite.
+Every command refuses to replace an existing file unless --overwrite. Default output folders are
+below the project's data/ folder, from whatever folder the script runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +36,8 @@ import h5py
 
 from loramcl.data import prepare, synthetic
 from loramcl.data.hdf5 import SPLITS, check_split_files, human_size
+
+ROOT = Path(os.environ.get("PROJECT_ROOT") or Path(__file__).resolve().parents[1])  # as train.py's paths.root_dir
 
 
 def summary(path: Path) -> None:
@@ -104,7 +108,7 @@ def main(argv=None) -> int:
                                        ("synthetic-shapes", "data/synthetic/shapes", None, (400, 50, 50)),
                                        ("synthetic-translation", "data/synthetic/translation", "synth_en_de", (2000, 100, 100))):
         p = sub.add_parser(name, help=f"generate the synthetic set into {out}")
-        p.add_argument("--out", type=Path, default=Path(out))
+        p.add_argument("--out", type=Path, default=ROOT / out)
         p.add_argument("--name", default=default_name)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--overwrite", action="store_true")

@@ -9,6 +9,7 @@ The demo experiments do this on first use; run it by hand to change steps or siz
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 
 from loramcl import tiny_base
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(os.environ.get("PROJECT_ROOT") or Path(__file__).resolve().parents[1])  # as train.py's paths.root_dir
 DEFAULTS = {  # backbone: (synthetic data folder, dataset name, output folder), as the demos use them
     "qwen2_audio": ("data/synthetic/audio", "synth_audio", "data/tiny_bases/qwen2_audio"),
     "llava_next": ("data/synthetic/shapes", "shapes_bilingual", "data/tiny_bases/llava_next_bilingual"),

@@ -17,7 +17,7 @@ def main() -> int:
     args = parser.parse_args()
     files = [p for path in args.paths for p in ([path] if path.is_file() else sorted(path.rglob("summary.json")))]
     if not files:
-        print("no summary.json found under " + ", ".join(map(str, args.paths)), file=sys.stderr)
+        print("error: no summary.json found under " + ", ".join(map(str, args.paths)), file=sys.stderr)
         return 1
     failed = 0
     print("| run | mode | seed | MCL loss | band | true chains on val set | MLE loss | MLE opt (RF opt) | "

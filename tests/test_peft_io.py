@@ -217,7 +217,7 @@ def test_export_script_on_a_train_run(train_run, tmp_path, capsys):
 def test_export_script_one_line_errors(tmp_path, capsys):
     script = export_script()
     assert script.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err.strip() == f"export_peft.py: error: {tmp_path / 'nowhere'} does not exist (give a train.py run folder or a checkpoint in it)"
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nowhere'} does not exist (give a train.py run folder or a checkpoint in it)"
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
     assert script.main([str(foreign), "--out", str(tmp_path / "x")]) == 2
