@@ -18,6 +18,7 @@ served by vLLM (`--enable-lora --lora-modules hyp0=<out>/hyp_0 ...`).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -103,6 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="also save the rebuilt backbone here (for random from-config backbones)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing hyp_k folders")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")  # e.g. a truncated checkpoint passed over
     try:
         ckpt = choose_checkpoint(args.path, args.model)
         check_request(Checkpoint.load(ckpt), args.out, args.hypotheses, args.overwrite)
