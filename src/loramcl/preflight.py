@@ -153,6 +153,10 @@ def check_config(cfg: DictConfig, training: bool = True) -> tuple[MCLConfig, LoR
         if dtype not in DTYPES:
             raise ConfigError(f"model.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if training:
+        task_name = cfg.get("task_name")
+        if task_name is not None and (not isinstance(task_name, str) or not task_name.strip()):
+            raise ConfigError(f"task_name must be a text (it names logs/<task_name>/ and the MLflow experiment), got "
+                              f"{task_name!r}: quote it, e.g. task_name=\"'{task_name}'\"")
         _check_trainer(cfg)
         _check_optim(cfg)
         log_dir = _get(cfg, "paths.log_dir")
