@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from helpers import AUDIO_ASSETS, ROOT, run_train, timeout
@@ -30,6 +31,7 @@ def assert_same(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
 
 
+@pytest.mark.slow  # the default suite's SIGKILL + resume case is tests/test_faults.py (a kill during a save)
 def test_resume_after_kill_matches_uninterrupted(tmp_path):
     steps = ["trainer.max_steps=60", "trainer.val_check_interval=20", "callbacks.model_checkpoint.every_n_train_steps=5"]
     proc = run_train(*TOY, *steps, "task_name=full", log_dir=tmp_path)
