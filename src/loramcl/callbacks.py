@@ -12,6 +12,8 @@
   the run with one line naming the step, the hypothesis and the last good checkpoint.
 - `GracefulStop`: SIGTERM / SIGINT save a checkpoint at the next step boundary and stop the run with
   `StopRequested` (exit status 128 + signal; MLflow status KILLED). A second SIGINT stops at once.
+  SIGUSR1 / SIGUSR2 (SLURM's warning before a time limit or preemption) do the same and requeue the
+  SLURM job, which resumes from that checkpoint.
 
 `training.fit_model` adds the guard, the stop handler and the checkpoint IO to every fit.
 """
@@ -235,13 +237,19 @@ class AdapterCheckpoint(ModelCheckpoint):
 
 # ---------------------------------------------------------------------------------------------- signals
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SLURM's warning before a time limit or preemption (`sbatch --signal=USR1@90`; submitit asks for USR2)
+REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 class GracefulStop(Callback):
     """SIGTERM / SIGINT: finish the current step, save `last.ckpt`, raise `StopRequested`.
+    SIGUSR1 / SIGUSR2 (SLURM's warning before a time limit or a preemption): the same, and the SLURM
+    job is requeued (by the handler submitit installed for the signal, if any, else
+    `scontrol requeue`), to resume from that checkpoint when it starts again.
 
     `resume_hint` is appended to the message (how to resume). Handlers are installed for the fit only
-    (replacing Lightning's SIGTERM notifier, whose SystemExit would end the process with status 0)."""
+    (replacing Lightning's SIGTERM notifier, whose SystemExit would end the process with status 0).
+    On several processes, a signal that reached any of them stops all at the same step."""
 
     def __init__(self, resume_hint: str = ""):
         self.resume_hint = resume_hint
@@ -252,14 +260,17 @@ class GracefulStop(Callback):
         if self.received is not None and signum == signal.SIGINT:  # second Ctrl+C: stop now
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
+        if self.received in REQUEUE_SIGNALS and signum == signal.SIGTERM:
+            return  # SLURM's SIGTERM after our own requeue request: the step boundary is near
         self.received = signum
-        print(f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step, then stopping"
+        what = "requeue the job" if signum in REQUEUE_SIGNALS else "stop"
+        print(f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step, then {what}"
               + (" (Ctrl+C again stops at once, without it)" if signum == signal.SIGINT else ""),
               file=sys.stderr, flush=True)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.received = None
-        for signum in STOP_SIGNALS:
+        for signum in STOP_SIGNALS + REQUEUE_SIGNALS:
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._handle)
 
@@ -270,16 +281,41 @@ class GracefulStop(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         received = self.received is not None
-        if trainer.world_size > 1:  # every rank stops at the same step
+        requeue = self.received in REQUEUE_SIGNALS
+        if trainer.world_size > 1:  # every process stops at the same step
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
+            requeue = trainer.strategy.reduce_boolean_decision(requeue, all=False)
         if not received:
             return
+        signum = self.received or (signal.SIGUSR1 if requeue else signal.SIGTERM)
         path = None
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, AdapterCheckpoint):
                 path = cb.save_resume_point(trainer) or path
-        name = signal.Signals(self.received or signal.SIGTERM).name
+        name = signal.Signals(signum).name
         saved = f"checkpoint {path}" if path else "no checkpoint (no model_checkpoint callback with save_last)"
-        raise StopRequested(f"stopped by {name} after step {trainer.global_step}: {saved}"
-                            + (f"; resume with: {self.resume_hint}" if self.resume_hint and path else ""),
-                            self.received or signal.SIGTERM)
+        message = f"stopped by {name} after step {trainer.global_step}: {saved}"
+        if requeue and path:
+            message += "; " + self._requeue(trainer, signum)
+        elif self.resume_hint and path:
+            message += f"; resume with: {self.resume_hint}"
+        raise StopRequested(message, signum)
+
+    def _requeue(self, trainer: L.Trainer, signum: int) -> str:
+        """Requeue the SLURM job (rank 0), through the handler submitit left for `signum` if there is
+        one; returns what happened, for the stop message."""
+        from loramcl.distributed import requeue_job, slurm_job_id
+
+        job = slurm_job_id()
+        if job is None:
+            return f"not a SLURM job, so not requeued; resume with: {self.resume_hint}"
+        if not trainer.is_global_zero:
+            return f"SLURM job {job} requeued by rank 0"
+        previous = self._previous.get(signum)
+        if callable(previous) and getattr(previous, "__module__", "").startswith("submitit"):
+            self.teardown(trainer, trainer.lightning_module, "fit")
+            previous(signum, None)  # submitit: pickles its job for the restart, requeues, exits
+        failed = requeue_job()
+        if failed:
+            return f"not requeued ({failed}); resume with: {self.resume_hint}"
+        return f"SLURM job {job} requeued: it resumes from this checkpoint when it starts again"

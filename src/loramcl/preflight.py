@@ -247,23 +247,17 @@ def preflight(cfg: DictConfig, resume: Optional[str] = None, training: bool = Tr
     """Everything that can fail before a model is loaded, in seconds: config values, data files,
     model weights, the resume checkpoint `resume`. Returns the (unset-up) DataModule.
     `training=False`: a run's config rebuilt for evaluation (see `check_config`)."""
-    mcl, lora = check_config(cfg, training)
-    problems = []
-    datamodule = _instantiate_data(cfg)
-    if hasattr(datamodule, "check"):
-        try:
-            datamodule.check()
-        except (FileNotFoundError, ValueError) as err:
-            problems.append(str(err))
-    weights_ok = True
-    if str(cfg.model.get("_target_", "")).endswith("from_pretrained"):
-        from loramcl.backbones import check_available
+    from loramcl.distributed import is_main_process
 
-        try:
-            check_available(cfg.model.name_or_path, cfg.model.get("auto_pretrain"))
-        except FileNotFoundError as err:
-            problems.append(str(err))
-            weights_ok = False
+    mcl, lora = check_config(cfg, training)
+    datamodule = _instantiate_data(cfg)
+    main = is_main_process()
+    if not main:  # rank 0 generates what is missing; the others wait for it (srun starts all at once)
+        if hasattr(datamodule, "auto_prepare"):
+            datamodule.auto_prepare = None
+        problems, weights_ok = _wait_for_rank_zero(lambda: _check_files(cfg, datamodule, main))
+    else:
+        problems, weights_ok = _check_files(cfg, datamodule, main)
     if problems:
         raise MissingResource(" | ".join(problems))
     if training:
@@ -275,6 +269,38 @@ def preflight(cfg: DictConfig, resume: Optional[str] = None, training: bool = Tr
 
         require_checkpoint_meta(resume, mcl, lora)
     return datamodule
+
+
+def _check_files(cfg: DictConfig, datamodule: Any, main: bool) -> tuple[list[str], bool]:
+    """(what is missing or bad among the data files and backbone weights, whether the weights are there)."""
+    problems = []
+    if hasattr(datamodule, "check"):
+        try:
+            datamodule.check()
+        except (FileNotFoundError, ValueError) as err:
+            problems.append(str(err))
+    weights_ok = True
+    if str(cfg.model.get("_target_", "")).endswith("from_pretrained"):
+        from loramcl.backbones import check_available
+
+        try:
+            check_available(cfg.model.name_or_path, cfg.model.get("auto_pretrain") if main else None)
+        except FileNotFoundError as err:
+            problems.append(str(err))
+            weights_ok = False
+    return problems, weights_ok
+
+
+def _wait_for_rank_zero(check: Any, seconds: float = 600.0) -> tuple[list[str], bool]:
+    """Repeat `check` (see `_check_files`) until it finds nothing missing, or `seconds` have passed."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        problems, weights_ok = check()
+        if not problems or time.monotonic() > deadline:
+            return problems, weights_ok
+        time.sleep(2.0)
 
 
 def output_dir(cfg: DictConfig) -> Optional[Path]:

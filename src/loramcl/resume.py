@@ -5,8 +5,13 @@
 - a train.py run folder: its newest readable checkpoint of this config's model (`checkpoints/K3/`,
   `moe3/`), i.e. the one with the most optimizer steps;
 - `auto`: the same, in the run folder this job writes to (`paths.output_dir`), or a fresh start
-  when it has no checkpoint yet. That is what a requeued job needs: give it a fixed run folder
+  when it has no checkpoint yet. That is what a re-submitted job needs: give it a fixed run folder
   (`hydra.run.dir=logs/<name>`) and `ckpt_path=auto`, and every start continues the last one.
+
+A job that SLURM requeued (SLURM_RESTART_COUNT >= 1) runs in the same run folder (its name comes
+from the job id, `loramcl.distributed.run_stamp`) and resumes as with `auto` when `ckpt_path` is
+unset. Without `ckpt_path`, a run folder that already holds checkpoints of the model is refused:
+a new run never writes over another's.
 """
 
 from __future__ import annotations
@@ -45,8 +50,20 @@ def resolve_ckpt_path(cfg: DictConfig, model_folder: str, output_dir: Optional[P
     """The checkpoint file `cfg.ckpt_path` designates for the model `model_folder` (e.g. "K3"), or
     None (no ckpt_path, or `auto` with nothing saved yet). Raises MissingResource / ConfigError with
     one line otherwise."""
+    from loramcl.distributed import slurm_restart_count
+
     value = cfg.get("ckpt_path")
-    if value is None or str(value).strip() == "":
+    unset = value is None or str(value).strip() == ""
+    if unset and slurm_restart_count() > 0 and output_dir is not None:
+        log.info(f"SLURM restart {slurm_restart_count()} of this job: ckpt_path=auto")
+        value, unset = AUTO, False
+    if unset:
+        if output_dir is not None:  # never train over another run's checkpoints
+            existing = sorted((output_dir / "checkpoints" / model_folder).glob("*.ckpt"))
+            if existing:
+                raise ConfigError(f"the run folder {output_dir} already holds checkpoints of this model "
+                                  f"({', '.join(p.name for p in existing)}): continue it with ckpt_path=auto, or "
+                                  f"start a new run in another folder (hydra.run.dir=...)")
         return None
     if str(value) == AUTO:
         if output_dir is None:

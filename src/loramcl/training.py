@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from loramcl.callbacks import AtomicCheckpointIO, GracefulStop, NonFiniteGuard
 from loramcl.checkpoints import Checkpoint
 from loramcl.config import validated_configs
+from loramcl.distributed import cluster_plugins, is_main_process
 from loramcl.errors import ConfigError, RunStopped
 from loramcl.lit_module import MCLLitModule
 from loramcl.preflight import output_dir, preflight
@@ -57,7 +58,7 @@ def apply_extras(cfg: DictConfig) -> None:
         torch.set_flush_denormal(True)
     if extras.get("num_threads"):
         torch.set_num_threads(int(extras.num_threads))
-    if extras.get("print_config") or output_dir(cfg) is not None:
+    if is_main_process() and (extras.get("print_config") or output_dir(cfg) is not None):
         from loramcl.utils.rich_config import config_tree
 
         tree_text = config_tree(cfg, print_it=bool(extras.get("print_config")))
@@ -131,11 +132,18 @@ def resume_command(cfg: DictConfig) -> str:
 
 
 def build_loggers(cfg: DictConfig, name: str, mlflow_run: Optional[MLflowRun]) -> list:
+    """The configured loggers; MLflow's logs to `mlflow_run`. On ranks > 0 of a multi-process run,
+    which never touch the MLflow store (rank 0 logs the reduced values), Lightning's DummyLogger
+    holds its place."""
+    from lightning.pytorch.loggers.logger import DummyLogger
+
     loggers = []
     for key, conf in (cfg.get("logger") or {}).items():
         if key == "mlflow":
             if mlflow_run is not None:
                 loggers.append(instantiate(conf, run_id=mlflow_run.run_id, run_name=name))
+            elif not is_main_process() and not cfg.trainer.get("fast_dev_run"):
+                loggers.append(DummyLogger())
         elif "_target_" in conf:
             extra = {"version": name} if key == "tensorboard" else {}
             loggers.append(instantiate(conf, **extra))
@@ -153,6 +161,20 @@ def build_callbacks(cfg: DictConfig, name: Optional[str] = None, has_logger: boo
             extra["dirpath"] = str(Path(conf.dirpath) / name)
         callbacks.append(instantiate(conf, **extra))
     return callbacks
+
+
+def trainer_plugins(cfg: DictConfig) -> list:
+    """`trainer.plugins` plus, unless given there, atomic checkpoint writes and (in a SLURM job) the
+    SLURM environment without Lightning's requeue handler (`loramcl.distributed.cluster_plugins`)."""
+    from lightning.fabric.plugins import CheckpointIO
+    from lightning.fabric.plugins.environments import ClusterEnvironment
+
+    plugins = [instantiate(p) if isinstance(p, (dict, DictConfig)) else p for p in cfg.trainer.get("plugins") or []]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    if not any(isinstance(p, ClusterEnvironment) for p in plugins):
+        plugins.extend(cluster_plugins())
+    return plugins
 
 
 def fit_model(
@@ -180,7 +202,8 @@ def fit_model(
     log.info(f"[{name}] K={mcl_cfg.num_hypotheses} mode={mcl_cfg.mode}: {len(module.model.target_names)} "
              f"adapted layers, {trainable:,} trainable / {total:,} parameters")
     resume = Checkpoint.load(ckpt_path) if ckpt_path else None
-    mlflow_run = make_mlflow_run(cfg, name, parent_run_id, resume=resume)
+    # MLflow and run files: rank 0 only (other ranks are started by Lightning, srun or torchrun)
+    mlflow_run = make_mlflow_run(cfg, name, parent_run_id, resume=resume) if is_main_process() else None
     if mlflow_run is not None:
         params = flatten(cfg)
         params.update({f"mcl.{k}": str(v) for k, v in mcl_cfg.to_dict().items()})
@@ -188,8 +211,9 @@ def fit_model(
         mlflow_run.log_params(params)
     loggers = build_loggers(cfg, name, mlflow_run)
     callbacks = [NonFiniteGuard(), GracefulStop(resume_command(cfg)), *build_callbacks(cfg, name, bool(loggers))]
-    extra = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **extra)
+    # (a partial: Hydra would try to merge the logger and plugin objects into the config)
+    trainer: L.Trainer = instantiate(cfg.trainer, _partial_=True)(logger=loggers or False, callbacks=callbacks,
+                                                                  plugins=trainer_plugins(cfg))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except RunStopped as err:
@@ -221,7 +245,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, float]:
     apply_extras(cfg)
     result = fit_model(cfg, name=folder, ckpt_path=ckpt_path, datamodule=datamodule)
     out = output_dir(cfg)
-    if out is not None:
+    if out is not None and is_main_process():
         (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
     return result.metrics
 

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from loramcl.data.sampling import ResumableSampler, consumed_in_epoch
+from loramcl.data.sampling import ResumableSampler, ShardSampler, consumed_in_epoch, process_grid
 from loramcl.toy.markov import MarkovMixture, sample
 
 
@@ -66,11 +66,16 @@ class MarkovDataModule(L.LightningDataModule):
             self.val_set = TokenDataset(*sample(self.mixture, self.num_val_sequences, self.seq_len, g_val))
 
     def train_dataloader(self) -> DataLoader:
-        # the stream is already i.i.d.: no shuffling; the sampler makes mid-run resumption exact
-        consumed = consumed_in_epoch(self, self.batch_size, len(self.train_set) // self.batch_size)
-        sampler = ResumableSampler(len(self.train_set), shuffle=False, consumed=consumed)
+        # the stream is already i.i.d.: no shuffling; the sampler makes mid-run resumption exact and,
+        # under data parallelism, gives each process its slice of every global batch
+        rank, world = process_grid(self)
+        sampler = ResumableSampler(len(self.train_set), shuffle=False, batch_size=self.batch_size, rank=rank,
+                                   world_size=world)
+        sampler.consumed = consumed_in_epoch(self, self.batch_size, len(sampler) // self.batch_size)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False)
+        rank, world = process_grid(self)
+        sampler = ShardSampler(len(self.val_set), rank, world) if world > 1 else None
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False, sampler=sampler)

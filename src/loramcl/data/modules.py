@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from loramcl.data.collate import (AUDIO_PROMPT, IMAGE_PROMPT, AudioCaptionCollator, ImageCaptionCollator,
                                   TranslationCollator)
 from loramcl.data.hdf5 import AudioCaptionH5, ImageCaptionH5, TranslationH5, check_split_files
-from loramcl.data.sampling import DrawSeeded, ResumableSampler, consumed_in_epoch
+from loramcl.data.sampling import DrawSeeded, ResumableSampler, ShardSampler, consumed_in_epoch, process_grid
 
 log = logging.getLogger(__name__)
 
@@ -102,17 +102,26 @@ class H5DataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # a fixed order per (seed, epoch), exact mid-epoch resumption, and per-item seeds for the
-        # random reference choice; the loader's own generator keeps the global RNG untouched
+        # random reference choice; the loader's own generator keeps the global RNG untouched. Under
+        # data parallelism each process takes its slice of every global batch (loramcl.data.sampling)
         train = DrawSeeded(self._limited(self.sets["train"], self.max_train_items), self.seed)
-        consumed = consumed_in_epoch(self, self.batch_size, math.ceil(len(train) / self.batch_size))
-        return DataLoader(train, batch_size=self.batch_size, sampler=ResumableSampler(len(train), True, self.seed, consumed),
+        rank, world = process_grid(self)
+        sampler = ResumableSampler(len(train), True, self.seed, batch_size=self.batch_size, rank=rank, world_size=world)
+        per_process = math.ceil(len(sampler) / self.batch_size)
+        sampler.consumed = consumed_in_epoch(self, self.batch_size, per_process)
+        return DataLoader(train, batch_size=self.batch_size, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=self.collator(True, self.references),
                           generator=torch.Generator().manual_seed(self.seed))
 
+    def shard(self, dataset) -> Optional[ShardSampler]:
+        """This process's share of an evaluation set under data parallelism (None on one process)."""
+        rank, world = process_grid(self)
+        return ShardSampler(len(dataset), rank, world) if world > 1 else None
+
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._limited(self.sets["val"], self.max_val_items), batch_size=self.val_batch_size,
-                          shuffle=False, num_workers=self.num_workers,
-                          collate_fn=self.collator(True, self.val_references))
+        val = self._limited(self.sets["val"], self.max_val_items)
+        return DataLoader(val, batch_size=self.val_batch_size, shuffle=False, sampler=self.shard(val),
+                          num_workers=self.num_workers, collate_fn=self.collator(True, self.val_references))
 
 
 class AudioCaptionDataModule(H5DataModule):
@@ -143,7 +152,7 @@ class ImageCaptionDataModule(H5DataModule):
     def test_dataloader(self) -> DataLoader:
         """Generation batches (prompts only, left padded) over the test split."""
         return DataLoader(self.sets["test"], batch_size=self.val_batch_size, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=self.collator(False, "first"))
+                          sampler=self.shard(self.sets["test"]), num_workers=self.num_workers, collate_fn=self.collator(False, "first"))
 
 
 class TranslationDataModule(H5DataModule):
