@@ -55,3 +55,28 @@ def translation_runs(translation_assets, tmp_path_factory) -> dict:
 def audio_mcl_run(audio_assets, tmp_path_factory):
     """A tiny audio-captioning LoRA-MCL run (K = 3, tiny Qwen2-Audio)."""
     return train_demo("demo_audio_mcl", AUDIO_DEMO, audio_assets, tmp_path_factory.mktemp("audio_runs"))
+
+
+from slurm_cluster import ClusterError, cluster_dir, start_cluster, stop_cluster  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real single-node SLURM cluster for the session (scripts/slurm/local_cluster.sh, in a fresh
+    temp folder): yields the env dict to run sbatch / squeue / submitit with (SLURM_CONF, PATH with
+    the `sacct` stand-in); stopped at the end, even on failure. Installs SLURM when missing (root)."""
+    folder = cluster_dir(tmp_path_factory.mktemp("slurm"))
+    try:
+        env, error = start_cluster(folder), None
+    except ClusterError as e:
+        env, error = None, str(e)
+    if error is not None:
+        try:
+            stop_cluster(folder)  # whatever did start
+        except ClusterError:
+            pass
+        pytest.fail(f"the test SLURM cluster did not start: {error}\ndeselect with -m 'not slurm'", pytrace=False)
+    try:
+        yield env
+    finally:
+        stop_cluster(folder)

@@ -12,12 +12,14 @@ this module holds what the project adds around it:
   in the same run folder (`run_stamp`) and resumes its newest checkpoint by itself;
 - FSDP: `LoRAWrapPolicy` puts every transformer block, every K-way layer's adapters and every
   frozen base linear of a K-way layer in units of their own, so no unit mixes frozen and trainable
-  parameters (which would allocate gradients for the frozen weights), and `BlockPolicy` picks the
-  blocks for activation checkpointing.
+  parameters (which would allocate gradients for the frozen weights); the adapter units are not
+  sharded, so checkpoints are the plain adapter files of one device (`fsdp_strategy`), and
+  `BlockPolicy` picks the blocks for activation checkpointing.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -134,28 +136,78 @@ class BlockPolicy(_Policy):
 
 
 class LoRAWrapPolicy(_Policy):
-    """FSDP units: each transformer block, each K-way layer (then holding only its adapters and
-    router) and the frozen base linear inside it. (torch visits parents before children, so a K-way
-    layer is seen before its base.)"""
+    """FSDP units: each transformer block, each frozen base linear of a K-way layer and each K-way
+    layer, which then holds only its adapters (and router) and is not sharded (`NO_SHARD`: every
+    process keeps the whole adapters, a few MB, and all-reduces their gradients as DDP does). (torch
+    visits parents before children, so a K-way layer is seen before its base.)"""
 
     def __init__(self, block_pattern: str = BLOCK_PATTERN):
         super().__init__(block_pattern)
         self._bases: set[int] = set()
 
-    def wraps(self, module: nn.Module) -> bool:
+    def wraps(self, module: nn.Module) -> Any:
+        from torch.distributed.fsdp import ShardingStrategy
+
         if _is_kway(module):
             self._bases.add(id(module.base_layer))
-            return True
+            return {"sharding_strategy": ShardingStrategy.NO_SHARD}
         return self.is_block(module) or id(module) in self._bases
 
 
-def fsdp_strategy(block_pattern: str = BLOCK_PATTERN, activation_checkpointing: bool = False, **kwargs: Any) -> Any:
-    """Lightning's FSDPStrategy with `LoRAWrapPolicy` units, `use_orig_params` and, if asked,
-    activation checkpointing of the transformer blocks (the `_target_` of configs/trainer/fsdp.yaml)."""
-    from lightning.pytorch.strategies import FSDPStrategy
+def _clean(name: str) -> str:
+    return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
 
-    wrap = LoRAWrapPolicy(block_pattern)
+
+@functools.lru_cache(maxsize=None)
+def _adapter_fsdp_class() -> type:
+    from lightning.pytorch.strategies import FSDPStrategy
+    from lightning.pytorch.strategies.strategy import Strategy
+
+    class AdapterFSDPStrategy(FSDPStrategy):
+        """Lightning's FSDPStrategy whose checkpoints are those of one device: the adapters (whole on
+        every process, see `LoRAWrapPolicy`) and their optimizer state, in plain files that resume
+        under any strategy and process count. FSDP's own state-dict machinery is not used: it would
+        gather the frozen backbone at every save."""
+
+        def lightning_module_state_dict(self) -> dict[str, Any]:
+            return {_clean(n): p.detach() for n, p in self.lightning_module.named_parameters() if p.requires_grad}
+
+        def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+            return Strategy.optimizer_state(self, optimizer)
+
+        def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+            Strategy.save_checkpoint(self, checkpoint, filepath, storage_options)
+
+        def load_checkpoint(self, checkpoint_path: Any, weights_only: Optional[bool] = None) -> dict[str, Any]:
+            return Strategy.load_checkpoint(self, checkpoint_path, weights_only)
+
+        def load_model_state_dict(self, checkpoint: Any, strict: bool = True) -> None:
+            import torch
+
+            params = {_clean(n): p for n, p in self.lightning_module.named_parameters()}
+            unknown = sorted(set(checkpoint["state_dict"]) - set(params))
+            if unknown:
+                raise KeyError(f"checkpoint tensors without a parameter in this model: {unknown[:5]}")
+            with torch.no_grad():
+                for name, value in checkpoint["state_dict"].items():
+                    params[name].copy_(value)
+
+        def load_optimizer_state_dict(self, checkpoint: Any) -> None:
+            Strategy.load_optimizer_state_dict(self, checkpoint)
+
+        @property
+        def lightning_restore_optimizer(self) -> bool:  # FSDPStrategy restores them in its load_checkpoint
+            return True
+
+    return AdapterFSDPStrategy
+
+
+def fsdp_strategy(block_pattern: str = BLOCK_PATTERN, activation_checkpointing: bool = False, **kwargs: Any) -> Any:
+    """FSDP for a K-way LoRA model (the `_target_` of configs/trainer/fsdp.yaml): `LoRAWrapPolicy`
+    units, `use_orig_params`, adapter-only checkpoints as on one device, and, if asked, activation
+    checkpointing of the transformer blocks."""
     kwargs.setdefault("use_orig_params", True)
+    kwargs.pop("state_dict_type", None)  # always one adapter-only file
     if activation_checkpointing:
         kwargs["activation_checkpointing_policy"] = BlockPolicy(block_pattern).policy()
-    return FSDPStrategy(auto_wrap_policy=wrap.policy(), **kwargs)
+    return _adapter_fsdp_class()(auto_wrap_policy=LoRAWrapPolicy(block_pattern).policy(), **kwargs)

@@ -41,6 +41,12 @@ def _numpy_state() -> tuple:
     return (str(name), torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(gauss))
 
 
+def _clean_name(name: str) -> str:
+    """A parameter's name as in the unwrapped model (FSDP and activation checkpointing insert their
+    wrappers' names; the state dicts that Lightning's strategies save use the clean ones)."""
+    return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
+
+
 class MCLLitModule(L.LightningModule):
     """Trains the adapters of an adapter model (`MCLModel` or `MoEModel`); the backbone stays frozen.
 
@@ -152,7 +158,7 @@ class MCLLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only the trainable tensors (adapters, MoE routers), plus K, r and the mode to refuse a
         mismatched resume or evaluation."""
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        trainable = {_clean_name(n) for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint[META_KEY] = CheckpointMeta.of_model(self.model).to_dict()
         if self._trainer is not None:  # the MLflow run a resume continues
