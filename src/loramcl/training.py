@@ -42,6 +42,8 @@ KNOWN_NOISY_WARNINGS = [
     # Lightning 2.6: backbones loaded by from_pretrained are in eval mode and we leave them so (frozen
     # weights; the adapters' own dropout is what regularises training), which Lightning reports at every fit
     (r"Found \d+ module\(s\) in eval mode at the start of training", UserWarning),
+    # our samplers skip what a mid-epoch checkpoint already consumed (loramcl.data.sampling)
+    (r"You're resuming from a checkpoint that ended before the epoch ended", UserWarning),
 ]
 NOISY_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric")  # "GPU available: ..." chatter
 

@@ -1,0 +1,94 @@
+"""Data parallelism without SLURM: Lightning's own launcher starts 2 CPU processes (gloo, trainer=ddp_cpu).
+
+Through the real train.py on the toy task (K = 2, no lr schedule so that runs of different lengths
+share their first steps): 2 processes with batch 4 train exactly what 1 process trains with batch 8
+(the same per-step losses, win rates and validation values in MLflow, the same adapters), only rank
+0 writes run files and MLflow runs, and checkpoints resume on another process count with the same
+global batch, ending with the adapters of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from helpers import run_train
+
+GLOBAL_BATCH, STEPS = 8, 6
+TOY = ["task=finetune", "data.num_val_sequences=32", "extras.print_config=false", "optim.scheduler=null",
+       "trainer.val_check_interval=3", "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=1",
+       f"data.num_train_batches={STEPS}"]
+
+
+def processes(n: int) -> list[str]:
+    """Overrides for n processes with the same global batch (the toy's stream: STEPS global batches)."""
+    per = GLOBAL_BATCH // n
+    extra = ["trainer=ddp_cpu", f"trainer.devices={n}"] if n > 1 else []
+    return [f"data.batch_size={per}", f"data.num_train_batches={STEPS * n}", *extra]
+
+
+def train(log_dir: Path, name: str, n: int, steps: int, *extra: str) -> Path:
+    proc = run_train(*TOY, *processes(n), f"task_name={name}", f"trainer.max_steps={steps}", *extra,
+                     log_dir=log_dir, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = sorted((log_dir / name / "runs").iterdir())
+    return run
+
+
+def adapters(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "K2" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def history(log_dir: Path, experiment: str) -> dict[str, list[tuple[int, float]]]:
+    """The metrics of the experiment's only MLflow run, (step, value) in step order."""
+    client = MlflowClient(f"sqlite:///{log_dir}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "FINISHED"
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            for key in run.data.metrics}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    log_dir = tmp_path_factory.mktemp("ddp")
+    return {"log_dir": log_dir, "one": train(log_dir, "one", 1, STEPS), "two": train(log_dir, "two", 2, STEPS)}
+
+
+def test_two_processes_train_as_one_with_the_doubled_batch(runs):
+    log_dir = runs["log_dir"]
+    one, two = history(log_dir, "one"), history(log_dir, "two")
+    for key in ["train/loss", "train/hyp0_loss", "train/hyp1_loss", "train/win_rate_hyp0", "val/wta_loss",
+                "val/hyp1_loss", "val/win_rate_hyp1"]:
+        steps_one, values_one = zip(*one[key])
+        steps_two, values_two = zip(*two[key])
+        assert steps_one == steps_two, key
+        assert values_two == pytest.approx(values_one, rel=1e-5, abs=1e-6), key
+    assert len(one["train/loss"]) == STEPS and len(one["val/wta_loss"]) == 2
+    a, b = adapters(runs["one"]), adapters(runs["two"])
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    # rank 1 ran in the same run folder (Hydra's log only) and wrote nothing else
+    assert (runs["two"] / "train_ddp_process_1.log").exists()
+    listing = lambda run: sorted(p.name for p in (run / "checkpoints" / "K2").iterdir())  # noqa: E731
+    assert listing(runs["two"]) == listing(runs["one"]) == ["last.ckpt", "step6.ckpt"]
+
+
+def test_checkpoint_of_two_processes_resumes_on_one(runs, tmp_path):
+    first = train(tmp_path, "first", 2, 3)
+    resumed = train(tmp_path, "resumed", 1, STEPS, f"ckpt_path={first}")
+    a, b = adapters(runs["one"]), adapters(resumed)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_checkpoint_of_one_process_resumes_on_two(runs, tmp_path):
+    first = train(tmp_path, "first", 1, 3)
+    resumed = train(tmp_path, "resumed", 2, STEPS, f"ckpt_path={first}")
+    a, b = adapters(runs["two"]), adapters(resumed)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
