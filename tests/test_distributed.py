@@ -1,21 +1,23 @@
-"""Data parallelism without SLURM: Lightning's own launcher starts 2 CPU processes (gloo, trainer=ddp_cpu).
+"""Data parallelism without SLURM: Lightning's own launchers start 2 CPU processes (gloo).
 
 Through the real train.py on the toy task (K = 2, no lr schedule so that runs of different lengths
 share their first steps): 2 processes with batch 4 train exactly what 1 process trains with batch 8
 (the same per-step losses, win rates and validation values in MLflow, the same adapters), only rank
 0 writes run files and MLflow runs, and checkpoints resume on another process count with the same
-global batch, ending with the adapters of an uninterrupted run.
+global batch, ending with the adapters of an uninterrupted run. `eval.py devices=2` decodes half the
+batches in each process and scores once: the predictions and metrics of one process.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from helpers import run_train
+from helpers import run_eval, run_train
 
 GLOBAL_BATCH, STEPS = 8, 6
 TOY = ["task=finetune", "data.num_val_sequences=32", "extras.print_config=false", "optim.scheduler=null",
@@ -92,3 +94,32 @@ def test_checkpoint_of_one_process_resumes_on_two(runs, tmp_path):
     a, b = adapters(runs["two"]), adapters(resumed)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def predictions(log_dir: Path) -> tuple[list[dict], dict]:
+    (run,) = sorted((log_dir / "eval" / "runs").iterdir())
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    return rows, {k: v for k, v in metrics.items() if k != "decode_seconds"}
+
+
+@pytest.mark.parametrize("scheme,decoding", [
+    ("mle", "mle_sampling_nucleus"),  # sampling: batch b is seeded with seed + b on any process count
+    pytest.param("mcl", "mcl_beam2", marks=pytest.mark.slow),
+])
+def test_data_parallel_evaluation_equals_one_process(translation_runs, tmp_path, scheme, decoding):
+    """eval.py devices=2: each process decodes every other batch, rank 0 gathers and scores once;
+    predictions.jsonl and the metrics are those of one process, item for item."""
+    common = [f"ckpt_path={translation_runs[scheme]}", f"decoding={decoding}", "max_items=8", "batch_size=2"]
+    results = {}
+    for n in (1, 2):
+        proc = run_eval(*common, f"devices={n}", "accelerator=cpu", log_dir=tmp_path / str(n), timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[n] = predictions(tmp_path / str(n))
+    rows_one, metrics_one = results[1]
+    rows_two, metrics_two = results[2]
+    assert len(rows_one) == 8
+    assert [r["id"] for r in rows_two] == [r["id"] for r in rows_one]
+    assert [[c["text"] for c in r["candidates"]] for r in rows_two] == [[c["text"] for c in r["candidates"]] for r in rows_one]
+    assert metrics_two == pytest.approx(metrics_one, rel=1e-9)
+    assert len(list((tmp_path / "2").glob("eval/runs/*/metrics.json"))) == 1

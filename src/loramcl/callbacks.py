@@ -210,7 +210,7 @@ class AdapterCheckpoint(ModelCheckpoint):
             return path
         require_finite_weights(trainer, trainer.lightning_module, path)
         self.last_model_path, self.last_step = path, trainer.global_step  # part of the saved state
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # (None logs a line per save)
         return path
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:

@@ -6,6 +6,8 @@ Order of work, cheapest checks first (nothing is decoded before all of them pass
 2. data files and backbone weights exist (`preflight`);
 3. the backbone is built and the checkpoint's adapter tensors match it name for name, shape for shape;
 4. the test split is decoded into K candidates per item (progress bar), written to predictions.jsonl;
+   with `devices=N` N processes decode every N-th batch each and rank 0 gathers them (the same
+   records as one process: batches are the same and batch b is seeded with seed + b);
 5. the task's metrics (captioning or translation, diversity, win rates) and the oracle NLL go to
    metrics.json and to MLflow (`report`).
 """
@@ -34,15 +36,21 @@ from loramcl.schemes import Scheme
 log = logging.getLogger(__name__)
 
 
-def batches(dataset: Any, batch_size: int, limit: Optional[int]):
+def batches(dataset: Any, batch_size: int, limit: Optional[int], rank: int = 0, world: int = 1):
+    """Batches of consecutive items (the first `limit`); with `world` > 1, batches rank, rank + world,
+    ... only: the same batches a single process decodes, dealt out round-robin."""
     n = len(dataset) if not limit else min(int(limit), len(dataset))
-    for start in range(0, n, batch_size):
-        yield [dataset[i] for i in range(start, min(start + batch_size, n))]
+    for number, start in enumerate(range(0, n, batch_size)):
+        if number % world == rank:
+            yield number, [dataset[i] for i in range(start, min(start + batch_size, n))]
 
 
 def decode_split(decoder: Decoder, datamodule: Any, spec: DecodingSpec, K: int, batch_size: int,
-                 limit: Optional[int], device: torch.device) -> list[dict]:
-    """Decode the test split; one record per item with its K candidates."""
+                 limit: Optional[int], device: torch.device, seed: int = 0, rank: int = 0,
+                 world: int = 1) -> list[dict]:
+    """Decode the test split (this process's batches of it); one record per item with its K
+    candidates. Batch b is decoded after `torch.manual_seed(seed + b)`, so sampling gives every item
+    the same candidates on any number of processes."""
     from tqdm.auto import tqdm
 
     dataset = datamodule.sets["test"]
@@ -50,9 +58,11 @@ def decode_split(decoder: Decoder, datamodule: Any, spec: DecodingSpec, K: int, 
     tta = TTAConfig(**spec.tta) if spec.entry.augments_inputs else None
     records = []
     total = len(dataset) if not limit else min(int(limit), len(dataset))
-    with tqdm(total=total, desc=f"decoding ({spec.name})", unit="item") as bar:
-        for items in batches(dataset, batch_size, limit):
+    desc = f"decoding ({spec.name})" + (f", process {rank} of {world}" if world > 1 else "")
+    with tqdm(total=total if world == 1 else None, desc=desc, unit="item", disable=rank > 0) as bar:
+        for number, items in batches(dataset, batch_size, limit, rank, world):
             n = len(items)
+            torch.manual_seed(seed + number)
             if tta is not None and datamodule.kind == "image_caption":
                 batch = collate(augment_image_items(items, K, tta))
                 batch["references"], batch["ids"] = batch["references"][:n], batch["ids"][:n]
@@ -66,24 +76,59 @@ def decode_split(decoder: Decoder, datamodule: Any, spec: DecodingSpec, K: int, 
                 if len(cands) != K:
                     raise RuntimeError(f"decoding {spec.name} gave {len(cands)} candidates for item {item['id']}, not K={K}")
                 refs = item.get("captions", item.get("references"))
-                records.append({"id": item["id"], "references": list(refs), "candidates": [asdict(c) for c in cands]})
+                records.append({"id": item["id"], "references": list(refs), "candidates": [asdict(c) for c in cands],
+                                "_batch": number})
             bar.update(n)
     return records
 
 
 @torch.no_grad()
-def oracle_nll(model: Any, datamodule: Any, batch_size: int, limit: Optional[int], device: torch.device) -> float:
-    """Teacher-forced mean NLL of every reference under every hypothesis; min over hypotheses; mean
-    over (item, reference) pairs (SPEC section 7). One-output models: their own NLL."""
+def oracle_nll_sums(model: Any, datamodule: Any, batch_size: int, limit: Optional[int], device: torch.device,
+                    rank: int = 0, world: int = 1) -> tuple[float, int]:
+    """(sum, count) of the teacher-forced mean NLL of every reference under every hypothesis, min over
+    hypotheses (SPEC section 7), over this process's batches; one-output models: their own NLL."""
     collate = datamodule.collator(True, "all")
     total, count = 0.0, 0
-    for items in batches(datamodule.sets["test"], batch_size, limit):
+    for _, items in batches(datamodule.sets["test"], batch_size, limit, rank, world):
         batch = collate(items)
         out = model(**{k: v.to(device) for k, v in model_inputs(batch).items()})
         per_row = out.hypothesis_losses.float().min(dim=0).values
         total += float(per_row.sum())
         count += per_row.numel()
-    return total / max(count, 1)
+    return total, count
+
+
+def launch_processes(cfg: DictConfig) -> Any:
+    """With `devices` > 1: Lightning Fabric's DDP launcher (it starts the other processes, each
+    running eval.py again in the same run folder; under `srun`, SLURM started them); returns the
+    Fabric, or None for one process."""
+    devices = int(cfg.get("devices") or 1)
+    if devices == 1:
+        return None
+    from hydra.core.hydra_config import HydraConfig
+    from lightning.fabric import Fabric
+
+    from loramcl.distributed import cluster_plugins
+
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra_cfg is not None and hydra_cfg.mode.name == "MULTIRUN" and not cluster_plugins():
+        raise ConfigError(f"devices={devices} in a multirun: Lightning's launcher starts processes for single "
+                          f"runs only; run each method alone, or the sweep under srun (one task per device)")
+    fabric = Fabric(accelerator=cfg.get("accelerator") or "auto", devices=devices, strategy="ddp",
+                    plugins=cluster_plugins() or None)
+    fabric.launch()
+    return fabric
+
+
+def gather_records(fabric: Any, records: list[dict]) -> list[dict]:
+    """Every process's records on every process, in the order of a single-process run."""
+    import torch.distributed as dist
+
+    shards: list[Any] = [None] * fabric.world_size
+    dist.all_gather_object(shards, records)
+    merged = [r for shard in shards for r in shard]
+    merged.sort(key=lambda r: r["_batch"])  # stable: items keep their order inside a batch
+    return merged
 
 
 @dataclass
@@ -132,10 +177,12 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
         return {}
     spec, checkpoint, train_cfg, scheme, K, datamodule, task = (p.spec, p.checkpoint, p.train_cfg, p.scheme, p.K,
                                                                  p.datamodule, p.task)
+    fabric = launch_processes(cfg)  # devices > 1: each process decodes a share of the batches
+    rank, world = (fabric.global_rank, fabric.world_size) if fabric else (0, 1)
     datamodule.setup("test")
 
     torch.manual_seed(int(cfg.seed))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = fabric.device if fabric else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(checkpoint, train_cfg).to(device).eval()
     tokenizer = getattr(datamodule.processor, "tokenizer", datamodule.processor)
     gen = cfg.generation
@@ -145,17 +192,30 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
     limit = cfg.get("max_items")
     method_label = spec.describe(K)
     name = checkpoint.path.parent.name
-    log.info(f"evaluating {scheme.label} ({name}: {checkpoint.path}) with {method_label}: K={K} candidates per item")
+    if rank == 0:
+        log.info(f"evaluating {scheme.label} ({name}: {checkpoint.path}) with {method_label}: K={K} candidates per item"
+                 + (f", {world} processes" if world > 1 else ""))
 
     start = time.perf_counter()
-    torch.manual_seed(int(cfg.seed))  # sampling seeds
-    records = decode_split(decoder, datamodule, spec, K, batch_size, limit, device)
+    records = decode_split(decoder, datamodule, spec, K, batch_size, limit, device, int(cfg.seed), rank, world)
+    oracle = None
+    if cfg.metrics.get("oracle_nll", True):
+        oracle = oracle_nll_sums(model, datamodule, batch_size, limit, device, rank, world)
+    if fabric is not None:  # rank 0 gathers the candidates and scores them once
+        records = gather_records(fabric, records)
+        if oracle is not None:
+            sums = fabric.all_reduce(torch.tensor(oracle, dtype=torch.float64, device=device), reduce_op="sum")
+            oracle = (float(sums[0]), int(sums[1]))
+        if rank > 0:
+            return {}
     decode_seconds = time.perf_counter() - start
+    for record in records:
+        record.pop("_batch")
 
     candidates = [[c["text"] for c in r["candidates"]] for r in records]
     metrics, sentence, notes = score(task, candidates, [r["references"] for r in records], cfg.metrics)
-    if cfg.metrics.get("oracle_nll", True):
-        metrics["oracle_nll"] = oracle_nll(model, datamodule, batch_size, limit, device)
+    if oracle is not None:
+        metrics["oracle_nll"] = oracle[0] / max(oracle[1], 1)
     metrics["forward_passes"] = float(spec.forward_passes(K))
     metrics["decode_seconds"] = decode_seconds
     for i, record in enumerate(records):  # sentence-level scores kept beside each candidate

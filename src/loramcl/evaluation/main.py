@@ -16,6 +16,7 @@ def check_eval_values(cfg: DictConfig) -> None:
     require_int(cfg, "max_items", 1, nullable=True, hint=" (null: the whole test split)")
     require_int(cfg, "batch_size", 1, nullable=True, hint=" (null: the run's data.val_batch_size)")
     require_int(cfg, "num_candidates", 1, nullable=True)
+    require_int(cfg, "devices", 1)
     require_int(cfg, "num_hypotheses", 1, nullable=True)
     require_int(cfg, "generation.max_new_tokens", 1)
 

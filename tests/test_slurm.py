@@ -1,0 +1,193 @@
+"""The project's SLURM paths against a real single-node SLURM (the `slurm` fixture, tests/conftest.py).
+
+On the CPU demos with tiny settings: the batch scripts of scripts/slurm/ (their #SBATCH lines for a
+GPU cluster are overridden on the sbatch command line: partition, gres, cpus, memory), a job that
+SLURM is told to requeue (USR1, as before a time limit, or `scontrol requeue`) checkpoints, is
+requeued, resumes by itself and ends with the adapters of an uninterrupted run in one MLflow run,
+a 2-task srun DDP job trains as one process with the doubled batch, and a Hydra multirun through the
+submitit launcher runs its jobs as an array.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from helpers import ROOT, TRANSLATION_DEMO, run_train, timeout
+from slurm_cluster import job_info, run, submit, wait_for, wait_until
+
+pytestmark = pytest.mark.slurm
+
+SCRIPTS = ROOT / "scripts" / "slurm"
+# the scripts ask for a GPU partition; the test cluster has one CPU partition and no GRES
+TEST_CLUSTER = ["--partition=debug", "--gres=none", "--cpus-per-task=1", "--mem=2G"]
+# the toy task as a finetune run (K = 2, seconds); no lr schedule, so that runs of any length agree
+TOY = ["task=finetune", "data.num_val_sequences=32", "extras.print_config=false", "optim.scheduler=null",
+       "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=2"]
+
+
+def adapters(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "K2" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def assert_same(a: dict, b: dict, tol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=tol, atol=tol, msg=k)
+
+
+def mlflow_runs(log_dir: Path, experiment: str) -> list:
+    client = MlflowClient(f"sqlite:///{log_dir}/mlflow.db")
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id]) if found else []
+
+
+def job_env(slurm: dict, **extra: str) -> dict:
+    """The submitting environment (the job inherits it): the test cluster, the project's venv python."""
+    return {**slurm, "PROJECT_DIR": str(ROOT), "PYTHON": sys.executable, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def sbatch(script: str, env: dict, sbatch_args: list[str], script_args: list[str], cwd: Path) -> str:
+    """`sbatch <sbatch_args> scripts/slurm/<script> <script_args>` from `cwd`; the job id."""
+    return submit([*sbatch_args, str(SCRIPTS / script), *script_args], env, cwd=cwd)
+
+
+def output(tmp_path: Path, job: str) -> str:
+    files = list(tmp_path.glob(f"slurm-*-{job}.out"))
+    return files[0].read_text(errors="replace") if files else ""
+
+
+def test_every_sbatch_line_comes_before_the_first_command():
+    """sbatch stops reading #SBATCH lines at the first command: a later one would be ignored."""
+    scripts = sorted(SCRIPTS.glob("*.sh"))
+    assert {p.name for p in scripts} >= {"train.sh", "train_ddp.sh", "eval_sweep.sh", "train_then_eval.sh"}
+    for script in scripts:
+        seen_command = False
+        for number, line in enumerate(script.read_text().splitlines()[1:], start=2):
+            if line.startswith("#SBATCH"):
+                assert not seen_command, f"{script.name}:{number}: #SBATCH after a command is ignored by sbatch"
+            elif line.strip() and not line.lstrip().startswith("#"):
+                seen_command = True
+
+
+def test_train_job_requeued_before_its_limit_resumes_exactly(slurm, tmp_path):
+    """USR1 (what `--signal=B:USR1@300` sends before the time limit, here at once with scancel):
+    last.ckpt at the next step, the job requeues itself, restarts (same job id, SLURM_RESTART_COUNT=1)
+    in the same run folder, resumes it without ckpt_path, and ends with the adapters of an
+    uninterrupted run, in one MLflow run."""
+    steps = ["trainer.max_steps=100", "trainer.val_check_interval=50", "data.batch_size=8"]
+    reference = run_train(*TOY, *steps, "task_name=reference", log_dir=tmp_path / "ref", timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    (ref_run,) = (tmp_path / "ref" / "reference" / "runs").iterdir()
+
+    logs = tmp_path / "logs"
+    job = sbatch("train.sh", job_env(slurm), TEST_CLUSTER, [*TOY, *steps, "task_name=requeued", f"paths.log_dir={logs}"],
+                 tmp_path)
+    run_dir = logs / "requeued" / "runs" / f"slurm-{job}"
+    wait_until(lambda: (run_dir / "checkpoints" / "K2" / "last.ckpt").exists(), timeout=timeout(300),
+               poll=0.05, what="the first last.ckpt")
+    run(["scancel", "--signal=USR1", "--batch", job], slurm)
+    assert wait_for(job, slurm, timeout=600, restarts=1) == "COMPLETED", output(tmp_path, job)[-3000:]
+
+    info = job_info(job, slurm)
+    assert info["Restarts"] == "1" and info["ExitCode"] == "0:0"
+    log = output(tmp_path, job)
+    assert re.search(r"stopped by SIGUSR1 after step \d+: checkpoint .*last\.ckpt; SLURM job "
+                     f"{job} requeued", log), log[-3000:]
+    assert "restart 1: train.py" in log and "SLURM restart 1 of this job: ckpt_path=auto" in log
+    assert sorted(p.name for p in (logs / "requeued" / "runs").iterdir()) == [f"slurm-{job}"]
+    assert_same(adapters(ref_run), adapters(run_dir))
+    (mlrun,) = mlflow_runs(logs, "requeued")
+    assert mlrun.info.status == "FINISHED" and mlrun.data.tags["loramcl.resumes"] == "1"
+
+
+@pytest.mark.slow
+def test_scontrol_requeue_of_a_running_job_resumes_exactly(slurm, tmp_path):
+    """An administrator's `scontrol requeue` (SIGTERM to the job, then a restart): the run saves at
+    the next step, exits 143, and the restarted job resumes it to the uninterrupted adapters."""
+    steps = ["trainer.max_steps=100", "trainer.val_check_interval=50", "data.batch_size=8"]
+    reference = run_train(*TOY, *steps, "task_name=reference", log_dir=tmp_path / "ref", timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    (ref_run,) = (tmp_path / "ref" / "reference" / "runs").iterdir()
+    logs = tmp_path / "logs"
+    job = sbatch("train.sh", job_env(slurm), TEST_CLUSTER, [*TOY, *steps, "task_name=requeued", f"paths.log_dir={logs}"],
+                 tmp_path)
+    run_dir = logs / "requeued" / "runs" / f"slurm-{job}"
+    wait_until(lambda: (run_dir / "checkpoints" / "K2" / "last.ckpt").exists(), timeout=timeout(300),
+               poll=0.05, what="the first last.ckpt")
+    run(["scontrol", "requeue", job], slurm)
+    assert wait_for(job, slurm, timeout=600, restarts=1) == "COMPLETED", output(tmp_path, job)[-3000:]
+    assert "stopped by SIGTERM" in output(tmp_path, job)
+    assert_same(adapters(ref_run), adapters(run_dir))
+    (mlrun,) = mlflow_runs(logs, "requeued")
+    assert mlrun.info.status == "FINISHED" and mlrun.data.tags["loramcl.resumes"] == "1"
+
+
+@pytest.mark.slow
+def test_two_task_srun_ddp_trains_as_one_process_with_the_doubled_batch(slurm, tmp_path):
+    """train_ddp.sh with 2 tasks (srun starts the ranks, Lightning's SLURMEnvironment picks them up,
+    gloo): the per-step losses and the final adapters of 1 process with batch 8."""
+    common = [*TOY, "trainer.max_steps=6", "trainer.val_check_interval=3", "callbacks.model_checkpoint.every_n_train_steps=1"]
+    reference = run_train(*common, "data.batch_size=8", "data.num_train_batches=6", "task_name=one",
+                          log_dir=tmp_path, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    job = sbatch("train_ddp.sh", job_env(slurm, TRAINER="ddp_cpu"),
+                 ["--partition=debug", "--gres=none", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=4G"],
+                 [*common, "data.batch_size=4", "data.num_train_batches=12", "task_name=two", f"paths.log_dir={tmp_path}"],
+                 tmp_path)
+    assert wait_for(job, slurm, timeout=600) == "COMPLETED", output(tmp_path, job)[-3000:]
+    log = output(tmp_path, job)
+    assert "2 tasks on 1 node(s)" in log
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    losses = {}
+    for name in ("one", "two"):
+        (mlrun,) = mlflow_runs(tmp_path, name)
+        losses[name] = [m.value for m in sorted(client.get_metric_history(mlrun.info.run_id, "train/loss"),
+                                                 key=lambda m: m.step)]
+    assert len(losses["one"]) == 6 and losses["two"] == pytest.approx(losses["one"], rel=1e-5)
+    (one_run,) = (tmp_path / "one" / "runs").iterdir()
+    assert_same(adapters(one_run), adapters(tmp_path / "two" / "runs" / f"slurm-{job}"), tol=1e-6)
+
+
+@pytest.mark.slow
+def test_hydra_multirun_through_submitit_runs_an_array(slurm, tmp_path, monkeypatch):
+    """`train.py -m hydra/launcher=slurm ... seed=0,1`: one SLURM array of 2 jobs, both runs in MLflow."""
+    for key, value in job_env(slurm).items():
+        monkeypatch.setenv(key, value)
+    proc = run_train("-m", "hydra/launcher=slurm", *TOY, "trainer.max_steps=4", "trainer.val_check_interval=2",
+                     "data.batch_size=4", "task_name=sweep", "seed=0,1", "hydra.launcher.gpus_per_node=0",
+                     "hydra.launcher.tasks_per_node=1", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
+                     "hydra.launcher.timeout_min=10", "hydra.launcher.partition=debug", log_dir=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = mlflow_runs(tmp_path, "sweep")
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len(list(tmp_path.glob("sweep/multiruns/*/*/checkpoints/K2/last.ckpt"))) == 2
+
+
+@pytest.mark.slow
+def test_train_then_eval_pipeline(slurm, tmp_path, translation_assets):
+    """train_then_eval.sh: a training job and its decoding sweep with --dependency=afterok; the
+    evaluation starts after the training and logs its metrics."""
+    logs = tmp_path / "logs"
+    env = job_env(slurm, RUN_DIR=str(tmp_path / "pipeline"), DECODINGS="mcl_beam1",
+                  TRAIN_SBATCH_ARGS=" ".join(TEST_CLUSTER), EVAL_SBATCH_ARGS=" ".join(TEST_CLUSTER),
+                  EVAL_ARGS=f"max_items=4 generation.max_new_tokens=8 metrics.oracle_nll=false paths.log_dir={logs}")
+    done = subprocess.run(["bash", str(SCRIPTS / "train_then_eval.sh"), "experiment=demo_translation_mcl",
+                           *TRANSLATION_DEMO, f"paths.data_dir={translation_assets}", f"paths.log_dir={logs}"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=timeout(60))
+    assert done.returncode == 0, done.stderr
+    train_job, eval_job = re.findall(r"job (\d+)", done.stdout)[:2]
+    assert wait_for(train_job, slurm, timeout=900) == "COMPLETED", output(tmp_path, train_job)[-3000:]
+    assert wait_for(eval_job, slurm, timeout=900) == "COMPLETED", output(tmp_path, eval_job)[-3000:]
+    assert int(job_info(eval_job, slurm)["StartTime"].replace("-", "").replace(":", "").replace("T", "")) >= \
+        int(job_info(train_job, slurm)["EndTime"].replace("-", "").replace(":", "").replace("T", ""))
+    assert (tmp_path / "pipeline" / "checkpoints" / "K3" / "last.ckpt").exists()
+    assert list(logs.glob("eval/multiruns/*/*/metrics.json")), output(tmp_path, eval_job)[-3000:]
