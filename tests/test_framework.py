@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -122,6 +123,7 @@ def test_eval_reloads_a_run_folder(tmp_path):
     assert abs(evaluated["K2/val/hyp0_loss"] - evaluated["K2/val/hyp1_loss"]) > 1e-6
 
 
+@pytest.mark.slow  # suite time; seeded determinism is pinned in the default run by test_golden's training steps
 def test_seed_makes_runs_identical(tmp_path):
     """Same seed -> identical validation metrics; another seed -> different ones."""
     common = ["task=finetune", "trainer.max_steps=5", "trainer.val_check_interval=5", "data.num_val_sequences=64",

@@ -91,6 +91,7 @@ def test_audio_demo_end_to_end_and_cached(tmp_path):
     assert "preparing the synthetic dataset" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # 3 min (its tiny LLaVA-NeXT pre-trains for 600 steps): the default suite's time budget
 def test_bilingual_demo_specialises_by_language(bilingual_assets, tmp_path):
     """The full demo (data and a tiny LLaVA-NeXT pre-trained for 600 steps, built once per session by
     `bilingual_assets`): each MCL hypothesis writes >= 90 % of its greedy captions in one language and

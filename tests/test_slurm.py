@@ -10,7 +10,6 @@ submitit launcher runs its jobs as an array.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -83,10 +82,6 @@ def test_train_job_requeued_before_its_limit_resumes_exactly(slurm, tmp_path):
     in the same run folder, resumes it without ckpt_path, and ends with the adapters of an
     uninterrupted run, in one MLflow run."""
     steps = ["trainer.max_steps=100", "trainer.val_check_interval=50", "data.batch_size=8"]
-    reference = run_train(*TOY, *steps, "task_name=reference", log_dir=tmp_path / "ref", timeout=600)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    (ref_run,) = (tmp_path / "ref" / "reference" / "runs").iterdir()
-
     logs = tmp_path / "logs"
     job = sbatch("train.sh", job_env(slurm), TEST_CLUSTER, [*TOY, *steps, "task_name=requeued", f"paths.log_dir={logs}"],
                  tmp_path)
@@ -94,6 +89,10 @@ def test_train_job_requeued_before_its_limit_resumes_exactly(slurm, tmp_path):
     wait_until(lambda: (run_dir / "checkpoints" / "K2" / "last.ckpt").exists(), timeout=timeout(300),
                poll=0.05, what="the first last.ckpt")
     run(["scancel", "--signal=USR1", "--batch", job], slurm)
+    # the uninterrupted reference, while SLURM waits to restart the job
+    reference = run_train(*TOY, *steps, "task_name=reference", log_dir=tmp_path / "ref", timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    (ref_run,) = (tmp_path / "ref" / "reference" / "runs").iterdir()
     assert wait_for(job, slurm, timeout=600, restarts=1) == "COMPLETED", output(tmp_path, job)[-3000:]
 
     info = job_info(job, slurm)
@@ -191,3 +190,33 @@ def test_train_then_eval_pipeline(slurm, tmp_path, translation_assets):
         int(job_info(train_job, slurm)["EndTime"].replace("-", "").replace(":", "").replace("T", ""))
     assert (tmp_path / "pipeline" / "checkpoints" / "K3" / "last.ckpt").exists()
     assert list(logs.glob("eval/multiruns/*/*/metrics.json")), output(tmp_path, eval_job)[-3000:]
+
+
+@pytest.mark.slow
+def test_submitit_job_requeued_by_its_signal_resumes_exactly(slurm, tmp_path):
+    """A sweep job of the submitit launcher gets USR2 (submitit's `--signal=USR2@signal_delay_s`):
+    last.ckpt at the next step, then submitit's own handler requeues the job with its pickled call;
+    the restart resumes by itself and ends with the uninterrupted adapters, in one MLflow run."""
+    steps = ["trainer.max_steps=100", "trainer.val_check_interval=50", "data.batch_size=8"]
+    reference = run_train(*TOY, *steps, "task_name=reference", log_dir=tmp_path / "ref", timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    (ref_run,) = (tmp_path / "ref" / "reference" / "runs").iterdir()
+    logs = tmp_path / "logs"
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm", f"paths.log_dir={logs}", *TOY, *steps,
+           "task_name=sweep", "seed=0", "hydra.launcher.gpus_per_node=0", "hydra.launcher.tasks_per_node=1",
+           "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10",
+           "hydra.launcher.partition=debug"]
+    sweep = subprocess.Popen(cmd, cwd=ROOT, env=job_env(slurm), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        last = wait_until(lambda: next(iter(logs.glob("sweep/multiruns/*/0/checkpoints/K2/last.ckpt")), None),
+                          timeout=timeout(300), poll=0.05, what="the first last.ckpt")
+        (job,) = run(["squeue", "-h", "-o", "%i"], slurm).split()
+        run(["scancel", "--signal=USR2", job], slurm)
+        out, _ = sweep.communicate(timeout=timeout(600))
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, out[-3000:]
+    assert int(job_info(job, slurm)["Restarts"]) == 1
+    assert_same(adapters(ref_run), adapters(last.parents[2]))
+    (mlrun,) = mlflow_runs(logs, "sweep")
+    assert mlrun.info.status == "FINISHED" and mlrun.data.tags["loramcl.resumes"] == "1"

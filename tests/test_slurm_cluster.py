@@ -49,6 +49,7 @@ def test_sbatch_output_file_and_batch_environment(slurm, tmp_path):
     assert info["StdOut"] == str(tmp_path / f"out-{job}.txt")
 
 
+@pytest.mark.slow  # suite time: a SLURM feature itself (tests/test_slurm.py runs the project on it)
 def test_job_array_runs_every_task(slurm, tmp_path):
     job = submit(["--wrap", "echo task $SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_JOB_ID"], slurm, "--array=0-1",
                  "-o", tmp_path / "arr-%A_%a.txt", cwd=tmp_path)
@@ -72,6 +73,7 @@ def test_srun_tasks_inside_a_batch_job(slurm, tmp_path):
         assert t["SLURM_JOB_ID"] == job and t["SLURM_RESTART_COUNT"] == "unset"
 
 
+@pytest.mark.slow  # suite time: a SLURM feature itself (tests/test_slurm.py runs the project on it)
 def test_dependency_afterok_runs_after_the_first_job(slurm, tmp_path):
     first = submit(["--wrap", f"sleep 1; date +%s.%N > {tmp_path}/first_end"], slurm, "-o", "/dev/null")
     second = submit(["--wrap", f"date +%s.%N > {tmp_path}/second_start"], slurm, "-o", "/dev/null",
@@ -80,6 +82,7 @@ def test_dependency_afterok_runs_after_the_first_job(slurm, tmp_path):
     assert float((tmp_path / "second_start").read_text()) >= float((tmp_path / "first_end").read_text())
 
 
+@pytest.mark.slow  # suite time: a SLURM feature itself (tests/test_slurm.py runs the project on it)
 def test_dependency_on_a_failed_job_is_cancelled(slurm):
     # DependencyParameters=kill_invalid_depend: without it the second job would stay pending forever.
     first = submit(["--wrap", "exit 3"], slurm, "-o", "/dev/null")
@@ -89,6 +92,7 @@ def test_dependency_on_a_failed_job_is_cancelled(slurm):
     assert wait_for(second, slurm, 30) == "CANCELLED"
 
 
+@pytest.mark.slow  # suite time: a SLURM feature itself (tests/test_slurm.py runs the project on it)
 def test_requeue_reruns_the_job_with_the_same_id(slurm, tmp_path):
     starts = tmp_path / "starts.txt"
     script = (f"#!/bin/bash\necho \"$SLURM_JOB_ID ${{SLURM_RESTART_COUNT-unset}}\" >> {starts}\n"
@@ -104,6 +108,7 @@ def test_requeue_reruns_the_job_with_the_same_id(slurm, tmp_path):
     assert 9 <= delay < 40, delay  # begin time = requeue + cred_expire (10 s) + 1
 
 
+@pytest.mark.slow  # suite time: a SLURM feature itself (tests/test_slurm.py runs the project on it)
 def test_signal_reaches_the_batch_script_trap(slurm, tmp_path):
     # Same path as --signal=B:USR1@N before the time limit, without waiting for the limit.
     script = ("#!/bin/bash\ntrap 'echo got USR1; exit 0' USR1\necho ready\n"
@@ -143,6 +148,7 @@ def test_sacct_stand_in_answers_submitit(slurm, monkeypatch):
     assert watcher.is_done(single, mode="cache")
 
 
+@pytest.mark.slow  # suite time: a SLURM feature itself (tests/test_slurm.py runs the project on it)
 def test_second_cluster_beside_the_first_and_stop_ends_its_jobs(slurm, tmp_path):
     folder = cluster_dir(tmp_path / "c2")
     env = start_cluster(folder)

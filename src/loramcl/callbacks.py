@@ -304,7 +304,7 @@ class GracefulStop(Callback):
     def _requeue(self, trainer: L.Trainer, signum: int) -> str:
         """Requeue the SLURM job (rank 0), through the handler submitit left for `signum` if there is
         one; returns what happened, for the stop message."""
-        from loramcl.distributed import requeue_job, slurm_job_id
+        from loramcl.cluster import requeue_job, slurm_job_id
 
         job = slurm_job_id()
         if job is None:

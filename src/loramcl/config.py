@@ -189,7 +189,7 @@ def _register_resolver() -> None:
     if not OmegaConf.has_resolver("loramcl.num_states"):
         OmegaConf.register_new_resolver("loramcl.num_states", num_states)
     if not OmegaConf.has_resolver("loramcl.run_stamp"):
-        from loramcl.distributed import run_stamp
+        from loramcl.cluster import run_stamp
 
         OmegaConf.register_new_resolver("loramcl.run_stamp", run_stamp)
 

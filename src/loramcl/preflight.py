@@ -247,7 +247,7 @@ def preflight(cfg: DictConfig, resume: Optional[str] = None, training: bool = Tr
     """Everything that can fail before a model is loaded, in seconds: config values, data files,
     model weights, the resume checkpoint `resume`. Returns the (unset-up) DataModule.
     `training=False`: a run's config rebuilt for evaluation (see `check_config`)."""
-    from loramcl.distributed import is_main_process
+    from loramcl.cluster import is_main_process
 
     mcl, lora = check_config(cfg, training)
     datamodule = _instantiate_data(cfg)

@@ -9,7 +9,7 @@
   (`hydra.run.dir=logs/<name>`) and `ckpt_path=auto`, and every start continues the last one.
 
 A job that SLURM requeued (SLURM_RESTART_COUNT >= 1) runs in the same run folder (its name comes
-from the job id, `loramcl.distributed.run_stamp`) and resumes as with `auto` when `ckpt_path` is
+from the job id, `loramcl.cluster.run_stamp`) and resumes as with `auto` when `ckpt_path` is
 unset. Without `ckpt_path`, a run folder that already holds checkpoints of the model is refused:
 a new run never writes over another's.
 """
@@ -50,7 +50,7 @@ def resolve_ckpt_path(cfg: DictConfig, model_folder: str, output_dir: Optional[P
     """The checkpoint file `cfg.ckpt_path` designates for the model `model_folder` (e.g. "K3"), or
     None (no ckpt_path, or `auto` with nothing saved yet). Raises MissingResource / ConfigError with
     one line otherwise."""
-    from loramcl.distributed import slurm_restart_count
+    from loramcl.cluster import slurm_restart_count
 
     value = cfg.get("ckpt_path")
     unset = value is None or str(value).strip() == ""

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from loramcl.callbacks import AtomicCheckpointIO, GracefulStop, NonFiniteGuard
 from loramcl.checkpoints import Checkpoint
 from loramcl.config import validated_configs
-from loramcl.distributed import cluster_plugins, is_main_process
+from loramcl.cluster import cluster_plugins, is_main_process
 from loramcl.errors import ConfigError, RunStopped
 from loramcl.lit_module import MCLLitModule
 from loramcl.preflight import output_dir, preflight
@@ -167,7 +167,7 @@ def build_callbacks(cfg: DictConfig, name: Optional[str] = None, has_logger: boo
 
 def trainer_plugins(cfg: DictConfig) -> list:
     """`trainer.plugins` plus, unless given there, atomic checkpoint writes and (in a SLURM job) the
-    SLURM environment without Lightning's requeue handler (`loramcl.distributed.cluster_plugins`)."""
+    SLURM environment without Lightning's requeue handler (`loramcl.cluster.cluster_plugins`)."""
     from lightning.fabric.plugins import CheckpointIO
     from lightning.fabric.plugins.environments import ClusterEnvironment
 

@@ -105,15 +105,10 @@ def launch_processes(cfg: DictConfig) -> Any:
     devices = int(cfg.get("devices") or 1)
     if devices == 1:
         return None
-    from hydra.core.hydra_config import HydraConfig
     from lightning.fabric import Fabric
 
-    from loramcl.distributed import cluster_plugins
+    from loramcl.cluster import cluster_plugins
 
-    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-    if hydra_cfg is not None and hydra_cfg.mode.name == "MULTIRUN" and not cluster_plugins():
-        raise ConfigError(f"devices={devices} in a multirun: Lightning's launcher starts processes for single "
-                          f"runs only; run each method alone, or the sweep under srun (one task per device)")
     fabric = Fabric(accelerator=cfg.get("accelerator") or "auto", devices=devices, strategy="ddp",
                     plugins=cluster_plugins() or None)
     fabric.launch()

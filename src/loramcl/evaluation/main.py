@@ -17,6 +17,14 @@ def check_eval_values(cfg: DictConfig) -> None:
     require_int(cfg, "batch_size", 1, nullable=True, hint=" (null: the run's data.val_batch_size)")
     require_int(cfg, "num_candidates", 1, nullable=True)
     require_int(cfg, "devices", 1)
+    if int(cfg.get("devices") or 1) > 1:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+            from loramcl.errors import ConfigError
+
+            raise ConfigError(f"devices={cfg.devices} decodes one method on several processes: run it without -m "
+                              f"(one eval.py per method; a multirun's jobs are already separate runs)")
     require_int(cfg, "num_hypotheses", 1, nullable=True)
     require_int(cfg, "generation.max_new_tokens", 1)
 
