@@ -75,7 +75,7 @@ def slurm(tmp_path_factory):
             stop_cluster(folder)  # whatever did start
         except ClusterError:
             pass
-        pytest.fail(f"the test SLURM cluster did not start: {error}\ndeselect with -m 'not slurm'", pytrace=False)
+        pytest.fail(f"the test SLURM cluster did not start: {error}\ndeselect them with -m 'not slow and not slurm'", pytrace=False)
     try:
         yield env
     finally:

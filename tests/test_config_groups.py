@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from helpers import CONFIGS
+from helpers import CONFIGS, compose_train
 from loramcl.config import validated_configs
 from loramcl.decoding.methods import METHODS, DecodingSpec
 from loramcl.errors import ConfigError
@@ -54,3 +54,15 @@ def test_registry_and_config_group_name_the_same_methods():
 def test_unknown_decoding_key_is_an_error():
     with pytest.raises(ConfigError, match=r"decoding 'x' has unknown key\(s\) num_beam; known: "):
         DecodingSpec.from_config({"name": "x", "method": "beam", "num_beam": 3})
+
+
+def test_slurm_launcher_takes_cluster_defaults_from_configs_local(tmp_path):
+    """configs/local/slurm.yaml (git-ignored) sets the cluster's launcher values; the command line
+    still wins; tasks_per_node follows gpus_per_node (one rank per GPU)."""
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "slurm.yaml").write_text("partition: a100\naccount: myproject\ngpus_per_node: 4\n")
+    cfg = compose_train("hydra/launcher=slurm", f"hydra.searchpath=[file://{tmp_path}]", "hydra.launcher.account=other",
+                        hydra_cfg=True)
+    launcher = cfg.hydra.launcher
+    assert (launcher.partition, launcher.account, launcher.tasks_per_node) == ("a100", "other", 4)
+    assert launcher.signal_delay_s == 300 and launcher.max_num_timeout == 20

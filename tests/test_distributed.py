@@ -79,21 +79,22 @@ def test_two_processes_train_as_one_with_the_doubled_batch(runs):
     assert listing(runs["two"]) == listing(runs["one"]) == ["last.ckpt", "step6.ckpt"]
 
 
-def test_checkpoint_of_two_processes_resumes_on_one(runs, tmp_path):
-    first = train(tmp_path, "first", 2, 3)
-    resumed = train(tmp_path, "resumed", 1, STEPS, f"ckpt_path={first}")
-    a, b = adapters(runs["one"]), adapters(resumed)
+def assert_resumes_across(runs: dict, tmp_path: Path, first: int, then: int) -> None:
+    """3 steps on `first` processes, resumed to STEPS on `then`: the adapters of the uninterrupted run."""
+    start = train(tmp_path, "first", first, 3)
+    resumed = train(tmp_path, "resumed", then, STEPS, f"ckpt_path={start}")
+    a, b = adapters(runs["one" if then == 1 else "two"]), adapters(resumed)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_checkpoint_of_two_processes_resumes_on_one(runs, tmp_path):
+    assert_resumes_across(runs, tmp_path, first=2, then=1)
 
 
 @pytest.mark.slow
 def test_checkpoint_of_one_process_resumes_on_two(runs, tmp_path):
-    first = train(tmp_path, "first", 1, 3)
-    resumed = train(tmp_path, "resumed", 2, STEPS, f"ckpt_path={first}")
-    a, b = adapters(runs["two"]), adapters(resumed)
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert_resumes_across(runs, tmp_path, first=1, then=2)
 
 
 def predictions(log_dir: Path) -> tuple[list[dict], dict]:

@@ -63,6 +63,25 @@ def output(tmp_path: Path, job: str) -> str:
     return files[0].read_text(errors="replace") if files else ""
 
 
+def interrupted_train_job(slurm: dict, tmp_path: Path, interrupt: list[str]) -> tuple[str, Path, Path, Path]:
+    """train.sh on the toy (100 steps); `interrupt + [job id]` once its first last.ckpt exists; an
+    uninterrupted reference run while SLURM restarts the job. Returns (job id, the job's run folder,
+    the reference's run folder, the job's log folder) once the job COMPLETED after one restart."""
+    steps = ["trainer.max_steps=100", "trainer.val_check_interval=50", "data.batch_size=8"]
+    logs = tmp_path / "logs"
+    job = sbatch("train.sh", job_env(slurm), TEST_CLUSTER, [*TOY, *steps, "task_name=requeued", f"paths.log_dir={logs}"],
+                 tmp_path)
+    run_dir = logs / "requeued" / "runs" / f"slurm-{job}"
+    wait_until(lambda: (run_dir / "checkpoints" / "K2" / "last.ckpt").exists(), timeout=timeout(300),
+               poll=0.05, what="the first last.ckpt")
+    run([*interrupt, job], slurm)
+    reference = run_train(*TOY, *steps, "task_name=reference", log_dir=tmp_path / "ref", timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    (ref_run,) = (tmp_path / "ref" / "reference" / "runs").iterdir()
+    assert wait_for(job, slurm, timeout=600, restarts=1) == "COMPLETED", output(tmp_path, job)[-3000:]
+    return job, run_dir, ref_run, logs
+
+
 def test_every_sbatch_line_comes_before_the_first_command():
     """sbatch stops reading #SBATCH lines at the first command: a later one would be ignored."""
     scripts = sorted(SCRIPTS.glob("*.sh"))
@@ -81,20 +100,7 @@ def test_train_job_requeued_before_its_limit_resumes_exactly(slurm, tmp_path):
     last.ckpt at the next step, the job requeues itself, restarts (same job id, SLURM_RESTART_COUNT=1)
     in the same run folder, resumes it without ckpt_path, and ends with the adapters of an
     uninterrupted run, in one MLflow run."""
-    steps = ["trainer.max_steps=100", "trainer.val_check_interval=50", "data.batch_size=8"]
-    logs = tmp_path / "logs"
-    job = sbatch("train.sh", job_env(slurm), TEST_CLUSTER, [*TOY, *steps, "task_name=requeued", f"paths.log_dir={logs}"],
-                 tmp_path)
-    run_dir = logs / "requeued" / "runs" / f"slurm-{job}"
-    wait_until(lambda: (run_dir / "checkpoints" / "K2" / "last.ckpt").exists(), timeout=timeout(300),
-               poll=0.05, what="the first last.ckpt")
-    run(["scancel", "--signal=USR1", "--batch", job], slurm)
-    # the uninterrupted reference, while SLURM waits to restart the job
-    reference = run_train(*TOY, *steps, "task_name=reference", log_dir=tmp_path / "ref", timeout=600)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    (ref_run,) = (tmp_path / "ref" / "reference" / "runs").iterdir()
-    assert wait_for(job, slurm, timeout=600, restarts=1) == "COMPLETED", output(tmp_path, job)[-3000:]
-
+    job, run_dir, ref_run, logs = interrupted_train_job(slurm, tmp_path, ["scancel", "--signal=USR1", "--batch"])
     info = job_info(job, slurm)
     assert info["Restarts"] == "1" and info["ExitCode"] == "0:0"
     log = output(tmp_path, job)
@@ -111,18 +117,7 @@ def test_train_job_requeued_before_its_limit_resumes_exactly(slurm, tmp_path):
 def test_scontrol_requeue_of_a_running_job_resumes_exactly(slurm, tmp_path):
     """An administrator's `scontrol requeue` (SIGTERM to the job, then a restart): the run saves at
     the next step, exits 143, and the restarted job resumes it to the uninterrupted adapters."""
-    steps = ["trainer.max_steps=100", "trainer.val_check_interval=50", "data.batch_size=8"]
-    reference = run_train(*TOY, *steps, "task_name=reference", log_dir=tmp_path / "ref", timeout=600)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    (ref_run,) = (tmp_path / "ref" / "reference" / "runs").iterdir()
-    logs = tmp_path / "logs"
-    job = sbatch("train.sh", job_env(slurm), TEST_CLUSTER, [*TOY, *steps, "task_name=requeued", f"paths.log_dir={logs}"],
-                 tmp_path)
-    run_dir = logs / "requeued" / "runs" / f"slurm-{job}"
-    wait_until(lambda: (run_dir / "checkpoints" / "K2" / "last.ckpt").exists(), timeout=timeout(300),
-               poll=0.05, what="the first last.ckpt")
-    run(["scontrol", "requeue", job], slurm)
-    assert wait_for(job, slurm, timeout=600, restarts=1) == "COMPLETED", output(tmp_path, job)[-3000:]
+    job, run_dir, ref_run, logs = interrupted_train_job(slurm, tmp_path, ["scontrol", "requeue"])
     assert "stopped by SIGTERM" in output(tmp_path, job)
     assert_same(adapters(ref_run), adapters(run_dir))
     (mlrun,) = mlflow_runs(logs, "requeued")

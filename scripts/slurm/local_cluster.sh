@@ -114,7 +114,7 @@ install_if_missing() {
     done
     (( ${#missing[@]} )) || return 0
     if [[ $(id -u) != 0 ]]; then
-        echo "error: SLURM is not installed (missing: ${missing[*]}); run 'bash scripts/slurm/local_cluster.sh start' once as root (it runs apt-get install slurm-wlm munge), or deselect the SLURM tests with -m \"not slurm\"" >&2
+        echo "error: SLURM is not installed (missing: ${missing[*]}); run 'bash scripts/slurm/local_cluster.sh start' once as root (it runs apt-get install slurm-wlm munge), or deselect the SLURM tests with -m \"not slow and not slurm\"" >&2
         exit 1
     fi
     echo "installing slurm-wlm and munge (missing: ${missing[*]}) ..."
