@@ -104,6 +104,8 @@ CASES = [
          train("model.auto_pretrain=null", "model.name_or_path={p.tmp}/no_base"), "does not exist or has no config.json"),
     Case("resume_other_k", "train.py", train("ckpt_path={p.mcl_ckpt}", "mcl.num_hypotheses=2"), "holds K=3",
          watch=("data", "mcl_run")),
+    Case("resume_other_rank", "train.py", train("ckpt_path={p.mcl_ckpt}", "lora.r=4"),
+         "holds K=3, r=8 adapters", watch=("data", "mcl_run")),
     Case("resume_folder_without_checkpoints", "train.py", train("ckpt_path={p.empty}"),
          "is a folder without checkpoints/: not a train.py run folder", watch=("data", "empty")),
     Case("resume_run_of_another_k", "train.py", train("ckpt_path={p.mcl_run}", "mcl.num_hypotheses=2"),

@@ -148,8 +148,10 @@ def test_sigkill_at_five_random_moments(reference, tmp_path):
     check_resumed(tmp_path, reference)
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143),
-                                          pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)])  # suite time
+# suite time: SIGTERM's stop, requeue and exact resume run by default in test_slurm (USR1 and the same
+# step-boundary save); here the SIGTERM variant, which also runs the printed resume command, is slow
+@pytest.mark.parametrize("signum, code", [pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow),
+                                          (signal.SIGINT, 130)])
 def test_signal_saves_checkpoint_and_exits_nonzero(reference, tmp_path, signum, code):
     """The first resume point is written before the first validation (step 2 < 8); the signal saves
     one at the next step boundary; (SIGTERM) the printed resume command (a run folder) finishes the

@@ -72,6 +72,7 @@ def test_resume_with_dropout_and_random_references(audio_assets, tmp_path):
     assert_same(final_adapters(tmp_path / "full", "K3"), final_adapters(tmp_path / "resumed", "K3"))
 
 
+@pytest.mark.slow  # suite time: test_bad_inputs refuses another K and another rank in the default run
 def test_checkpoint_of_another_k_or_rank_is_refused(tmp_path):
     proc = run_train(*TOY, "trainer.max_steps=2", "trainer.val_check_interval=2", "task_name=k2", log_dir=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

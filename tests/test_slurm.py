@@ -215,3 +215,30 @@ def test_submitit_job_requeued_by_its_signal_resumes_exactly(slurm, tmp_path):
     assert_same(adapters(ref_run), adapters(last.parents[2]))
     (mlrun,) = mlflow_runs(logs, "sweep")
     assert mlrun.info.status == "FINISHED" and mlrun.data.tags["loramcl.resumes"] == "1"
+
+
+@pytest.mark.slow
+def test_ddp_job_requeued_before_its_limit_resumes_exactly(slurm, tmp_path):
+    """train_ddp.sh on 2 tasks gets USR1 in every task (`--signal=USR1@300`): all ranks stop at the
+    same step, rank 0 saves and requeues, the restarted 2-task job resumes, and the adapters are those
+    of an uninterrupted 1-process run with the doubled batch."""
+    common = [*TOY, "trainer.max_steps=100", "trainer.val_check_interval=50"]
+    logs = tmp_path / "logs"
+    job = sbatch("train_ddp.sh", job_env(slurm, TRAINER="ddp_cpu"),
+                 ["--partition=debug", "--gres=none", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=4G"],
+                 [*common, "data.batch_size=4", "data.num_train_batches=200", "task_name=two", f"paths.log_dir={logs}"],
+                 tmp_path)
+    run_dir = logs / "two" / "runs" / f"slurm-{job}"
+    wait_until(lambda: (run_dir / "checkpoints" / "K2" / "last.ckpt").exists(), timeout=timeout(300),
+               poll=0.05, what="the first last.ckpt")
+    run(["scancel", "--signal=USR1", job], slurm)
+    reference = run_train(*common, "data.batch_size=8", "data.num_train_batches=100", "task_name=one",
+                          log_dir=tmp_path / "ref", timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert wait_for(job, slurm, timeout=600, restarts=1) == "COMPLETED", output(tmp_path, job)[-3000:]
+    log = output(tmp_path, job)
+    assert f"SLURM job {job} requeued: it resumes" in log and "restart 1: train.py" in log, log[-3000:]
+    (ref_run,) = (tmp_path / "ref" / "one" / "runs").iterdir()
+    assert_same(adapters(ref_run), adapters(run_dir), tol=1e-6)
+    (mlrun,) = mlflow_runs(logs, "two")
+    assert mlrun.info.status == "FINISHED" and mlrun.data.tags["loramcl.resumes"] == "1"

@@ -303,19 +303,22 @@ class GracefulStop(Callback):
 
     def _requeue(self, trainer: L.Trainer, signum: int) -> str:
         """Requeue the SLURM job (rank 0), through the handler submitit left for `signum` if there is
-        one; returns what happened, for the stop message."""
+        one; returns what happened, for the stop message. The other ranks wait for it (srun ends a
+        job step when one task exits with an error, which would cut rank 0's requeue short)."""
         from loramcl.cluster import requeue_job, slurm_job_id
 
         job = slurm_job_id()
         if job is None:
             return f"not a SLURM job, so not requeued; resume with: {self.resume_hint}"
-        if not trainer.is_global_zero:
-            return f"SLURM job {job} requeued by rank 0"
-        previous = self._previous.get(signum)
-        if callable(previous) and getattr(previous, "__module__", "").startswith("submitit"):
-            self.teardown(trainer, trainer.lightning_module, "fit")
-            previous(signum, None)  # submitit: pickles its job for the restart, requeues, exits
-        failed = requeue_job()
-        if failed:
-            return f"not requeued ({failed}); resume with: {self.resume_hint}"
-        return f"SLURM job {job} requeued: it resumes from this checkpoint when it starts again"
+        outcome = f"SLURM job {job} requeued by rank 0"
+        if trainer.is_global_zero:
+            previous = self._previous.get(signum)
+            if callable(previous) and getattr(previous, "__module__", "").startswith("submitit"):
+                self.teardown(trainer, trainer.lightning_module, "fit")
+                previous(signum, None)  # submitit: pickles its job for the restart, requeues, exits
+            failed = requeue_job()
+            outcome = (f"not requeued ({failed}); resume with: {self.resume_hint}" if failed else
+                       f"SLURM job {job} requeued: it resumes from this checkpoint when it starts again")
+        if trainer.world_size > 1:
+            trainer.strategy.barrier("loramcl-requeue")
+        return outcome
