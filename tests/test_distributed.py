@@ -124,3 +124,19 @@ def test_data_parallel_evaluation_equals_one_process(translation_runs, tmp_path,
     assert [[c["text"] for c in r["candidates"]] for r in rows_two] == [[c["text"] for c in r["candidates"]] for r in rows_one]
     assert metrics_two == pytest.approx(metrics_one, rel=1e-9)
     assert len(list((tmp_path / "2").glob("eval/runs/*/metrics.json"))) == 1
+
+
+@pytest.mark.slow
+def test_dropout_streams_of_every_rank_resume_exactly(tmp_path):
+    """With LoRA dropout each rank draws its own masks; a 2-process checkpoint restores every rank's
+    RNG stream, so 3 + 3 steps on 2 processes end with the adapters of 6 uninterrupted steps."""
+    dropout = ["lora.dropout=0.2"]
+    whole = train(tmp_path, "whole", 2, STEPS, *dropout)
+    start = train(tmp_path, "first", 2, 3, *dropout)
+    resumed = train(tmp_path, "resumed", 2, STEPS, *dropout, f"ckpt_path={start}")
+    a, b = adapters(whole), adapters(resumed)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+    saved = torch.load(start / "checkpoints" / "K2" / "last.ckpt", map_location="cpu", weights_only=False)
+    per_rank = saved["rng_states"]["torch_per_rank"]
+    assert per_rank.shape[0] == 2 and not torch.equal(per_rank[0], per_rank[1])
