@@ -69,7 +69,9 @@ class LoRAWrapPolicy(_Policy):
         return self.is_block(module) or id(module) in self._bases
 
 
-def _clean(name: str) -> str:
+def clean_param_name(name: str) -> str:
+    """A parameter's name as in the unwrapped model (FSDP and activation checkpointing insert their
+    wrappers' names; the state dicts that Lightning's strategies save use the clean ones)."""
     return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
 
 
@@ -85,7 +87,8 @@ def _adapter_fsdp_class() -> type:
         gather the frozen backbone at every save."""
 
         def lightning_module_state_dict(self) -> dict[str, Any]:
-            return {_clean(n): p.detach() for n, p in self.lightning_module.named_parameters() if p.requires_grad}
+            module = self.lightning_module
+            return {clean_param_name(n): p.detach() for n, p in module.named_parameters() if p.requires_grad}
 
         def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
             return Strategy.optimizer_state(self, optimizer)
@@ -99,7 +102,7 @@ def _adapter_fsdp_class() -> type:
         def load_model_state_dict(self, checkpoint: Any, strict: bool = True) -> None:
             import torch
 
-            params = {_clean(n): p for n, p in self.lightning_module.named_parameters()}
+            params = {clean_param_name(n): p for n, p in self.lightning_module.named_parameters()}
             unknown = sorted(set(checkpoint["state_dict"]) - set(params))
             if unknown:
                 raise KeyError(f"checkpoint tensors without a parameter in this model: {unknown[:5]}")

@@ -29,6 +29,7 @@ from loramcl.adapters import AdapterModel
 from loramcl.checkpoints import META_KEY, RUN_KEY, CheckpointMeta
 from loramcl.config import LoRAConfig, MCLConfig
 from loramcl.data.collate import model_inputs
+from loramcl.distributed import clean_param_name
 from loramcl.losses import win_counts
 from loramcl.model import build_model
 
@@ -39,12 +40,6 @@ def _numpy_state() -> tuple:
     """numpy's global RNG state with its key array as a tensor (checkpoints load with weights_only)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     return (str(name), torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(gauss))
-
-
-def _clean_name(name: str) -> str:
-    """A parameter's name as in the unwrapped model (FSDP and activation checkpointing insert their
-    wrappers' names; the state dicts that Lightning's strategies save use the clean ones)."""
-    return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
 
 
 class MCLLitModule(L.LightningModule):
@@ -139,9 +134,10 @@ class MCLLitModule(L.LightningModule):
             metrics[f"val/hyp{k}_loss"] = (s["hyp"][k] / n).float()
             metrics[f"val/win_rate_hyp{k}"] = (s["wins"][k] / n).float()
         # identical on every process already (summed above); sync_dist only keeps Lightning from warning
-        self.log("val/wta_loss", metrics.pop("val/wta_loss"), prog_bar=True, sync_dist=True)
+        wta = metrics.pop("val/wta_loss")
+        self.log("val/wta_loss", wta, prog_bar=True, sync_dist=True)
         self.log_dict(metrics, sync_dist=True)
-        metrics["val/wta_loss"] = (s["wta"] / n).float()
+        metrics["val/wta_loss"] = wta
         if not self.trainer.sanity_checking:
             self.val_history.append({"step": int(self.global_step), **{k: float(v) for k, v in metrics.items()}})
 
@@ -158,7 +154,7 @@ class MCLLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only the trainable tensors (adapters, MoE routers), plus K, r and the mode to refuse a
         mismatched resume or evaluation."""
-        trainable = {_clean_name(n) for n, p in self.named_parameters() if p.requires_grad}
+        trainable = {clean_param_name(n) for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint[META_KEY] = CheckpointMeta.of_model(self.model).to_dict()
         if self._trainer is not None:  # the MLflow run a resume continues
