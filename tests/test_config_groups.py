@@ -41,8 +41,8 @@ def test_every_decoding_config_is_a_registered_method(name):
     spec = _decoding(name)
     assert spec.name == name  # the name logged to MLflow is the file's
     assert spec.method in METHODS
-    for K in (2, 3, 5):
-        assert spec.forward_passes(K) >= 1 and spec.describe(K)
+    for K in (2, 3, 5):  # every method decodes something, but test_loss (teacher-forced NLL only)
+        assert spec.forward_passes(K) >= (0 if spec.method == "teacher_forced" else 1) and spec.describe(K)
 
 
 def test_registry_and_config_group_name_the_same_methods():

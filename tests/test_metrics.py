@@ -5,7 +5,10 @@
   own PTB tokenisation, and of aac-metrics' `mult_cands_metric(cider_d, selection="max")`.
 - Translation: equal to sacrebleu's corpus / sentence BLEU and chrF on the same input; pairwise and
   leave-one-out BLEU on examples whose values follow by hand.
-- Diversity and win rates: hand-computed examples (arithmetic in the comments).
+- Diversity: mBLEU-4 against a direct pycocoevalcap computation (one `Bleu(4).compute_score` per
+  candidate index, as the paper's `eval_div_stats`) and hand-computed examples; captioning diversity
+  runs on the PTB tokens of the captioning metrics.
+- Win rates: hand-computed examples (arithmetic in the comments).
 """
 
 import math
@@ -27,8 +30,9 @@ from loramcl.metrics import (
     translation_metrics,
     win_rates,
 )
-from loramcl.metrics import captioning, registry
+from loramcl.metrics import MetricResult, captioning, registry
 from loramcl.metrics.diversity import tokenize
+from loramcl.metrics.tasks import Task, score
 
 # 4 items, K = 3 candidates, 5 references each (mixed case and punctuation, for the PTB tokenizer).
 CANDS = [
@@ -86,6 +90,7 @@ def coco_reference() -> dict[str, np.ndarray]:
     )
     ref["cider_d"] = sents["cider_d_all"].numpy()  # (N, K)
     ref["cider_d_max"] = float(corpus["cider_d_max"])
+    ref["tokens"] = [[c.split() for c in item] for item in tok_cands]  # pycocoevalcap's PTB tokens
     return ref
 
 
@@ -100,6 +105,12 @@ def test_caption_oracle_is_per_item_max_x100(caption_result, coco_reference, nam
     assert caption_result.corpus[f"oracle_{name}"] == pytest.approx(expected, rel=1e-9)
     for k in range(K):
         assert caption_result.corpus[f"{name}_hyp{k}"] == pytest.approx(100.0 * coco_reference[name][:, k].mean(), rel=1e-9)
+
+
+def test_caption_tokens_are_pycocoevalcap_ptb_tokens(caption_result, coco_reference):
+    # the diversity metrics of a captioning run reuse these (the paper's eval_div_stats PTB-tokenises too)
+    assert caption_result.tokens == coco_reference["tokens"]
+    assert caption_result.tokens[0][0] == ["a", "dog", "barks", "loudly"]  # lower-cased, "." removed
 
 
 def test_caption_cider_d_oracle_equals_aac_mult_cands(caption_result, coco_reference):
@@ -254,26 +265,81 @@ def test_tokenization():
     assert tokenize("Don't stop.") == ["don", "t", "stop"]
 
 
+def coco_mbleu_4(tokens: list[list[list[str]]]) -> float:
+    """The paper's mBLEU-4 written out with pycocoevalcap: per candidate index i, one Bleu(4).compute_score
+    of candidate i of every item against that item's other K - 1 candidates; its corpus BLEU-4; mean over i."""
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    texts = [[" ".join(c) for c in item] for item in tokens]
+    scores = []
+    for i in range(len(texts[0])):
+        res = {n: [item[i]] for n, item in enumerate(texts)}
+        gts = {n: item[:i] + item[i + 1 :] for n, item in enumerate(texts)}
+        corpus, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        scores.append(corpus[3])
+    return float(np.mean(scores))
+
+
+@pytest.mark.parametrize("cands", [D_CANDS, CANDS, T_CANDS], ids=["hand", "captions", "translations"])
+def test_mbleu_4_matches_pycocoevalcap(cands):
+    tokens = [[tokenize(c) for c in item] for item in cands]
+    assert diversity_metrics(cands)["mbleu_4"] == pytest.approx(100 * coco_mbleu_4(tokens), rel=1e-12)
+
+
 def test_diversity_hand_example():
     out = diversity_metrics(D_CANDS)
     # Div-1 = distinct unigrams / tokens per item: item 0 {a..f} 6/15, item 1 {a..h} 8/20, item 2 {x y z w p q r s} 8/12
     assert out["div_1"] == pytest.approx((6 / 15 + 8 / 20 + 8 / 12) / 3)  # 0.488889
     # Div-2: item 0 {ab bc cd de df} 5/15, item 1 {ab bc cd de ef fg gh} 7/20, item 2 {xy yz zw pq qr rs} 6/12
     assert out["div_2"] == pytest.approx((5 / 15 + 7 / 20 + 6 / 12) / 3)  # 0.394444
-    # mBLEU-4 (coco BLEU-4 of each candidate vs the other two), 9 candidates:
+    # mBLEU-4: per candidate index i, ONE coco BLEU-4 over the 3 items (n-gram counts and lengths pooled).
+    #   i = 0: "a b c d e" | "a b c d" | "x y z w" each fully matched by a reference: precisions 1;
+    #          length 5 + 4 + 4 = 13, closest reference lengths 5 + 8 + 4 = 17 -> exp(1 - 17/13)
+    #   i = 1: "a b c d f" matches 4/5, 3/4, 2/3, 1/2; "a b c d e f g h" 8/8 .. 5/5; "p q r s" 0/4 .. 0/1
+    #          -> (12/17 * 10/14 * 8/11 * 6/8)^(1/4), lengths 17 = 17
+    #   i = 2: every candidate has an identical reference -> 1
+    expected = (math.exp(1 - 17 / 13) + (5760 / 20944) ** 0.25 + 1) / 3  # 0.819771, reported x100
+    assert out["mbleu_4"] == pytest.approx(100 * expected, rel=1e-8)
+    assert out["vocab"] == 16.0  # a..h and x y z w p q r s
+
+
+def test_mbleu_4_sentence_is_the_mean_of_sentence_bleu():
+    out = diversity_metrics(D_CANDS)
+    # Sentence-level variant (the earlier definition): coco BLEU-4 of each of the 9 candidates vs the other two.
     #   item 0: c0, c2 have an identical reference -> 1; c1 "a b c d f" vs "a b c d e":
     #           precisions 4/5, 3/4, 2/3, 1/2 -> (1/5)^(1/4), brevity 1            -> 1, 0.2^0.25, 1
     #   item 1: c0 "a b c d" (4 tokens): all n-grams found, closest ref length 8 -> brevity exp(1 - 8/4);
     #           c1, c2 identical to each other -> 1                                 -> e^-1, 1, 1
     #   item 2: c1 "p q r s" shares nothing with "x y z w" -> ~0 (1e-15 smoothing)  -> 1, 0, 1
-    expected = (1 + 0.2**0.25 + 1 + math.exp(-1) + 1 + 1 + 1 + 0 + 1) / 9  # 0.892958, reported x100
-    assert out["mbleu_4"] == pytest.approx(100 * expected, rel=1e-8)
-    assert out["vocab"] == 16.0  # a..h and x y z w p q r s
+    expected = (1 + 0.2**0.25 + 1 + math.exp(-1) + 1 + 1 + 1 + 0 + 1) / 9  # 0.781847, reported x100
+    assert out["mbleu_4_sentence"] == pytest.approx(100 * expected, rel=1e-8)
+    # pooling counts before the precisions is not averaging sentence scores: 81.98 vs 78.18 here
+    assert out["mbleu_4"] - out["mbleu_4_sentence"] == pytest.approx(100 * (0.819771 - 0.781847), abs=1e-3)
+    sent = registry.METRICS["mbleu_4_sentence"]
+    assert sent.family == "diversity" and not sent.higher  # lower = more diverse, like mbleu_4
+
+
+def test_diversity_uses_given_tokens():
+    # The tokens a task's metric computed (captioning: PTB) replace the plain-Python tokenisation.
+    tokens = [[["do", "n't"], ["do", "not"]], [["a"], ["b"]]]
+    out = diversity_metrics([["don't", "do not"], ["a", "b"]], tokens)
+    assert out["vocab"] == 5.0  # do n't not a b (plain Python would give don t do not a b -> 6)
+    assert out["div_1"] == pytest.approx((3 / 4 + 2 / 2) / 2)
+    assert diversity_metrics([["don't", "do not"], ["a", "b"]])["vocab"] == 6.0
+    with pytest.raises(ValueError, match="tokens must hold"):
+        diversity_metrics([["a", "b"]], [[["a"]]])
+
+
+def test_score_passes_the_task_tokens_to_diversity():
+    tokens = [[["x"], ["x"]], [["y"], ["z"]]]
+    task = Task("fake", lambda c, r, o: MetricResult({}, {"s": np.zeros((2, 2))}, [], tokens), primary="s")
+    corpus, _, _ = score(task, [["a b", "c d"], ["e f", "g h"]], [["r"], ["r"]], {})
+    assert corpus["vocab"] == 3.0 and corpus["div_1"] == pytest.approx((1 / 2 + 2 / 2) / 2)
 
 
 def test_diversity_k1_has_no_mbleu():
     out = diversity_metrics([["a b a"], ["c"]])
-    assert "mbleu_4" not in out
+    assert "mbleu_4" not in out and "mbleu_4_sentence" not in out
     assert out["div_1"] == pytest.approx((2 / 3 + 1 / 1) / 2) and out["vocab"] == 3.0
 
 

@@ -291,6 +291,30 @@ def _check_files(cfg: DictConfig, datamodule: Any, main: bool) -> tuple[list[str
     return problems, weights_ok
 
 
+def missing_resources(cfg: DictConfig) -> list[str]:
+    """What a training config needs that is not on this machine and will not be made on first use
+    (data files, backbone weights), one line each with the command that provides it; nothing is
+    generated or downloaded. Synthetic data and tiny bases (auto_prepare / auto_pretrain) count as
+    present: the run builds them."""
+    datamodule = _instantiate_data(cfg)
+    if getattr(datamodule, "auto_prepare", None):
+        datamodule = None  # generated on first use
+    problems = []
+    if datamodule is not None and hasattr(datamodule, "check"):
+        try:
+            datamodule.check()
+        except (FileNotFoundError, ValueError) as err:
+            problems.append(str(err))
+    if str(cfg.model.get("_target_", "")).endswith("from_pretrained") and not cfg.model.get("auto_pretrain"):
+        from loramcl.backbones import check_available
+
+        try:
+            check_available(cfg.model.name_or_path, None)
+        except FileNotFoundError as err:
+            problems.append(str(err))
+    return problems
+
+
 def _wait_for_rank_zero(check: Any, seconds: float = 600.0) -> tuple[list[str], bool]:
     """Repeat `check` (see `_check_files`) until it finds nothing missing, or `seconds` have passed."""
     import time

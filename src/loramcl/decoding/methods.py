@@ -13,10 +13,12 @@ forward passes per item, its label, the data it needs and its decode function:
     sample         K samples: top-k, nucleus, typical or ancestral
     tta            K augmented copies of each input (see `decoding.tta`), each decoded with beam B, top-1
     moe_sample     K decodes where every token of every layer draws its expert from the MoE router
+    teacher_forced no decoding: only the oracle NLL of the test references (the paper's "test loss"
+                   tables); `decode` is never called
 
 `forward_passes` is the number of sequences decoded in parallel per item (the beams in flight):
 K * B for `hypotheses`, `forced_expert`, `tta` and `moe_sample`, B for `beam` and `dbs`, K for
-`sample`. It is the cost axis of the quality-versus-diversity plot.
+`sample`, 0 for `teacher_forced`. It is the cost axis of the quality-versus-diversity plot.
 
 Adding a method: one `register(Method(...))` at the end of this file and one YAML file in
 configs/decoding/.
@@ -299,3 +301,11 @@ register(Method("tta", ONE_OUTPUT, lambda s, K, B: f"TTA, beam {B}", _k_times_b,
                 data_kinds=frozenset({"audio_caption", "image_caption"}), augments_inputs=True))
 register(Method("moe_sample", frozenset({MOE}), lambda s, K, B: "Sampled expert per token", _k_times_b,
                 _sampled_experts, purpose="samples the experts of a LoRA-MoE run from its routers"))
+
+
+def _no_decoding(d: Decoder, inputs: dict, n: int, B: int) -> list[list[Candidate]]:
+    raise RuntimeError("teacher_forced scores the references only: there is nothing to decode")
+
+
+register(Method("teacher_forced", frozenset({MCL, MLE, MOE}), lambda s, K, B: "Test loss (teacher-forced)",
+                lambda K, B: 0, _no_decoding, purpose="scores every kind of model"))

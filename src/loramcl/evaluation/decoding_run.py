@@ -9,7 +9,8 @@ Order of work, cheapest checks first (nothing is decoded before all of them pass
    with `devices=N` N processes decode every N-th batch each and rank 0 gathers them (the same
    records as one process: batches are the same and batch b is seeded with seed + b);
 5. the task's metrics (captioning or translation, diversity, win rates) and the oracle NLL go to
-   metrics.json and to MLflow (`report`).
+   metrics.json and to MLflow (`report`). `decoding=test_loss` skips step 4 and scores the oracle
+   NLL only.
 """
 
 from __future__ import annotations
@@ -153,6 +154,8 @@ def plan(cfg: DictConfig) -> Optional[Plan]:
     scheme = Scheme.of_config(train_cfg)
     K = int(train_cfg.mcl.num_hypotheses) if scheme.kind == "mcl" else num_candidates(cfg, train_cfg)
     spec.beams(K), spec.forward_passes(K)  # resolve "K", "2K", ... now: a bad value fails here
+    if spec.method == "teacher_forced" and not cfg.metrics.get("oracle_nll", True):
+        raise ConfigError(f"decoding={spec.name} computes the oracle NLL only: it needs metrics.oracle_nll=true")
 
     datamodule = preflight(train_cfg, training=False)  # data files and backbone weights exist (or fail in one message)
     if not hasattr(datamodule, "sets") or "test" not in getattr(datamodule, "splits", {}):
@@ -192,7 +195,9 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
                  + (f", {world} processes" if world > 1 else ""))
 
     start = time.perf_counter()
-    records = decode_split(decoder, datamodule, spec, K, batch_size, limit, device, int(cfg.seed), rank, world)
+    decodes = spec.method != "teacher_forced"  # test_loss: the references' NLL only, nothing decoded
+    records = decode_split(decoder, datamodule, spec, K, batch_size, limit, device, int(cfg.seed), rank, world) \
+        if decodes else []
     oracle = None
     if cfg.metrics.get("oracle_nll", True):
         oracle = oracle_nll_sums(model, datamodule, batch_size, limit, device, rank, world)
@@ -208,10 +213,12 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
         record.pop("_batch")
 
     candidates = [[c["text"] for c in r["candidates"]] for r in records]
-    metrics, sentence, notes = score(task, candidates, [r["references"] for r in records], cfg.metrics)
+    metrics, sentence, notes = score(task, candidates, [r["references"] for r in records], cfg.metrics) \
+        if decodes else ({}, {}, [])
     if oracle is not None:
         metrics["oracle_nll"] = oracle[0] / max(oracle[1], 1)
-    metrics["forward_passes"] = float(spec.forward_passes(K))
+    if decodes:
+        metrics["forward_passes"] = float(spec.forward_passes(K))
     metrics["decode_seconds"] = decode_seconds
     for i, record in enumerate(records):  # sentence-level scores kept beside each candidate
         for j, cand in enumerate(record["candidates"]):

@@ -32,8 +32,9 @@ def log_to_mlflow(cfg: DictConfig, train_cfg: DictConfig, metrics: dict[str, flo
     if not ml or not ml.get("enabled", True):
         return
     experiment = ml.get("experiment") or f"eval_{train_cfg.data.get('name', 'data')}"
+    tags = {str(k): str(v) for k, v in (ml.get("tags") or {}).items()}  # e.g. scripts/reproduce.py's keys
     run = MLflowRun(ml.tracking_uri, experiment, ml.artifact_location, f"{info['scheme']} / {info['decoding']}",
-                    tags={"loramcl.kind": "eval", "task": "eval"})
+                    tags={**tags, "loramcl.kind": "eval", "task": "eval"})
     try:
         params = {f"eval.{k}": v for k, v in info.items() if k != "notes"}
         params.update(flatten(OmegaConf.to_container(cfg, resolve=True), "cfg."))

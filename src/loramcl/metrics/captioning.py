@@ -5,13 +5,18 @@ Semantics are aac-metrics 0.5.4's `evaluate` (PTB-tokenise everything, then scor
 reference sets, K times; keep per item the best candidate; average over items). The Java tools start
 once per call, not once per hypothesis:
 
-    1 JVM   PTB tokenizer (CoreNLP 3.4.1) on all N*K candidates and all references together
+    1 JVM   PTB tokenizer (CoreNLP 3.4.1) on all N*K candidates and all references together; the
+            candidates' tokens go back in `MetricResult.tokens` for the diversity metrics
     python  BLEU-1..4, ROUGE-L, CIDEr-D per hypothesis position k: CIDEr-D's document frequencies come
             from the N reference sets, the same for every k (never from a flattened N*K set, whose
             repeated references would change the IDF)
     1 JVM   METEOR 1.5 on the N*K (candidate, references) pairs (a pair's score depends on that pair only)
     1 JVM   SPICE 1.0 on the N*K pairs, when Stanford CoreNLP 3.6.0 is in the cache; SPIDEr = (CIDEr-D + SPICE) / 2
     torch   FENSE on the N*K pairs, when its model weights are available
+
+The paper's audio-captioning evaluation (LoRA-MCL, `Qwen2-Audio/compute_metrics.py`) first sends candidates
+and references through conette's `AACTokenizer` (PTB backend, punctuation removed, case kept) and back to
+text before these metrics; that extra normalisation pass is not reproduced here.
 
 SPICE and FENSE are optional ("auto": computed when present, otherwise skipped with one note line
 that says what is missing and how to get it). Corpus values are x100 for BLEU..SPIDEr (registry
@@ -56,7 +61,8 @@ def caption_metrics(
 
     corpus: `oracle_<m>` (per item best over the K, mean over items) and `<m>_hyp<k>` (mean over items
     of hypothesis k) for m in bleu_1..4, meteor, rouge_l, cider_d, spice, spider, fense. sentence: (N, K)
-    scores per metric. `cache_dir` holds the staged jars (default: aac-metrics' cache, `~/.cache`).
+    scores per metric. tokens: the PTB tokens of every candidate. `cache_dir` holds the staged jars
+    (default: aac-metrics' cache, `~/.cache`).
     Raises `JavaError` (one line) when `java` does not run.
     """
     n, k = check_inputs(candidates, references)
@@ -79,7 +85,8 @@ def caption_metrics(
     if fense_scores is not None:
         sentence["fense"] = fense_scores.reshape(n, k)
     sentence = {name: sentence[name] for name in METRIC_NAMES if name in sentence}
-    return MetricResult(_corpus(sentence), sentence, notes)
+    tokens = [[c.split() for c in item] for item in tok_cands]  # the PTB tokens, reused by the diversity metrics
+    return MetricResult(_corpus(sentence), sentence, notes, tokens)
 
 
 def _corpus(sentence: dict[str, np.ndarray]) -> dict[str, float]:

@@ -41,7 +41,8 @@ _ALL = [
     # diversity over the K candidates of an item
     Metric("div_1", "Div-1", True, "diversity"),
     Metric("div_2", "Div-2", True, "diversity"),
-    Metric("mbleu_4", "mBLEU-4", False, "diversity"),
+    Metric("mbleu_4", "mBLEU-4", False, "diversity"),  # the paper's: corpus BLEU-4 per candidate index, mean
+    Metric("mbleu_4_sentence", "mBLEU-4 (sent.)", False, "diversity"),  # mean of sentence BLEU-4 instead
     Metric("pairwise_bleu", "Pairwise BLEU", False, "diversity"),
     Metric("vocab", "Vocab", True, "diversity"),
     # cost of the decoding method

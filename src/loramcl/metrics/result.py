@@ -12,6 +12,7 @@ Ties go to the lowest hypothesis index (numpy's argmax / argmin), as in aac-metr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -25,12 +26,15 @@ class MetricResult:
     `corpus` keys are registry keys (`oracle_cider_d`, `loo_bleu`, ...) or per-hypothesis keys
     (`bleu_hyp0`, `cider_d_hyp2`, ...). `sentence[name]` is the (N, K) matrix of metric `name` (no
     `oracle_` prefix) for item i and hypothesis k. `notes` has one line per metric that was skipped,
-    saying what is missing and how to get it.
+    saying what is missing and how to get it. `tokens[i][k]` is candidate k of item i as the task's
+    metrics tokenised it (captioning: PTB tokens), for the diversity metrics to reuse; None when the
+    task does not tokenise (translation: sacrebleu tokenises internally).
     """
 
     corpus: dict[str, float]
     sentence: dict[str, np.ndarray]
     notes: list[str] = field(default_factory=list)
+    tokens: Optional[list[list[list[str]]]] = None
 
 
 def higher_is_better(key: str) -> bool:

@@ -3,7 +3,9 @@
 `TASKS[name]` says, for "translation" (sacrebleu) and "captioning" (the COCO-caption metrics), how to
 score K candidates per item and which sentence-level score decides an item's winning hypothesis
 (`win_rate_hyp<k>`). `task_for(data_kind)` maps a DataModule's kind onto its task. `score` is what an
-evaluation calls: quality, diversity and win rates in one dict, plus the sentence scores and notes.
+evaluation calls: quality, diversity and win rates in one dict, plus the sentence scores and notes. The
+diversity metrics reuse the tokens of the task's metric when it returns them (captioning: its PTB tokens,
+as the paper's diversity code uses), else they tokenise in plain Python (translation).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def score(task: Task, candidates: list[list[str]], references: list[list[str]],
     """(corpus metrics incl. diversity and win rates, sentence scores (N, K) by name, notes)."""
     result = task.metric(candidates, references, options)
     corpus = dict(result.corpus)
-    corpus.update(diversity_metrics(candidates))
+    corpus.update(diversity_metrics(candidates, result.tokens))  # the task's own tokens when it has them
     sentence = dict(result.sentence)
     key = next((k for k in (task.primary, f"oracle_{task.primary}") if k in sentence), None)
     if key is not None:

@@ -19,6 +19,15 @@ references (sacrebleu's reference streams are padded with None, which it ignores
                                count and each item uses its first m references (as their scorer's zip does).
 
 `sentence` has the (N, K) matrices "bleu" (sentence BLEU) and "chrf" (sentence chrF).
+
+The paper's translation table (LoRA-MCL, `ALMA/compute_metrics.py`; `ALMA/extract_results.py` picks the
+columns) reports three of these, computed as above: oracle_bleu (`compute_oracle_sentence_bleu`),
+pairwise_bleu (`pairwise_bleu_fairseq_exact`, 13a) and loo_bleu (`leave_one_out_multi_ref_bleu`, 13a).
+Two differences outside these definitions: that script first Moses-detokenises (German) candidates
+and references, because the WMT'14 extra references of Ott et al. are Moses-tokenised, whereas
+`translation_metrics` scores the strings as given (Moses-tokenised references must be detokenised before
+they reach it to match); and its per-hypothesis corpus BLEU (not in the table) uses only each item's
+first reference.
 """
 
 from __future__ import annotations

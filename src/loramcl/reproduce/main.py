@@ -1,0 +1,215 @@
+"""`python scripts/reproduce.py table=<name> [scale=demo] [overrides] [--slurm | --status | --collect | --dry-run]`.
+
+Order of work, cheapest first: compose the table and every row's training config (a bad table or
+override fails here, naming the row); find what is done (run folders by config key, evaluations in
+MLflow); check that every dataset and backbone the missing work needs is on this machine (all of
+them named at once, each once, with the command that provides it); then run the missing jobs here
+one after the other, or submit them to SLURM; then collect results/<table>/.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from loramcl.errors import ConfigError, MissingResource
+from loramcl.reproduce.plan import Table, plan_table
+from loramcl.reproduce.results import gather, write_results
+from loramcl.reproduce.runner import LocalRunner
+from loramcl.reproduce.state import RunIndex, evaluation_done, finished_evaluations
+
+
+def compose_all(root: Path, overrides: list[str]) -> tuple[DictConfig, Table]:
+    """The reproduce config and its planned table (every row's train.py config composed)."""
+    from hydra import compose, initialize_config_dir
+
+    import loramcl.config  # noqa: F401 - registers the project's resolvers
+
+    configs = root / "configs"
+    tables = sorted(p.stem for p in (configs / "table").glob("*.yaml"))
+    if not any(o.startswith("table=") for o in overrides):
+        raise ConfigError(f"choose a table: table=<name> (configs/table/ has: {', '.join(tables)})")
+    name = next(o.split("=", 1)[1] for o in overrides if o.startswith("table="))
+    if name not in tables:
+        raise ConfigError(f"no table {name!r} (configs/table/ has: {', '.join(tables)})")
+    decodings = {p.stem for p in (configs / "decoding").glob("*.yaml")}
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3", job_name="reproduce"):
+        try:
+            cfg = compose("reproduce", overrides=overrides)
+        except Exception as err:  # hydra's override / composition errors
+            raise ConfigError(f"cannot compose the reproduce config: {str(err).splitlines()[0]}") from None
+        for key in ("slurm",):  # a scale may change SLURM resources (the rehearsal asks for no GPU)
+            if cfg.scale.get(key):
+                cfg[key] = OmegaConf.merge(cfg[key], cfg.scale[key])
+        table = plan_table(cfg, compose, decodings)
+    return cfg, table
+
+
+def pending_configs(table: Table, index: RunIndex, finished: dict) -> dict[str, DictConfig]:
+    """Training configs that still have work to do (a training, or an evaluation that needs its data)."""
+    out = {}
+    for training in table.trainings():
+        evals = table.evaluations(training)
+        if index.state(training).status != "done" or any(not evaluation_done(e, finished) for e in evals):
+            out[training.key] = table.configs[training.key]
+    return out
+
+
+def check_resources(table: Table, configs: dict[str, DictConfig]) -> None:
+    """Every missing dataset and backbone, each once (MissingResource with one line per problem)."""
+    from loramcl.preflight import missing_resources
+
+    problems: dict[str, None] = {}
+    distinct = {}  # one config per (data, backbone): building a DataModule takes a second
+    for cfg in configs.values():
+        what = (OmegaConf.to_yaml(cfg.data), OmegaConf.to_yaml(cfg.model))
+        distinct.setdefault(what, cfg)
+    for cfg in distinct.values():
+        for problem in missing_resources(cfg):
+            problems.setdefault(problem, None)
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise MissingResource(f"table {table.name} needs {len(problems)} thing(s) this machine does not have "
+                              f"(nothing was started):\n{lines}\n(docs/reproduce.md lists every table's data and "
+                              f"models)")
+
+
+def describe_plan(table: Table, index: RunIndex, finished: dict, echo=print) -> None:
+    trainings = table.trainings()
+    evals = table.evaluations()
+    echo(f"table {table.name} (scale={table.scale}): {len(table.rows)} rows, {len(trainings)} trainings, "
+         f"{len(evals)} evaluations; MLflow experiment {table.experiment}")
+    for training in trainings:
+        state = index.state(training)
+        mine = table.evaluations(training)
+        done = sum(evaluation_done(e, finished) for e in mine)
+        rows = ", ".join(r.id for r in table.rows if r.training.key == training.key)
+        echo(f"  {training.key} [{state.status}] {rows}: train.py {training.describe()}; "
+             f"evaluations {done}/{len(mine)} done" + (f" ({state.run_dir})" if state.status != "missing" else ""))
+
+
+def status(table: Table, cfg: DictConfig, log_dir: Path, echo=print) -> dict[str, Any]:
+    """Per row: its training and evaluations done / running / failed / missing (SLURM jobs included)."""
+    from loramcl.reproduce.slurm import ACTIVE, job_states, submitted_jobs
+
+    index = RunIndex(log_dir)
+    finished = finished_evaluations(str(cfg.mlflow_uri), table.experiment)
+    jobs = submitted_jobs(log_dir, table)
+    ids = list(dict.fromkeys(list(jobs.get("trainings", {}).values()) + list(jobs.get("evaluations", {}).values())
+                             + ([jobs["collect"]] if jobs.get("collect") else [])))
+    states = job_states(ids)
+
+    def job_status(job: Optional[str], done: bool) -> str:
+        if done:
+            return "done"
+        if job is None:
+            return "missing"
+        state = states.get(job, "")
+        if state in ACTIVE:
+            return "running" if state != "PENDING" else "pending"
+        return "failed" if state else "missing"
+
+    report: dict[str, Any] = {}
+    echo(f"table {table.name} (scale={table.scale})" + (f", submitted {jobs['submitted']} ({jobs['folder']})"
+                                                         if jobs else ""))
+    for row in table.rows:
+        state = index.state(row.training)
+        t_status = job_status(jobs.get("trainings", {}).get(row.training.key), state.status == "done")
+        if t_status == "missing" and state.status == "partial":
+            t_status = "partial"
+        e_status = [job_status(jobs.get("evaluations", {}).get(f"{ev.group}/{ev.decoding}"),
+                               evaluation_done(ev, finished)) for ev in row.evaluations]
+        counts = {s: e_status.count(s) for s in dict.fromkeys(e_status)}
+        report[row.id] = {"training": t_status, "evaluations": counts}
+        evals = ", ".join(f"{n} {s}" for s, n in counts.items()) or "none"
+        echo(f"  {row.id:<28} training {t_status:<8} evaluations: {evals}")
+    if jobs.get("collect"):
+        echo(f"  collection job {jobs['collect']}: {states.get(jobs['collect'], 'unknown')}")
+    return report
+
+
+def collect(table: Table, cfg: DictConfig, log_dir: Path, failed: Optional[dict] = None, echo=print) -> list[Path]:
+    index = RunIndex(log_dir)
+    states = {t.key: index.state(t) for t in table.trainings()}
+    finished = finished_evaluations(str(cfg.mlflow_uri), table.experiment)
+    lines = gather(table, states, finished, set(failed or ()))
+    written = write_results(table, lines)
+    done = sum(line.status == "done" for line in lines)
+    echo(f"results of table {table.name}: {done}/{len(lines)} lines complete")
+    print_lines(table, lines, echo)
+    for path in written:
+        echo(f"  {path}")
+    return written
+
+
+def print_lines(table: Table, lines: list, echo=print) -> None:
+    from loramcl.reproduce.results import column_label, columns
+
+    cols = columns(table, lines)[:8]
+    header = f"  {'row':<34} {'method':<26} " + " ".join(f"{column_label(c)[0][:12]:>12}" for c in cols)
+    echo(header)
+    for line in lines:
+        label = f"{line.row.label}" + (f" [{line.row.group}]" if line.row.group else "")
+        cells = []
+        for c in cols:
+            value = line.values.get(c)
+            paper = line.paper.get(c)
+            text = "" if value is None else f"{value:.3f}"
+            if paper is not None:
+                text += f" ({paper:g})"
+            cells.append(f"{text or line.status:>12}")
+        echo(f"  {label[:34]:<34} {line.method[:26]:<26} " + " ".join(cells))
+
+
+def main(argv: Optional[list[str]] = None, root: Optional[Path] = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="scripts/reproduce.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="table=<name>, scale=demo, and any key of configs/reproduce.yaml")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--slurm", action="store_true", help="submit to SLURM (also: hydra/launcher=slurm)")
+    mode.add_argument("--status", action="store_true", help="per row: done / running / failed / missing")
+    mode.add_argument("--collect", action="store_true", help="only write results/<table>/ from what is done")
+    mode.add_argument("--dry-run", action="store_true", help="print the plan (trainings, evaluations, states)")
+    args = parser.parse_args(argv)
+    overrides = [o for o in args.overrides if o != "hydra/launcher=slurm"]
+    use_slurm = args.slurm or len(overrides) != len(args.overrides)
+    root = Path(root or os.environ.get("PROJECT_ROOT") or Path(__file__).resolve().parents[3]).resolve()
+    os.environ.setdefault("PROJECT_ROOT", str(root))
+    try:
+        cfg, table = compose_all(root, overrides)
+        log_dir = Path(str(cfg.paths.log_dir))
+        index = RunIndex(log_dir)
+        finished = finished_evaluations(str(cfg.mlflow_uri), table.experiment)
+        if args.status:
+            status(table, cfg, log_dir)
+            return 0
+        if args.collect:
+            collect(table, cfg, log_dir)
+            return 0
+        describe_plan(table, index, finished)
+        if args.dry_run:
+            return 0
+        check_resources(table, pending_configs(table, index, finished))
+        if use_slurm:
+            from loramcl.reproduce.slurm import submit
+
+            collect_command = [sys.executable, str(root / "scripts" / "reproduce.py"), *overrides, "--collect"]
+            submit(table, cfg, root, log_dir, str(cfg.mlflow_uri), sys.executable, collect_command)
+            print(f"follow it with: python scripts/reproduce.py {' '.join(overrides)} --status")
+            return 0
+        outcome = LocalRunner(table, root, log_dir, str(cfg.mlflow_uri)).run()
+        collect(table, cfg, log_dir, outcome.failed)
+        if outcome.failed:
+            print(f"{len(outcome.failed)} job(s) failed (their logs are named above); run the same command again "
+                  f"to retry them: what is done is kept")
+            return 1
+        return 0
+    except (ConfigError, MissingResource) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,255 @@
+"""A table config (configs/table/<name>.yaml) turned into the work it needs: trainings and evaluations.
+
+Every row of a table is a training experiment plus overrides, and a list of evaluation methods
+(decoding configs). `plan_table` composes each row's real training config through Hydra (the same
+composition `train.py` does), identifies the training by `config_key` (a hash of the resolved-to-be
+config, so two rows, or two tables, that train the same thing share one run) and its evaluations by
+(training, eval.py overrides, decoding). Rows with `groups` run once per group (dataset), with
+"{data}" in the row's experiment replaced by the group's data name.
+
+A scale (configs/scale/) maps the rows onto other settings: `paper` keeps them, `demo` puts every row
+onto the CPU demo of its dataset (synthetic data, tiny bases, a few steps) for a rehearsal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from loramcl.errors import ConfigError
+
+# Top-level keys (and dotted sub-keys) of a training config that do not change what is trained: where
+# files go, how progress is shown, what the run is called, how it was started.
+VOLATILE = ("paths", "logger", "extras", "task_name", "ckpt_path", "callbacks.rich_progress_bar",
+            "trainer.enable_progress_bar")
+KINDS = ("eval", "toy", "bilingual")  # where a table's values come from (see loramcl.reproduce.results)
+LAYOUTS = ("long", "pivot")
+
+
+def config_key(cfg: Any) -> str:
+    """12 hex digits identifying what a training config trains: the sha256 of its unresolved tree
+    (interpolations as written, so the key is the same on any machine and in any folder) without the
+    VOLATILE keys. A saved `.hydra/config.yaml` gives the key of the run that wrote it."""
+    tree = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+    tree = json.loads(json.dumps(tree))  # a private copy
+    for key in VOLATILE:
+        parent, _, leaf = key.rpartition(".")
+        node = tree
+        for part in parent.split(".") if parent else []:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    text = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Training:
+    """One train.py job: its overrides, its identity and where its run folder goes."""
+
+    key: str
+    overrides: tuple[str, ...]  # train.py overrides, experiment first
+    task_name: str
+    runner: str  # the config's task.name: finetune | toy_markov | bilingual
+    data: str  # the data config's name (messages)
+
+    @property
+    def finished_marker(self) -> str:
+        """The file a run writes last: metrics.json (finetune) or summary.json (toy, bilingual)."""
+        return "metrics.json" if self.runner == "finetune" else "summary.json"
+
+    @property
+    def resumes(self) -> bool:
+        """Whether its runner continues from a checkpoint (finetune) or always starts afresh."""
+        return self.runner == "finetune"
+
+    def run_dir(self, log_dir: Path) -> Path:
+        return Path(log_dir) / self.task_name / "runs" / f"reproduce-{self.key}"
+
+    def describe(self) -> str:
+        return " ".join(self.overrides)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One eval.py job: a decoding of one training's model with some eval.py overrides."""
+
+    training: Training
+    decoding: str
+    overrides: tuple[str, ...]  # eval.py overrides other than ckpt_path / decoding (model_name, max_items, ...)
+
+    @property
+    def group(self) -> str:
+        """Identifies (training, overrides): evaluations of one group run in one `eval.py -m` call and
+        are found in MLflow by this tag plus their `eval.decoding` param."""
+        text = json.dumps([self.training.key, sorted(self.overrides)])
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Row:
+    name: str  # the row's key in the table config
+    label: str
+    group: Optional[str]  # the group (dataset) it belongs to, for tables with groups
+    training: Training
+    evaluations: list[Evaluation]
+    # the paper's figures: {metric: value}, or per method {decoding: {metric: value}} (both may mix)
+    paper: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)  # plot fields (series, params, ...)
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}/{self.group}" if self.group else self.name
+
+    def paper_values(self, decoding: str = "") -> dict[str, float]:
+        """The paper's figures for this row and method (row-wide ones, overridden by the method's)."""
+        values = {k: float(v) for k, v in self.paper.items() if not isinstance(v, dict)}
+        values.update({k: float(v) for k, v in (self.paper.get(decoding) or {}).items()})
+        return values
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    kind: str
+    layout: str
+    metrics: list[str]
+    plot: dict[str, Any]
+    rows: list[Row]
+    scale: str
+    experiment: str  # MLflow experiment of the evaluations
+    results_dir: Path
+    paper_note: Optional[str] = None
+    configs: dict[str, DictConfig] = field(default_factory=dict)  # training key -> composed config
+
+    def trainings(self) -> list[Training]:
+        """Each distinct training once, in the order rows first need it."""
+        seen: dict[str, Training] = {}
+        for row in self.rows:
+            seen.setdefault(row.training.key, row.training)
+        return list(seen.values())
+
+    def evaluations(self, training: Optional[Training] = None) -> list[Evaluation]:
+        """Each distinct evaluation once (of one training, or of all)."""
+        seen: dict[tuple, Evaluation] = {}
+        for row in self.rows:
+            for ev in row.evaluations:
+                if training is None or ev.training.key == training.key:
+                    seen.setdefault((ev.group, ev.decoding), ev)
+        return list(seen.values())
+
+
+def _strings(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, (list, tuple, ListConfig)):
+        raise ConfigError(f"{what} must be a list of strings, got {value!r}")
+    return [str(v) for v in value]
+
+
+def check_table_config(table: DictConfig) -> None:
+    """The table file's own keys, before anything is composed."""
+    name = table.get("name")
+    if not name:
+        raise ConfigError("table: every configs/table/*.yaml needs a name")
+    if table.get("kind", "eval") not in KINDS:
+        raise ConfigError(f"table {name}: kind must be one of {', '.join(KINDS)}, got {table.kind!r}")
+    if table.get("layout", "long") not in LAYOUTS:
+        raise ConfigError(f"table {name}: layout must be one of {', '.join(LAYOUTS)}, got {table.layout!r}")
+    if not table.get("rows"):
+        raise ConfigError(f"table {name} has no rows")
+    if table.get("layout") == "pivot" and len(table.get("metrics") or []) != 1:
+        raise ConfigError(f"table {name}: layout pivot shows exactly one metric, got metrics={list(table.metrics)}")
+    from loramcl.metrics.registry import METRICS
+
+    if table.get("kind", "eval") != "toy":
+        unknown = [m for m in table.get("metrics") or [] if m not in METRICS]
+        if unknown:
+            raise ConfigError(f"table {name}: unknown metric(s) {', '.join(unknown)} (known: {', '.join(METRICS)})")
+    for row_name, row in table.rows.items():
+        if not row.get("experiment"):
+            raise ConfigError(f"table {name}, row {row_name}: no experiment")
+        _strings(row.get("overrides"), f"table {name}, row {row_name}: overrides")
+
+
+def compose_training(compose: Any, overrides: list[str]) -> tuple[DictConfig, str]:
+    """(train.py's config for these overrides, the name of its data config). The config is what
+    train.py saves as .hydra/config.yaml (no `hydra` node)."""
+    cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    data_choice = str(cfg.hydra.runtime.choices.get("data"))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, data_choice
+
+
+def check_methods(table: DictConfig, known: set[str]) -> None:
+    """Every method a row names is a decoding config (configs/decoding/<name>.yaml)."""
+    for row_name, row in table.rows.items():
+        methods = _strings(row.get("methods", table.get("methods")), f"table {table.name}, row {row_name}: methods")
+        unknown = [m for m in methods if m not in known]
+        if unknown:
+            raise ConfigError(f"table {table.name}, row {row_name}: unknown decoding(s) {', '.join(unknown)} "
+                              f"(configs/decoding/ has: {', '.join(sorted(known))})")
+
+
+def plan_table(cfg: DictConfig, compose: Any, decodings: Optional[set[str]] = None) -> Table:
+    """The table of `cfg.table` at `cfg.scale`, every row's training config composed with `compose`
+    (hydra.compose inside an initialised config dir); `decodings`: the known decoding config names."""
+    table = cfg.table
+    check_table_config(table)
+    if decodings is not None:
+        check_methods(table, decodings)
+    scale = cfg.scale
+    scale_data = scale.get("data") or {}
+    groups = table.get("groups") or {None: {}}
+    default_methods = table.get("methods")
+    experiment = f"{scale.prefix}_{table.name}"
+    rows: list[Row] = []
+    configs: dict[str, DictConfig] = {}
+    extra_train = _strings(cfg.get("train_overrides"), "train_overrides")
+    extra_eval = _strings(scale.get("eval"), "scale.eval") + _strings(cfg.get("eval_overrides"), "eval_overrides")
+    for row_name, row in table.rows.items():
+        for group, group_cfg in groups.items():
+            where = f"table {table.name}, row {row_name}" + (f" ({group})" if group else "")
+            experiment_name = str(row.experiment).format(**(group_cfg or {}))
+            overrides = [f"experiment={experiment_name}", *_strings(row.get("overrides"), f"{where}: overrides")]
+            try:
+                base, data_name = compose_training(compose, overrides)
+                scaled = _strings(scale_data.get(data_name), f"scale.data.{data_name}") if scale_data else []
+                if scale_data and data_name not in scale_data:
+                    raise ConfigError(f"scale {scale.name} has no overrides for data {data_name!r} "
+                                      f"(known: {', '.join(scale_data)})")
+                full = overrides + scaled + extra_train
+                if scale.get("task_prefix"):
+                    full.append(f"task_name={scale.task_prefix}{base.task_name}")
+                train_cfg = compose_training(compose, full)[0] if full != overrides else base
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err}") from None
+            except Exception as err:  # hydra's composition errors: one line naming the row
+                raise ConfigError(f"{where}: cannot compose train.py {' '.join(overrides)}: "
+                                  f"{str(err).splitlines()[0]}") from None
+            training = Training(config_key(train_cfg), tuple(full), str(train_cfg.task_name),
+                                str(train_cfg.task.name), data_name)
+            configs.setdefault(training.key, train_cfg)
+            methods = row.get("methods", default_methods) or []
+            eval_overrides = ([f"model_name={row.model_name}"] if row.get("model_name") else []) + extra_eval
+            if table.get("kind", "eval") == "toy":
+                methods = []
+            evaluations = [Evaluation(training, str(m), tuple(eval_overrides)) for m in methods]
+            paper = OmegaConf.to_container(row.paper) if row.get("paper") else {}
+            if group is not None and paper:
+                paper = paper.get(group) or {}
+            fields = {k: row[k] for k in ("series", "params") if row.get(k) is not None}
+            rows.append(Row(str(row_name), str(row.get("label") or row_name), group, training, evaluations,
+                            paper, fields))
+    results_dir = Path(str(cfg.results_dir)) / (table.name if scale.prefix == "table" else experiment)
+    return Table(str(table.name), str(table.get("title") or table.name), str(table.get("kind", "eval")),
+                 str(table.get("layout", "long")), [str(m) for m in table.get("metrics") or []],
+                 dict(table.get("plot") or {}), rows, str(scale.name), experiment, results_dir,
+                 table.get("paper_note"), configs)

@@ -1,0 +1,365 @@
+"""A table's values gathered into results/<table>/: CSV, LaTeX in the paper's layout, plot(s).
+
+Values come from the evaluations' MLflow runs (kind `eval`), from the training runs' summary.json
+(kind `toy`), or both (kind `bilingual`: the language columns of the bilingual run). Every row and
+method of the table is present, done or not: a missing value is an empty CSV cell and "--" in LaTeX,
+and the `status` column says why (missing, failed, running). Where the table config knows the
+paper's figure for a cell, a `paper_<metric>` column holds it beside ours (LaTeX: a "paper" column,
+with a dagger and a note when the figure is unverified).
+
+Layouts: `long` (one line per row and method, one section per group, best of a column bold within
+its group) and `pivot` (one line per row, one column per group, a single metric).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from loramcl.evaluation.collect import best_rows, format_value, latex_escape, quality_diversity_figure
+from loramcl.metrics.registry import METRICS
+from loramcl.reproduce.plan import Row, Table
+
+log = logging.getLogger(__name__)
+
+# Columns of the toy table (from summary.json), with labels and directions (None: no "best")
+TOY_COLUMNS = {
+    "mle_loss": ("MLE loss", False), "mle_optimum": ("MLE optimum", None),
+    "mcl_loss": ("MCL WTA loss", False), "mcl_band_low": ("MCL band low", None), "mcl_band_high": ("MCL band high", None),
+    "mle_matrix_error": ("MLE matrix err.", False), "mcl_matrix_error": ("MCL matrix err.", False),
+    "passed": ("Checks passed", None),
+}
+
+
+@dataclass
+class Line:
+    """One line of a table: a row and one of its methods (or the row itself when it has none)."""
+
+    row: Row
+    method: str  # the method's label ("" for rows without evaluations)
+    decoding: str
+    status: str  # done | missing | failed | running
+    values: dict[str, float] = field(default_factory=dict)
+    run_dir: Optional[Path] = None
+
+    @property
+    def paper(self) -> dict[str, float]:
+        return self.row.paper_values(self.decoding)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"group": self.row.group or "", "row": self.row.name, "label": self.row.label,
+                               "method": self.method, "decoding": self.decoding, "status": self.status}
+        out.update(self.values)
+        return out
+
+
+def column_label(key: str) -> tuple[str, Optional[bool]]:
+    """(header label, higher is better / None) of a metric or extra column."""
+    if key in METRICS:
+        return METRICS[key].label, METRICS[key].higher
+    if key in TOY_COLUMNS:
+        return TOY_COLUMNS[key]
+    parts = key.split("_")  # share_en_hyp0, won_fr_hyp1 (bilingual)
+    if len(parts) == 3 and parts[0] in ("share", "won") and parts[2].startswith("hyp"):
+        what = "captions" if parts[0] == "share" else "refs won"
+        return f"H{int(parts[2][3:]) + 1} {parts[1].upper()} {what}", None
+    return key, None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Gathering
+
+
+def toy_values(run_dir: Path) -> dict[str, float]:
+    from loramcl.toy.acceptance import check_summary
+
+    s = json.loads((run_dir / "summary.json").read_text())
+    th, mle, mcl = s["theory"], s["models"]["mle"], s["models"]["mcl"]
+    checks = check_summary(s)
+    return {"mle_loss": mle["eval_wta_loss"], "mle_optimum": th["mle_optimum"], "mcl_loss": mcl["eval_wta_loss"],
+            "mcl_band_low": th["mcl_band"][0], "mcl_band_high": th["mcl_band"][1],
+            "mle_matrix_error": mle["average_max_abs_error"],
+            "mcl_matrix_error": max(a["max_abs_error"] for a in mcl["assignment"]),
+            "passed": float(sum(ok for ok, _ in checks.values())) / len(checks)}
+
+
+def bilingual_values(run_dir: Path, model_name: str) -> dict[str, float]:
+    """Language share of each hypothesis' greedy test captions, and of each language's validation
+    references the share each hypothesis wins (summary.json of a task=bilingual run)."""
+    model = json.loads((run_dir / "summary.json").read_text())["models"][model_name]
+    out = {}
+    for h, shares in enumerate(model["language_shares"]):
+        out.update({f"share_{lang}_hyp{h}": float(v) for lang, v in shares.items() if lang in ("en", "fr")})
+    for lang, wins in (model.get("val_win_rates_by_reference_language") or {}).items():
+        out.update({f"won_{lang}_hyp{h}": float(v) for h, v in enumerate(wins)})
+    return out
+
+
+def gather(table: Table, trainings: dict[str, Any], finished: dict[tuple[str, str], Any],
+           failed: Optional[set] = None, running: Optional[set] = None) -> list[Line]:
+    """Every line of the table. `trainings`: training key -> TrainingState; `finished`: the done
+    evaluations' MLflow runs by (group, decoding); `failed` / `running`: keys (training keys or
+    (group, decoding)) known to have failed / to be running."""
+    failed, running = failed or set(), running or set()
+    lines: list[Line] = []
+    for row in table.rows:
+        state = trainings.get(row.training.key)
+        run_dir = state.run_dir if state is not None and state.status == "done" else None
+        extra: dict[str, float] = {}
+        if run_dir is not None and table.kind == "bilingual":
+            name = next((o.split("=", 1)[1] for ev in row.evaluations for o in ev.overrides
+                         if o.startswith("model_name=")), "mcl")
+            extra = bilingual_values(run_dir, name)
+        if not row.evaluations:
+            status = "done" if run_dir else _status(row.training.key, failed, running)
+            values = toy_values(run_dir) if run_dir is not None and table.kind == "toy" else {}
+            lines.append(Line(row, "", "", status, {**values, **extra}, run_dir))
+            continue
+        for ev in row.evaluations:
+            run = finished.get((ev.group, ev.decoding))
+            if run is not None:
+                metrics = {k: float(v) for k, v in run.data.metrics.items()}
+                method = run.data.params.get("eval.method") or ev.decoding
+                lines.append(Line(row, method, ev.decoding, "done", {**metrics, **extra}, run_dir))
+            else:
+                status = _status((ev.group, ev.decoding), failed, running)
+                if status == "missing":
+                    status = _status(row.training.key, failed, running)
+                lines.append(Line(row, ev.decoding, ev.decoding, status, dict(extra), run_dir))
+    return lines
+
+
+def _status(key: Any, failed: set, running: set) -> str:
+    return "failed" if key in failed else "running" if key in running else "missing"
+
+
+def columns(table: Table, lines: list[Line]) -> list[str]:
+    """The table's metrics, then the extra (bilingual) columns present."""
+    extra = sorted({k for line in lines for k in line.values if k.startswith(("share_", "won_"))})
+    return list(table.metrics) + [k for k in extra if k not in table.metrics]
+
+
+# ----------------------------------------------------------------------------------------------------
+# CSV
+
+
+def write_csv(table: Table, lines: list[Line], path: Path) -> Path:
+    cols = columns(table, lines)
+    paper_cols = [f"paper_{m}" for m in cols if any(m in line.paper for line in lines)]
+    header = ["group", "row", "label", "method", "decoding", "status"] + cols + paper_cols
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        for line in lines:
+            record = line.as_dict()
+            record.update({f"paper_{m}": line.paper[m] for m in cols if m in line.paper})
+            writer.writerow({k: record.get(k, "") for k in header})
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# LaTeX
+
+
+def _cell(key: str, value: Any, bold: bool = False) -> str:
+    text = format_value(key, value) if key in METRICS else (f"{value:.3f}" if isinstance(value, float) else "")
+    if not text:
+        return "--"
+    return rf"\textbf{{{text}}}" if bold else text
+
+
+def _paper_cell(key: str, value: Optional[float], dagger: bool) -> str:
+    if value is None:
+        return ""
+    return (format_value(key, value) if key in METRICS else f"{value:.3f}") + (r"$^\dagger$" if dagger else "")
+
+
+def _best(lines: list[Line], key: str) -> set[int]:
+    """Indices of the best lines for `key` (registry metrics only)."""
+    if key not in METRICS:
+        return set()
+    return best_rows([line.values for line in lines], key)
+
+
+def latex_long(table: Table, lines: list[Line]) -> str:
+    cols = columns(table, lines)
+    with_paper = [m for m in cols if any(m in line.paper for line in lines)]
+    dagger = bool(table.paper_note)
+    spec = "ll" + "".join("rr" if m in with_paper else "r" for m in cols)
+    header = ["Training", "Method"]
+    for m in cols:
+        label, higher = column_label(m)
+        arrow = "" if higher is None else (r" $\uparrow$" if higher else r" $\downarrow$")
+        header.append(latex_escape(label) + arrow)
+        if m in with_paper:
+            header.append("paper")
+    out = _latex_head(table, spec) + [" & ".join(header) + r" \\", r"\midrule"]
+    groups = list(dict.fromkeys(line.row.group for line in lines))
+    width = len(spec)
+    for g_index, group in enumerate(groups):
+        mine = [line for line in lines if line.row.group == group]
+        best = {m: _best(mine, m) for m in cols}
+        if group is not None:
+            if g_index:
+                out.append(r"\midrule")
+            out.append(rf"\multicolumn{{{width}}}{{l}}{{\textit{{{latex_escape(group)}}}}} \\")
+        previous = None
+        for i, line in enumerate(mine):
+            if previous is not None and line.row.label != previous:
+                out.append(r"\cmidrule(lr){1-" + str(width) + "}")
+            cells = [latex_escape(line.row.label) if line.row.label != previous else "", latex_escape(line.method)]
+            for m in cols:
+                cells.append(_cell(m, line.values.get(m), i in best[m]))
+                if m in with_paper:
+                    cells.append(_paper_cell(m, line.paper.get(m), dagger))
+            out.append(" & ".join(cells) + r" \\")
+            previous = line.row.label
+    return "\n".join(out + _latex_foot(table))
+
+
+def latex_pivot(table: Table, lines: list[Line]) -> str:
+    metric = table.metrics[0]
+    groups = list(dict.fromkeys(line.row.group for line in lines))
+    labels = list(dict.fromkeys(line.row.label for line in lines))
+    cell = {(line.row.label, line.row.group): line for line in lines}
+    with_paper = {g for g in groups if any(line.paper for line in lines if line.row.group == g)}
+    dagger = bool(table.paper_note)
+    spec = "l" + "".join("rr" if g in with_paper else "r" for g in groups)
+    label, higher = column_label(metric)
+    arrow = "" if higher is None else (r" $\uparrow$" if higher else r" $\downarrow$")
+    header = [latex_escape(label) + arrow]
+    for g in groups:
+        header.append(latex_escape(str(g)))
+        if g in with_paper:
+            header.append("paper")
+    out = _latex_head(table, spec) + [" & ".join(header) + r" \\", r"\midrule"]
+    best = {g: _best([cell[(lab, g)] for lab in labels if (lab, g) in cell], metric) for g in groups}
+    for i, lab in enumerate(labels):
+        cells = [latex_escape(lab)]
+        for g in groups:
+            line = cell.get((lab, g))
+            cells.append(_cell(metric, line.values.get(metric) if line else None, i in best[g]))
+            if g in with_paper:
+                cells.append(_paper_cell(metric, line.paper.get(metric) if line else None, dagger))
+        out.append(" & ".join(cells) + r" \\")
+    return "\n".join(out + _latex_foot(table))
+
+
+def _latex_head(table: Table, spec: str) -> list[str]:
+    caption = latex_escape(table.title)
+    if table.scale != "paper":
+        caption += latex_escape(f" (rehearsal at scale={table.scale}: synthetic data, tiny models)")
+    if table.paper_note:
+        caption += r" $^\dagger$: " + latex_escape(table.paper_note) + "."
+    return [f"% Generated by scripts/reproduce.py table={table.name} scale={table.scale}; do not edit.",
+            r"% Needs \usepackage{booktabs}.", r"\begin{table}[t]", r"\centering", r"\small",
+            rf"\caption{{{caption}}}", rf"\label{{tab:{table.name}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
+
+
+def _latex_foot(table: Table) -> list[str]:
+    return [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Plots
+
+
+def plot_lines(table: Table, lines: list[Line], stem: Path) -> list[Path]:
+    """`lines` plots: one panel per group, one line per series (x = a row field, y = the metric);
+    the paper's figures as hollow markers."""
+    from matplotlib.figure import Figure
+
+    spec = table.plot
+    metric, x_field = spec["y"], spec["x"]
+    groups = list(dict.fromkeys(line.row.group for line in lines))
+    fig = Figure(figsize=(4.2 * len(groups), 3.6))
+    drawn = 0
+    for i, group in enumerate(groups):
+        ax = fig.add_subplot(1, len(groups), i + 1)
+        mine = [line for line in lines if line.row.group == group]
+        for j, series in enumerate(dict.fromkeys(line.row.fields.get("series", line.row.label) for line in mine)):
+            pts = sorted(((line.row.fields.get(x_field), line.values.get(metric), line.paper.get(metric))
+                          for line in mine if line.row.fields.get("series", line.row.label) == series),
+                         key=lambda p: (p[0] is None, p[0] or 0))
+            ours = [(x, y) for x, y, _ in pts if x is not None and y is not None]
+            theirs = [(x, p) for x, _, p in pts if x is not None and p is not None]
+            if ours:
+                ax.plot(*zip(*ours), marker="o", color=f"C{j}", label=f"{series} (ours)")
+                drawn += len(ours)
+            if theirs:
+                ax.plot(*zip(*theirs), marker="o", mfc="none", linestyle="--", color=f"C{j}",
+                        label=f"{series} (paper)")
+        ax.set_title(str(group) if group else table.name, fontsize=10)
+        ax.set_xlabel(spec.get("x_label", x_field))
+        ax.set_ylabel(column_label(metric)[0])
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=200)
+    if not drawn:
+        log.info("%s: no value of ours to plot yet (paper figures only)", table.name)
+    return paths
+
+
+def plot_quality_diversity(table: Table, lines: list[Line], stem: Path) -> list[Path]:
+    """The quality-versus-diversity scatter of each group (marker area: forward passes)."""
+    spec = table.plot
+    paths: list[Path] = []
+    for group in dict.fromkeys(line.row.group for line in lines):
+        rows = [{"scheme": line.row.label, "method": line.method, "experiment": f"{table.name} {group or ''}".strip(),
+                 **line.values} for line in lines if line.row.group == group and line.status == "done"]
+        quality = spec["y"]
+        if not any(quality in r for r in rows) and spec.get("fallback_y"):
+            quality = spec["fallback_y"]
+        if not any(quality in r and spec["x"] in r for r in rows):
+            log.info("%s%s: nothing to plot yet (%s against %s)", table.name, f" ({group})" if group else "",
+                     quality, spec["x"])
+            continue
+        fig, _ = quality_diversity_figure(rows, quality, spec["x"])
+        name = stem.name + (f"_{group}" if group else "")
+        for suffix in (".png", ".pdf"):
+            path = stem.with_name(name + suffix)
+            fig.savefig(path, dpi=200)
+            paths.append(path)
+    return paths
+
+
+def copy_run_figures(table: Table, lines: list[Line], out: Path) -> list[Path]:
+    """The toy runs' own figures (loss.png, matrices.png), renamed after their row."""
+    copied = []
+    for line in lines:
+        if line.run_dir is None:
+            continue
+        for name in ("loss.png", "matrices.png"):
+            source = line.run_dir / name
+            if source.is_file():
+                target = out / f"{line.row.name}_{name}"
+                shutil.copyfile(source, target)
+                copied.append(target)
+    return copied
+
+
+def write_results(table: Table, lines: list[Line]) -> list[Path]:
+    """CSV, LaTeX and plots of the table into `table.results_dir` (derived files, replaced)."""
+    out = table.results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / table.name
+    written = [write_csv(table, lines, stem.with_suffix(".csv"))]
+    tex = stem.with_suffix(".tex")
+    tex.write_text(latex_pivot(table, lines) if table.layout == "pivot" else latex_long(table, lines))
+    written.append(tex)
+    kind = table.plot.get("kind") if table.plot else None
+    if kind == "lines":
+        written += plot_lines(table, lines, stem)
+    elif kind == "quality_diversity":
+        written += plot_quality_diversity(table, lines, stem)
+    if table.kind == "toy":
+        written += copy_run_figures(table, lines, out)
+    return written

@@ -1,0 +1,145 @@
+"""The jobs of a table as command lines, and running what is missing here, one job after the other.
+
+A training runs `train.py <row overrides> hydra.run.dir=logs/<task_name>/runs/reproduce-<key>
+ckpt_path=auto`: a fixed folder per config key, so a training that was interrupted continues from
+its last checkpoint when the table is run again. The evaluations of one training with the same
+eval.py overrides run as one `eval.py -m decoding=a,b,...` (the model is checked once per job, the
+interpreter starts once), tagged with their group so that the table finds them in MLflow.
+
+Every job writes its output to a log file under logs/reproduce/<experiment>/; a failed job is
+reported with the tail of its log and does not stop the others (its evaluations are skipped).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from loramcl.reproduce.plan import Evaluation, Table, Training
+from loramcl.reproduce.state import GROUP_TAG, TABLE_TAG, RunIndex, evaluation_done, finished_evaluations
+
+
+def train_command(training: Training, root: Path, log_dir: Path, python: str) -> list[str]:
+    """train.py into the training's fixed folder; `ckpt_path=auto` (continue what is there) for the
+    runners that resume (finetune; the toy and bilingual runners train two models from scratch)."""
+    resume = ["ckpt_path=auto"] if training.resumes else []
+    return [python, str(root / "train.py"), *training.overrides, f"hydra.run.dir={training.run_dir(log_dir)}",
+            *resume, "extras.print_config=false"]
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move an interrupted run of a runner that cannot resume out of the way (kept, renamed)."""
+    target = run_dir.with_name(run_dir.name + time.strftime(".interrupted-%Y%m%d-%H%M%S"))
+    run_dir.rename(target)
+    return target
+
+
+def eval_command(evaluations: list[Evaluation], run_dir: Path, table: Table, root: Path, tracking_uri: str,
+                 python: str) -> list[str]:
+    """One eval.py multirun over the decodings of `evaluations` (one group: same training, same overrides)."""
+    first = evaluations[0]
+    tags = f"{{{GROUP_TAG}:{first.group},{TABLE_TAG}:{table.name}}}"
+    return [python, str(root / "eval.py"), "-m", f"ckpt_path={run_dir}",
+            "decoding=" + ",".join(ev.decoding for ev in evaluations), *first.overrides,
+            f"mlflow.experiment={table.experiment}", f"mlflow.tracking_uri={tracking_uri}", f"mlflow.tags={tags}",
+            "skip_unsuited=false"]
+
+
+def groups_of(evaluations: list[Evaluation]) -> list[list[Evaluation]]:
+    """Evaluations split by group, in order."""
+    out: dict[str, list[Evaluation]] = {}
+    for ev in evaluations:
+        out.setdefault(ev.group, []).append(ev)
+    return list(out.values())
+
+
+def quoted(command: list[str]) -> str:
+    return " ".join(shlex.quote(part) for part in command)
+
+
+@dataclass
+class Outcome:
+    """What one local pass did."""
+
+    trained: list[str] = field(default_factory=list)  # training keys run now
+    reused: list[str] = field(default_factory=list)  # training keys found done
+    evaluated: list[tuple[str, str]] = field(default_factory=list)  # (group, decoding) run now
+    failed: dict = field(default_factory=dict)  # training key or (group, decoding) -> log file
+
+
+class LocalRunner:
+    """Runs a table's missing jobs in this machine's processes, reporting progress as it goes."""
+
+    def __init__(self, table: Table, root: Path, log_dir: Path, tracking_uri: str, python: Optional[str] = None,
+                 echo=print) -> None:
+        self.table, self.root, self.log_dir, self.tracking_uri = table, Path(root), Path(log_dir), tracking_uri
+        self.python = python or sys.executable
+        self.echo = echo
+        self.job_logs = self.log_dir / "reproduce" / table.experiment
+        self.index = RunIndex(self.log_dir)
+
+    def _run(self, command: list[str], log_file: Path, what: str) -> bool:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        self.echo(f"  {what}: running (log: {log_file})")
+        with open(log_file, "a") as handle:
+            handle.write(f"\n$ {quoted(command)}\n")
+            handle.flush()
+            env = dict(os.environ, PROJECT_ROOT=str(self.root))
+            code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, cwd=self.root, env=env)
+        seconds = time.monotonic() - start
+        if code == 0:
+            self.echo(f"  {what}: done in {seconds:.0f} s")
+            return True
+        tail = log_file.read_text(errors="replace").strip().splitlines()[-5:]
+        self.echo(f"  {what}: FAILED (exit {code}, {seconds:.0f} s); last lines of {log_file}:")
+        for line in tail:
+            self.echo(f"      {line}")
+        return False
+
+    def run(self) -> Outcome:
+        outcome = Outcome()
+        trainings = self.table.trainings()
+        finished = finished_evaluations(self.tracking_uri, self.table.experiment)
+        for number, training in enumerate(trainings, 1):
+            rows = ", ".join(r.id for r in self.table.rows if r.training.key == training.key)
+            self.echo(f"[{number}/{len(trainings)}] {rows}: train.py {training.describe()} (key {training.key})")
+            state = self.index.state(training)
+            if state.status == "done":
+                self.echo(f"  training: done before ({state.run_dir})")
+                outcome.reused.append(training.key)
+                run_dir = state.run_dir
+            else:
+                if state.status == "partial" and training.resumes:
+                    self.echo(f"  training: continuing the interrupted run in {state.run_dir}")
+                elif state.status == "partial":
+                    self.echo(f"  training: {training.runner} runs cannot resume; the interrupted one is kept as "
+                              f"{set_aside(state.run_dir)}")
+                log_file = self.job_logs / f"train-{training.key}.log"
+                if not self._run(train_command(training, self.root, self.log_dir, self.python), log_file, "training"):
+                    outcome.failed[training.key] = log_file
+                    continue
+                outcome.trained.append(training.key)
+                run_dir = training.run_dir(self.log_dir)
+            pending = [ev for ev in self.table.evaluations(training) if not evaluation_done(ev, finished)]
+            done = len(self.table.evaluations(training)) - len(pending)
+            if done:
+                self.echo(f"  evaluation: {done} method(s) done before")
+            for group in groups_of(pending):
+                names = ",".join(ev.decoding for ev in group)
+                log_file = self.job_logs / f"eval-{group[0].group}.log"
+                command = eval_command(group, run_dir, self.table, self.root, self.tracking_uri, self.python)
+                ok = self._run(command, log_file, f"evaluation ({names})")
+                finished = finished_evaluations(self.tracking_uri, self.table.experiment)
+                for ev in group:
+                    if evaluation_done(ev, finished):
+                        outcome.evaluated.append((ev.group, ev.decoding))
+                    elif not ok:
+                        outcome.failed[(ev.group, ev.decoding)] = log_file
+        return outcome

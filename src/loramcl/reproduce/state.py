@@ -1,0 +1,113 @@
+"""What of a table is already done: finished training runs (found by their config key) and finished
+evaluations (found in MLflow by their group tag and decoding).
+
+A training is *done* when a run folder whose saved config has its key holds the file the runner
+writes last (metrics.json, or summary.json for the toy and bilingual runners); the table's own
+folder `logs/<task_name>/runs/reproduce-<key>` is looked at first, then every other train.py run
+folder under logs/ (a run trained by hand with the same config is reused). A folder with the key but
+without that file is *partial*: training it again with `ckpt_path=auto` resumes it.
+
+An evaluation is *done* when the table's MLflow experiment holds a FINISHED eval.py run tagged
+`loramcl.reproduce.group=<group>` with `eval.decoding=<decoding>`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from loramcl.reproduce.plan import Evaluation, Training, config_key
+
+log = logging.getLogger(__name__)
+
+GROUP_TAG = "loramcl.reproduce.group"
+TABLE_TAG = "loramcl.reproduce.table"
+CONFIG = Path(".hydra") / "config.yaml"
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    status: str  # done | partial | missing
+    run_dir: Optional[Path]  # the run folder (done, partial) or where it will be (missing)
+
+
+def run_folders(log_dir: Path) -> list[Path]:
+    """train.py run folders under `log_dir` (single runs and multirun jobs that saved a checkpoint folder)."""
+    log_dir = Path(log_dir)
+    found = list(log_dir.glob(f"*/runs/*/{CONFIG}")) + list(log_dir.glob(f"*/multiruns/*/*/{CONFIG}"))
+    return sorted(p.parents[1] for p in found if (p.parents[1] / "checkpoints").is_dir())
+
+
+class RunIndex:
+    """Config keys of the run folders under logs/, read once (a folder's key never changes)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = Path(log_dir)
+        self._keys: Optional[dict[Path, str]] = None
+
+    def keys(self) -> dict[Path, str]:
+        if self._keys is None:
+            self._keys = {}
+            for folder in run_folders(self.log_dir):
+                try:
+                    self._keys[folder] = config_key(OmegaConf.load(folder / CONFIG))
+                except Exception as err:  # noqa: BLE001 - an unreadable config is not ours to judge here
+                    log.debug("skipping %s: %s", folder, err)
+        return self._keys
+
+    def state(self, training: Training) -> TrainingState:
+        own = training.run_dir(self.log_dir)
+        if (own / training.finished_marker).is_file() and (own / CONFIG).is_file():
+            return TrainingState("done", own)
+        for folder, key in self.keys().items():
+            if key == training.key and (folder / training.finished_marker).is_file():
+                return TrainingState("done", folder)
+        if (own / CONFIG).is_file():
+            return TrainingState("partial", own)
+        return TrainingState("missing", own)
+
+
+def mlflow_client(tracking_uri: str) -> Optional[Any]:
+    """A client of the store, or None when the (sqlite) store does not exist yet."""
+    from mlflow.tracking import MlflowClient
+
+    from loramcl.utils.mlflow_store import sqlite_path, store_lock
+
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():
+        return None
+    with store_lock(tracking_uri):  # the first touch may migrate the schema: never race a writer
+        client = MlflowClient(tracking_uri)
+        client.search_experiments(max_results=1)
+    return client
+
+
+def finished_evaluations(tracking_uri: str, experiment: str) -> dict[tuple[str, str], Any]:
+    """{(group, decoding): the newest FINISHED eval run} of the table's MLflow experiment."""
+    client = mlflow_client(tracking_uri)
+    if client is None:
+        return {}
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    found: dict[tuple[str, str], Any] = {}
+    token = None
+    while True:
+        page = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                                  max_results=1000, page_token=token, order_by=["attributes.start_time ASC"])
+        for run in page:
+            group = run.data.tags.get(GROUP_TAG)
+            decoding = run.data.params.get("eval.decoding")
+            if group and decoding:
+                found[(group, decoding)] = run  # ascending start time: the newest wins
+        token = page.token
+        if not token:
+            return found
+
+
+def evaluation_done(evaluation: Evaluation, finished: dict[tuple[str, str], Any]) -> bool:
+    return (evaluation.group, evaluation.decoding) in finished
