@@ -183,7 +183,8 @@ def main(argv: Optional[list[str]] = None, root: Optional[Path] = None) -> int:
     os.environ.setdefault("PROJECT_ROOT", str(root))
     try:
         cfg, table = compose_all(root, overrides)
-        log_dir = Path(str(cfg.paths.log_dir))
+        log_dir = Path(str(cfg.paths.log_dir)).resolve()
+        paths = {"log_dir": str(log_dir), "data_dir": str(Path(str(cfg.paths.data_dir)).resolve())}
         index = RunIndex(log_dir)
         finished = finished_evaluations(str(cfg.mlflow_uri), table.experiment)
         if args.status:
@@ -200,10 +201,10 @@ def main(argv: Optional[list[str]] = None, root: Optional[Path] = None) -> int:
             from loramcl.reproduce.slurm import submit
 
             collect_command = [sys.executable, str(root / "scripts" / "reproduce.py"), *overrides, "--collect"]
-            submit(table, cfg, root, log_dir, str(cfg.mlflow_uri), sys.executable, collect_command)
+            submit(table, cfg, root, paths, str(cfg.mlflow_uri), sys.executable, collect_command)
             print(f"follow it with: python scripts/reproduce.py {' '.join(overrides)} --status")
             return 0
-        outcome = LocalRunner(table, root, log_dir, str(cfg.mlflow_uri)).run()
+        outcome = LocalRunner(table, root, paths, str(cfg.mlflow_uri)).run()
         collect(table, cfg, log_dir, outcome.failed)
         if outcome.failed:
             print(f"{len(outcome.failed)} job(s) failed (their logs are named above); run the same command again "

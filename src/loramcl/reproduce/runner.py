@@ -25,12 +25,17 @@ from loramcl.reproduce.plan import Evaluation, Table, Training
 from loramcl.reproduce.state import GROUP_TAG, TABLE_TAG, RunIndex, evaluation_done, finished_evaluations
 
 
-def train_command(training: Training, root: Path, log_dir: Path, python: str) -> list[str]:
+def train_command(training: Training, root: Path, paths: dict[str, str], python: str) -> list[str]:
     """train.py into the training's fixed folder; `ckpt_path=auto` (continue what is there) for the
-    runners that resume (finetune; the toy and bilingual runners train two models from scratch)."""
+    runners that resume (finetune; the toy and bilingual runners train two models from scratch).
+    `paths`: the reproduce config's paths.log_dir / data_dir, passed on to every job."""
     resume = ["ckpt_path=auto"] if training.resumes else []
-    return [python, str(root / "train.py"), *training.overrides, f"hydra.run.dir={training.run_dir(log_dir)}",
-            *resume, "extras.print_config=false"]
+    return [python, str(root / "train.py"), *training.overrides, *path_overrides(paths),
+            f"hydra.run.dir={training.run_dir(Path(paths['log_dir']))}", *resume, "extras.print_config=false"]
+
+
+def path_overrides(paths: dict[str, str]) -> list[str]:
+    return [f"paths.{key}={value}" for key, value in paths.items()]
 
 
 def set_aside(run_dir: Path) -> Path:
@@ -40,13 +45,14 @@ def set_aside(run_dir: Path) -> Path:
     return target
 
 
-def eval_command(evaluations: list[Evaluation], run_dir: Path, table: Table, root: Path, tracking_uri: str,
-                 python: str) -> list[str]:
+def eval_command(evaluations: list[Evaluation], run_dir: Path, table: Table, root: Path, paths: dict[str, str],
+                 tracking_uri: str, python: str) -> list[str]:
     """One eval.py multirun over the decodings of `evaluations` (one group: same training, same overrides)."""
     first = evaluations[0]
     tags = f"{{{GROUP_TAG}:{first.group},{TABLE_TAG}:{table.name}}}"
     return [python, str(root / "eval.py"), "-m", f"ckpt_path={run_dir}",
             "decoding=" + ",".join(ev.decoding for ev in evaluations), *first.overrides,
+            f"paths.log_dir={paths['log_dir']}",
             f"mlflow.experiment={table.experiment}", f"mlflow.tracking_uri={tracking_uri}", f"mlflow.tags={tags}",
             "skip_unsuited=false"]
 
@@ -76,9 +82,10 @@ class Outcome:
 class LocalRunner:
     """Runs a table's missing jobs in this machine's processes, reporting progress as it goes."""
 
-    def __init__(self, table: Table, root: Path, log_dir: Path, tracking_uri: str, python: Optional[str] = None,
-                 echo=print) -> None:
-        self.table, self.root, self.log_dir, self.tracking_uri = table, Path(root), Path(log_dir), tracking_uri
+    def __init__(self, table: Table, root: Path, paths: dict[str, str], tracking_uri: str,
+                 python: Optional[str] = None, echo=print) -> None:
+        self.table, self.root, self.paths, self.tracking_uri = table, Path(root), paths, tracking_uri
+        self.log_dir = Path(paths["log_dir"])
         self.python = python or sys.executable
         self.echo = echo
         self.job_logs = self.log_dir / "reproduce" / table.experiment
@@ -122,7 +129,7 @@ class LocalRunner:
                     self.echo(f"  training: {training.runner} runs cannot resume; the interrupted one is kept as "
                               f"{set_aside(state.run_dir)}")
                 log_file = self.job_logs / f"train-{training.key}.log"
-                if not self._run(train_command(training, self.root, self.log_dir, self.python), log_file, "training"):
+                if not self._run(train_command(training, self.root, self.paths, self.python), log_file, "training"):
                     outcome.failed[training.key] = log_file
                     continue
                 outcome.trained.append(training.key)
@@ -134,7 +141,7 @@ class LocalRunner:
             for group in groups_of(pending):
                 names = ",".join(ev.decoding for ev in group)
                 log_file = self.job_logs / f"eval-{group[0].group}.log"
-                command = eval_command(group, run_dir, self.table, self.root, self.tracking_uri, self.python)
+                command = eval_command(group, run_dir, self.table, self.root, self.paths, self.tracking_uri, self.python)
                 ok = self._run(command, log_file, f"evaluation ({names})")
                 finished = finished_evaluations(self.tracking_uri, self.table.experiment)
                 for ev in group:

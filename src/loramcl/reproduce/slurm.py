@@ -60,10 +60,11 @@ def sbatch(script: Path, dependency: Optional[str] = None, array: Optional[str] 
     return result.stdout.strip().split(";")[0]
 
 
-def submit(table: Table, cfg: DictConfig, root: Path, log_dir: Path, tracking_uri: str, python: str,
+def submit(table: Table, cfg: DictConfig, root: Path, paths: dict[str, str], tracking_uri: str, python: str,
            collect_command: list[str], echo=print) -> dict[str, Any]:
     """Submit the missing work of `table`; returns (and writes to jobs.json) the job ids."""
     slurm = cfg.slurm
+    log_dir = Path(paths["log_dir"])
     folder = Path(log_dir) / "reproduce" / table.experiment / time.strftime("slurm-%Y%m%d-%H%M%S")
     folder.mkdir(parents=True, exist_ok=True)
     index = RunIndex(log_dir)
@@ -78,11 +79,11 @@ def submit(table: Table, cfg: DictConfig, root: Path, log_dir: Path, tracking_ur
             echo(f"{training.runner} runs cannot resume; the interrupted one is kept as "
                  f"{set_aside(states[training.key].run_dir)}")
     record: dict[str, Any] = {"table": table.name, "scale": table.scale, "folder": str(folder),
-                              "submitted": time.strftime("%Y-%m-%d %H:%M:%S"), "trainings": {}, "evaluations": {}}
+                              "submitted": time.strftime("%Y-%m-%d %H:%M:%S"), "trainings": {}, "evaluations": {}, "evaluation_jobs": {}}
     array_id = None
     if to_train:
         commands = folder / "train_commands.txt"
-        commands.write_text("".join(quoted(train_command(t, root, log_dir, python)) + "\n" for t in to_train))
+        commands.write_text("".join(quoted(train_command(t, root, paths, python)) + "\n" for t in to_train))
         script = folder / "train_array.sh"
         header = sbatch_header(slurm, f"{table.name}-train", str(folder / "train-%A_%a.out"), slurm.time_train)
         header += ["#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --signal=B:USR1@300"]
@@ -107,12 +108,13 @@ def submit(table: Table, cfg: DictConfig, root: Path, log_dir: Path, tracking_ur
                                slurm.time_eval)
         body = setup + ["status=0"]
         for group in groups_of(pending):
-            body.append(quoted(eval_command(group, run_dir, table, root, tracking_uri, python)) + " || status=1")
+            body.append(quoted(eval_command(group, run_dir, table, root, paths, tracking_uri, python)) + " || status=1")
         body.append("exit $status")
         script.write_text("\n".join(header + body) + "\n")
         dependency = f"afterok:{record['trainings'][training.key]}" if training.key in record["trainings"] else None
         job = sbatch(script, dependency=dependency)
         eval_ids.append(job)
+        record["evaluation_jobs"][training.key] = job
         for ev in pending:
             record["evaluations"][f"{ev.group}/{ev.decoding}"] = job
         echo(f"submitted the {len(pending)} evaluation(s) of {training.key} as job {job}"
@@ -136,7 +138,7 @@ def job_states(ids: list[str]) -> dict[str, str]:
     if not ids:
         return states
     if shutil.which("squeue"):
-        out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(ids)],
+        out = subprocess.run(["squeue", "-h", "-a", "-t", "all", "-o", "%i|%T", "-j", ",".join(ids)],
                              capture_output=True, text=True)
         for line in out.stdout.splitlines():
             job, _, state = line.partition("|")

@@ -1,0 +1,292 @@
+"""scripts/reproduce.py: every table composes; without data it fails at once naming what is missing;
+a tiny rehearsal (the translation table on the CPU demo) runs end to end, is interrupted and
+finished without training or evaluating anything twice (counted in MLflow); the results layout
+(pivot, paper column, plot) from real MLflow runs; the other tables' rehearsals (slow) and one on
+the local SLURM cluster, with its dependencies (slow, slurm).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from helpers import AUDIO_ASSETS, ROOT, TRANSLATION_ASSETS, run_script, timeout
+
+TABLES = sorted(p.stem for p in (ROOT / "configs" / "table").glob("*.yaml"))
+# The translation table cut to one MLE row and the MCL row, one and two methods, 4 steps, 4 items
+TINY_MT = ["table=mt_ende", "scale=demo", "scale.steps=4", "scale.max_items=4", "~table.rows.mle_r48",
+           "table.mle_methods=[mle_beam]", "table.rows.mcl.methods=[mcl_beam1,test_loss]",
+           "train_overrides=[" + ",".join(f'"{o}"' for o in TRANSLATION_ASSETS) + "]",
+           'eval_overrides=["generation.max_new_tokens=8"]']
+
+
+def reproduce_args(overrides: list[str], data_dir: Path, tmp_path: Path) -> list[str]:
+    return [ROOT / "scripts" / "reproduce.py", *overrides, f"paths.data_dir={data_dir}",
+            f"paths.log_dir={tmp_path / 'logs'}", f"results_dir={tmp_path / 'results'}"]
+
+
+def finished_runs(log_dir: Path, experiment: str) -> list:
+    client = MlflowClient(f"sqlite:///{log_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return [r for r in client.search_runs([exp.experiment_id]) if r.info.status == "FINISHED"]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Composition and the missing-data check (no training)
+
+
+def test_every_table_composes_at_both_scales_and_rows_share_trainings():
+    from loramcl.reproduce.main import compose_all
+
+    plans = {}
+    for table in TABLES:
+        for scale in ("paper", "demo"):
+            _, plans[table, scale] = compose_all(ROOT, [f"table={table}", f"scale={scale}"])
+    counts = {key: (len(t.rows), len(t.trainings()), len(t.evaluations())) for key, t in plans.items()}
+    assert counts["audio_loss_vs_k", "paper"] == (14, 14, 14)  # 7 rows x 2 datasets, one test loss each
+    assert counts["audio_quality_diversity", "paper"] == (14, 14, 62)  # (13 + 3 + 5 x 3) x 2
+    assert counts["textcaps_bilingual", "paper"] == (2, 1, 3)  # MLE and MCL rows of ONE bilingual run
+    assert counts["toy", "paper"] == (2, 2, 0)
+    # on the demo, AudioCaps and Clotho rows train the same config: one training, one evaluation each
+    assert counts["audio_quality_diversity", "demo"] == (14, 7, 31)
+    # the same training in two tables is one run (LoRA-MLE r = 8 on AudioCaps)
+    loss = {r.id: r.training.key for r in plans["audio_loss_vs_k", "paper"].rows}
+    quality = {r.id: r.training.key for r in plans["audio_quality_diversity", "paper"].rows}
+    assert loss["mle_r8/AudioCaps"] == quality["mle/AudioCaps"] != loss["mle_r8/Clotho"]
+    assert loss["mcl_k5/Clotho"] == quality["mcl_relaxed/Clotho"]
+    assert len({loss["mle_r8/Clotho"], loss["mle_r24/Clotho"], loss["mle_r40/Clotho"]}) == 3
+    # rows keep their scheme at the demo scale
+    demo = plans["audio_quality_diversity", "demo"]
+    cfgs = {r.name: demo.configs[r.training.key] for r in demo.rows}
+    assert cfgs["mcl_annealed"].mcl.mode == "annealed-wta" and cfgs["random"].mcl.mode == "random-wta"
+    assert cfgs["mcl_relaxed_small"].mcl.epsilon == 0.0005 and cfgs["moe"].mcl.mode == "moe"
+    assert {str(c.data.name) for c in cfgs.values()} == {"synth_audio"}
+    assert plans["audio_loss_vs_k", "demo"].configs[
+        plans["audio_loss_vs_k", "demo"].rows[0].training.key].trainer.max_steps == 40
+
+
+def test_a_bad_table_or_method_fails_in_one_line(tmp_path):
+    proc = run_script([ROOT / "scripts" / "reproduce.py", "table=nope", "--dry-run"], seconds=120)
+    assert proc.returncode == 2 and "no table 'nope'" in proc.stderr and "mt_ende" in proc.stderr
+    proc = run_script([ROOT / "scripts" / "reproduce.py", "table=mt_ende", "table.rows.mcl.methods=[beam_me_up]",
+                       "--dry-run"], seconds=120)
+    assert proc.returncode == 2 and "row mcl: unknown decoding(s) beam_me_up" in proc.stderr
+
+
+def test_without_data_or_weights_it_names_every_missing_thing_once_and_starts_nothing(tmp_path):
+    """The paper table on a machine without Clotho, AudioCaps or Qwen2-Audio: one error listing each
+    once, with the command that provides it; no run folder, no MLflow store."""
+    start = time.monotonic()
+    proc = run_script(reproduce_args(["table=audio_quality_diversity"], tmp_path / "no_data", tmp_path),
+                      seconds=300, env={"HF_HUB_OFFLINE": "1"})
+    seconds = time.monotonic() - start
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = proc.stderr
+    assert "needs 3 thing(s)" in err and "nothing was started" in err
+    assert err.count("dataset 'clotho'") == 1 and err.count("dataset 'audiocaps'") == 1
+    assert err.count("model Qwen/Qwen2-Audio-7B-Instruct") == 1
+    assert "prepare_data.py clotho" in err and "prepare_data.py audiocaps" in err and "huggingface-cli download" in err
+    logs = tmp_path / "logs"
+    assert not (logs / "mlflow.db").exists() and not list(logs.glob("*/runs"))
+    print(f"missing-data check: {seconds:.1f} s")  # reported, never asserted
+
+
+# ----------------------------------------------------------------------------------------------------
+# The results layout from real MLflow runs (no training)
+
+
+def test_pivot_table_with_paper_column_from_mlflow_runs(tmp_path):
+    """The loss table: evaluations logged to a real MLflow store as eval.py logs them are found by
+    their group tag and land in the pivot CSV / LaTeX beside the paper's (unverified) figures."""
+    from loramcl.reproduce.main import collect, compose_all
+    from loramcl.reproduce.state import GROUP_TAG
+    from loramcl.utils.mlflow_store import MLflowRun
+
+    log_dir = tmp_path / "logs"
+    cfg, table = compose_all(ROOT, ["table=audio_loss_vs_k", f"paths.log_dir={log_dir}",
+                                    f"results_dir={tmp_path / 'results'}"])
+    uri = str(cfg.mlflow_uri)
+    ours = {"mle_r8/Clotho": 2.9, "mcl_k5/Clotho": 2.5, "mcl_k5/AudioCaps": 2.1}
+    for row in table.rows:
+        if row.id in ours:
+            (ev,) = row.evaluations
+            run = MLflowRun(uri, table.experiment, str(log_dir / "mlartifacts"), row.id,
+                            tags={GROUP_TAG: ev.group, "loramcl.kind": "eval"})
+            run.log_params({"eval.decoding": ev.decoding, "eval.method": "Test loss (teacher-forced)"})
+            run.log_metrics({"oracle_nll": ours[row.id]})
+            run.finish()
+    written = collect(table, cfg, log_dir, echo=lambda *a: None)
+    rows = {(r["row"], r["group"]): r for r in read_csv(tmp_path / "results" / "audio_loss_vs_k" / "audio_loss_vs_k.csv")}
+    assert len(rows) == 14
+    assert float(rows["mcl_k5", "Clotho"]["oracle_nll"]) == 2.5 and rows["mcl_k5", "Clotho"]["status"] == "done"
+    assert float(rows["mcl_k5", "Clotho"]["paper_oracle_nll"]) == 2.643
+    assert rows["mle_r40", "Clotho"]["oracle_nll"] == "" and rows["mle_r40", "Clotho"]["status"] == "missing"
+    assert rows["mle_r40", "Clotho"]["paper_oracle_nll"] == ""  # not known
+    tex = (tmp_path / "results" / "audio_loss_vs_k" / "audio_loss_vs_k.tex").read_text()
+    # one line per row label, columns AudioCaps | paper | Clotho | paper; best of each column bold
+    line = next(t for t in tex.splitlines() if t.startswith("LoRA-MCL, K = 5"))
+    assert line == r"LoRA-MCL, K = 5 & \textbf{2.10} & 2.00$^\dagger$ & \textbf{2.50} & 2.64$^\dagger$ \\"
+    assert r"NLL $\downarrow$ & AudioCaps & paper & Clotho & paper \\" in tex
+    assert "secondary source" in tex
+    assert {p.suffix for p in written} >= {".csv", ".tex", ".png", ".pdf"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# A tiny rehearsal, interrupted and finished
+
+
+def test_rehearsal_interrupted_and_rerun_trains_and_evaluates_nothing_twice(tmp_path, translation_assets):
+    args = [sys.executable, *map(str, reproduce_args(TINY_MT, translation_assets, tmp_path))]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # 1. interrupted while the second training runs (Ctrl-C on the whole process group)
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    seen, deadline = [], time.monotonic() + timeout(900)
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("[2/2]"):
+            break
+        assert time.monotonic() < deadline, "".join(seen)
+    time.sleep(3)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=timeout(120))
+    first = "".join(seen)
+    assert "training: done in" in first and "evaluation (mle_beam): done" in first, first
+    logs = tmp_path / "logs"
+    assert len(finished_runs(logs, "rehearsal_mt_ende")) == 1  # the MLE row's evaluation only
+
+    # 2. the same command finishes what is missing
+    done = run_script(reproduce_args(TINY_MT, translation_assets, tmp_path), seconds=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert out.count("training: done before") == 1 and "evaluation: 1 method(s) done before" in out
+    assert "evaluation (mcl_beam1,test_loss): done" in out and "3/3 lines complete" in out
+
+    # 3. and a third time does nothing at all
+    again = run_script(reproduce_args(TINY_MT, translation_assets, tmp_path), seconds=600)
+    assert again.returncode == 0 and again.stdout.count("training: done before") == 2
+    assert "running (log" not in again.stdout
+
+    # MLflow: each training finished once, each evaluation finished once
+    for experiment in ("rehearsal_alma_ende_mle", "rehearsal_alma_ende_mcl3"):
+        assert len(finished_runs(logs, experiment)) == 1, experiment
+    evals = finished_runs(logs, "rehearsal_mt_ende")
+    assert sorted(r.data.params["eval.decoding"] for r in evals) == ["mcl_beam1", "mle_beam", "test_loss"]
+
+    # the run folders are named by the key of the config they saved (what reuse relies on)
+    from loramcl.reproduce.plan import config_key
+
+    folders = sorted(logs.glob("rehearsal_*/runs/reproduce-*"))
+    assert len(folders) == 2
+    for folder in folders:
+        assert folder.name == f"reproduce-{config_key(OmegaConf.load(folder / '.hydra' / 'config.yaml'))}"
+
+    # the table holds the evaluations' own numbers (their metrics.json), and the test loss of MCL
+    rows = {r["decoding"]: r for r in read_csv(tmp_path / "results" / "rehearsal_mt_ende" / "mt_ende.csv")}
+    assert set(rows) == {"mle_beam", "mcl_beam1", "test_loss"} and {r["status"] for r in rows.values()} == {"done"}
+    for summary in logs.glob("eval/multiruns/*/*/metrics.json"):
+        info = json.loads(summary.read_text())
+        for key in ("oracle_bleu", "pairwise_bleu", "oracle_nll"):
+            if key in info["metrics"]:
+                assert float(rows[info["decoding"]][key]) == pytest.approx(info["metrics"][key], rel=1e-12)
+    assert rows["test_loss"]["oracle_bleu"] == "" and float(rows["test_loss"]["oracle_nll"]) > 0
+    assert float(rows["test_loss"]["oracle_nll"]) == pytest.approx(float(rows["mcl_beam1"]["oracle_nll"]), rel=1e-9)
+    tex = (tmp_path / "results" / "rehearsal_mt_ende" / "mt_ende.tex").read_text()
+    assert "LoRA-MLE, r = 16" in tex and "LoRA-MCL, K = 3" in tex and "LOO multi-ref BLEU" in tex
+    assert (tmp_path / "results" / "rehearsal_mt_ende" / "mt_ende.png").stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------------------------------------------
+# Every other table's rehearsal (slow)
+
+TINY = ["scale.steps=4", "scale.max_items=4", 'eval_overrides=["generation.max_new_tokens=8"]']
+REHEARSALS = {
+    "toy": [],
+    "audio_loss_vs_k": "audio",
+    "audio_quality_diversity": "audio",
+    "textcaps": "bilingual",
+    "textcaps_bilingual": "bilingual",
+    "mt_ende": "translation",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("table", [t for t in REHEARSALS])
+def test_rehearsal_of_every_table_has_every_row_and_column(table, tmp_path, request):
+    from loramcl.reproduce.main import compose_all
+
+    assets = REHEARSALS[table]
+    data_dir, extra = tmp_path / "data", []
+    if assets:
+        data_dir = request.getfixturevalue(f"{assets}_assets")
+        asset_overrides = {"audio": AUDIO_ASSETS, "translation": TRANSLATION_ASSETS, "bilingual": []}[assets]
+        if asset_overrides:
+            extra = ["train_overrides=[" + ",".join(f'"{o}"' for o in asset_overrides) + "]"]
+    overrides = [f"table={table}", "scale=demo", *TINY, *extra]
+    proc = run_script(reproduce_args(overrides, data_dir, tmp_path), seconds=7200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    _, plan = compose_all(ROOT, [f"table={table}", "scale=demo"])
+    out = tmp_path / "results" / f"rehearsal_{table}"
+    rows = read_csv(out / f"{table}.csv")
+    expected = sum(max(len(r.evaluations), 1) for r in plan.rows)
+    assert len(rows) == expected and {r["status"] for r in rows} == {"done"}
+    for metric in plan.metrics:
+        assert metric in rows[0], metric
+        if metric not in ("oracle_spice", "oracle_fense", "oracle_spider"):  # need jars / weights absent here
+            assert all(r[metric] != "" for r in rows if r["decoding"] != "test_loss" or metric == "oracle_nll"), metric
+    tex = (out / f"{table}.tex").read_text()
+    assert all(r.label.split(",")[0] in tex for r in plan.rows)
+    if plan.plot:
+        assert list(out.glob("*.png")), list(out.iterdir())
+    print(proc.stdout[-2500:])
+
+
+# ----------------------------------------------------------------------------------------------------
+# SLURM (slow, needs the local cluster)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_rehearsal_on_slurm_respects_the_dependencies(slurm, tmp_path, translation_assets):
+    from slurm_cluster import job_info, wait_for
+
+    overrides = [*TINY_MT, "--slurm", "slurm.partition=debug"]
+    proc = run_script(reproduce_args(overrides, translation_assets, tmp_path), seconds=300, env=slurm)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = json.loads((tmp_path / "logs" / "reproduce" / "rehearsal_mt_ende" / "jobs.json").read_text())
+    assert len(jobs["trainings"]) == 2 and len(set(jobs["evaluations"].values())) == 2
+    assert wait_for(jobs["collect"], slurm, timeout=1800, poll=2) == "COMPLETED"
+
+    def info(job: str) -> dict:
+        return job_info(job, slurm)
+
+    # each evaluation job started after its training's array task ended (afterok), the collection
+    # after every evaluation (afterany); SLURM's times have a one-second resolution
+    for key, job in jobs["evaluation_jobs"].items():
+        task = jobs["trainings"][key]
+        assert info(task)["JobState"] == "COMPLETED" and info(job)["JobState"] == "COMPLETED"
+        assert info(job)["StartTime"] >= info(task)["EndTime"], (info(task), info(job))
+        assert info(job)["Dependency"] in ("(null)", "") or task in info(job)["Dependency"]
+    assert info(jobs["collect"])["StartTime"] >= max(info(j)["EndTime"] for j in jobs["evaluation_jobs"].values())
+    rows = read_csv(tmp_path / "results" / "rehearsal_mt_ende" / "mt_ende.csv")
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"done"}
+    status = run_script(reproduce_args([*TINY_MT, "--status"], translation_assets, tmp_path), seconds=300, env=slurm)
+    assert status.returncode == 0 and status.stdout.count("training done") == 2, status.stdout
+    assert "1 done" in status.stdout and "2 done" in status.stdout
