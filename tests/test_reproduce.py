@@ -262,13 +262,19 @@ def test_rehearsal_of_every_table_has_every_row_and_column(table, tmp_path, requ
 # SLURM (slow, needs the local cluster)
 
 
+def run_on_cluster(args: list, env: dict) -> subprocess.CompletedProcess:
+    """scripts/reproduce.py with the test cluster's environment (its SLURM_CONF and PATH)."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"},
+                          capture_output=True, text=True, timeout=timeout(300))
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_rehearsal_on_slurm_respects_the_dependencies(slurm, tmp_path, translation_assets):
     from slurm_cluster import job_info, wait_for
 
     overrides = [*TINY_MT, "--slurm", "slurm.partition=debug"]
-    proc = run_script(reproduce_args(overrides, translation_assets, tmp_path), seconds=300, env=slurm)
+    proc = run_on_cluster(reproduce_args(overrides, translation_assets, tmp_path), slurm)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = json.loads((tmp_path / "logs" / "reproduce" / "rehearsal_mt_ende" / "jobs.json").read_text())
     assert len(jobs["trainings"]) == 2 and len(set(jobs["evaluations"].values())) == 2
@@ -287,6 +293,6 @@ def test_rehearsal_on_slurm_respects_the_dependencies(slurm, tmp_path, translati
     assert info(jobs["collect"])["StartTime"] >= max(info(j)["EndTime"] for j in jobs["evaluation_jobs"].values())
     rows = read_csv(tmp_path / "results" / "rehearsal_mt_ende" / "mt_ende.csv")
     assert len(rows) == 3 and {r["status"] for r in rows} == {"done"}
-    status = run_script(reproduce_args([*TINY_MT, "--status"], translation_assets, tmp_path), seconds=300, env=slurm)
+    status = run_on_cluster(reproduce_args([*TINY_MT, "--status"], translation_assets, tmp_path), slurm)
     assert status.returncode == 0 and status.stdout.count("training done") == 2, status.stdout
     assert "1 done" in status.stdout and "2 done" in status.stdout

@@ -176,7 +176,7 @@ def main(argv: Optional[list[str]] = None, root: Optional[Path] = None) -> int:
     mode.add_argument("--status", action="store_true", help="per row: done / running / failed / missing")
     mode.add_argument("--collect", action="store_true", help="only write results/<table>/ from what is done")
     mode.add_argument("--dry-run", action="store_true", help="print the plan (trainings, evaluations, states)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags anywhere among the overrides
     overrides = [o for o in args.overrides if o != "hydra/launcher=slurm"]
     use_slurm = args.slurm or len(overrides) != len(args.overrides)
     root = Path(root or os.environ.get("PROJECT_ROOT") or Path(__file__).resolve().parents[3]).resolve()
