@@ -62,7 +62,7 @@ def test_every_table_composes_at_both_scales_and_rows_share_trainings():
     counts = {key: (len(t.rows), len(t.trainings()), len(t.evaluations())) for key, t in plans.items()}
     assert counts["audio_loss_vs_k", "paper"] == (14, 14, 14)  # 7 rows x 2 datasets, one test loss each
     assert counts["audio_quality_diversity", "paper"] == (14, 14, 62)  # (13 + 3 + 5 x 3) x 2
-    assert counts["textcaps_bilingual", "paper"] == (2, 1, 3)  # MLE and MCL rows of ONE bilingual run
+    assert counts["textcaps_bilingual", "paper"] == (6, 1, 9)  # MLE and MCL x (all, en, fr) of ONE bilingual run
     assert counts["toy", "paper"] == (2, 2, 0)
     # on the demo, AudioCaps and Clotho rows train the same config: one training, one evaluation each
     assert counts["audio_quality_diversity", "demo"] == (14, 7, 31)
@@ -106,6 +106,24 @@ def test_without_data_or_weights_it_names_every_missing_thing_once_and_starts_no
     logs = tmp_path / "logs"
     assert not (logs / "mlflow.db").exists() and not list(logs.glob("*/runs"))
     print(f"missing-data check: {seconds:.1f} s")  # reported, never asserted
+
+
+def test_scores_per_language_keep_only_that_languages_references():
+    from loramcl.evaluation.decoding_run import only_language
+
+    records = [{"id": "a", "references": ["a dog", "un chien", "the dog"], "reference_languages": ["en", "fr", "en"]},
+               {"id": "b", "references": ["a cat"], "reference_languages": ["en"]}]
+    assert only_language(records, "fr") == [{**records[0], "references": ["un chien"]}]
+    assert [r["references"] for r in only_language(records, "en")] == [["a dog", "the dog"], ["a cat"]]
+
+
+def test_references_language_on_monolingual_data_fails_before_decoding(translation_runs, tmp_path):
+    from helpers import run_eval
+
+    proc = run_eval(f"ckpt_path={translation_runs['mcl']}", "decoding=mcl_beam1", "references_language=fr",
+                    "metrics.oracle_nll=false", log_dir=tmp_path)
+    assert proc.returncode == 1 and "references_language=fr: the test references of" in proc.stderr, proc.stderr
+    assert "decoding (" not in proc.stderr  # nothing was decoded
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -247,10 +265,15 @@ def test_rehearsal_of_every_table_has_every_row_and_column(table, tmp_path, requ
     rows = read_csv(out / f"{table}.csv")
     expected = sum(max(len(r.evaluations), 1) for r in plan.rows)
     assert len(rows) == expected and {r["status"] for r in rows} == {"done"}
+    no_nll = {r.name for r in plan.rows if any(o == "metrics.oracle_nll=false" for e in r.evaluations
+                                               for o in e.overrides)}  # scores per language
     for metric in plan.metrics:
         assert metric in rows[0], metric
-        if metric not in ("oracle_spice", "oracle_fense", "oracle_spider"):  # need jars / weights absent here
-            assert all(r[metric] != "" for r in rows if r["decoding"] != "test_loss" or metric == "oracle_nll"), metric
+        if metric in ("oracle_spice", "oracle_fense", "oracle_spider"):  # need jars / weights absent here
+            continue
+        expected = [r for r in rows if (r["decoding"] != "test_loss" or metric == "oracle_nll")
+                    and not (metric == "oracle_nll" and r["row"] in no_nll)]
+        assert expected and all(r[metric] != "" for r in expected), metric
     tex = (out / f"{table}.tex").read_text()
     assert all(r.label.split(",")[0] in tex for r in plan.rows)
     if plan.plot:

@@ -77,8 +77,11 @@ def decode_split(decoder: Decoder, datamodule: Any, spec: DecodingSpec, K: int, 
                 if len(cands) != K:
                     raise RuntimeError(f"decoding {spec.name} gave {len(cands)} candidates for item {item['id']}, not K={K}")
                 refs = item.get("captions", item.get("references"))
-                records.append({"id": item["id"], "references": list(refs), "candidates": [asdict(c) for c in cands],
-                                "_batch": number})
+                record = {"id": item["id"], "references": list(refs), "candidates": [asdict(c) for c in cands],
+                          "_batch": number}
+                if item.get("languages") is not None:  # bilingual data: the language of each reference
+                    record["reference_languages"] = list(item["languages"])
+                records.append(record)
             bar.update(n)
     return records
 
@@ -127,6 +130,27 @@ def gather_records(fabric: Any, records: list[dict]) -> list[dict]:
     return merged
 
 
+def check_reference_language(datamodule: Any, language: str) -> None:
+    """`references_language` needs data whose references carry a language (the bilingual sets)."""
+    test = datamodule.sets["test"]
+    languages = {lang for row in getattr(test, "languages", None) or [] for lang in row}
+    if language not in languages:
+        raise ConfigError(f"references_language={language}: the test references of {datamodule.name!r} are in "
+                          f"{', '.join(sorted(languages)) or 'no recorded language'}; it is for bilingual data "
+                          f"(set it to one of those, or null)")
+
+
+def only_language(records: list[dict], language: str) -> list[dict]:
+    """Each item scored against its references in `language` only; items with none are left out."""
+    kept = []
+    for record in records:
+        refs = [r for r, lang in zip(record["references"], record.get("reference_languages") or []) if lang == language]
+        if refs:
+            kept.append({**record, "references": refs})
+    log.info(f"references_language={language}: {len(kept)} of {len(records)} items have references in it")
+    return kept
+
+
 @dataclass
 class Plan:
     """Everything checked before a model is built: what to decode, with which model, at which K."""
@@ -156,6 +180,9 @@ def plan(cfg: DictConfig) -> Optional[Plan]:
     spec.beams(K), spec.forward_passes(K)  # resolve "K", "2K", ... now: a bad value fails here
     if spec.method == "teacher_forced" and not cfg.metrics.get("oracle_nll", True):
         raise ConfigError(f"decoding={spec.name} computes the oracle NLL only: it needs metrics.oracle_nll=true")
+    if cfg.get("references_language") and cfg.metrics.get("oracle_nll", True):
+        raise ConfigError("references_language scores the candidates against one language's references; the oracle "
+                          "NLL covers every reference: add metrics.oracle_nll=false")
 
     datamodule = preflight(train_cfg, training=False)  # data files and backbone weights exist (or fail in one message)
     if not hasattr(datamodule, "sets") or "test" not in getattr(datamodule, "splits", {}):
@@ -178,6 +205,9 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
     fabric = launch_processes(cfg)  # devices > 1: each process decodes a share of the batches
     rank, world = (fabric.global_rank, fabric.world_size) if fabric else (0, 1)
     datamodule.setup("test")
+    language = cfg.get("references_language")
+    if language:
+        check_reference_language(datamodule, str(language))
 
     torch.manual_seed(int(cfg.seed))
     device = fabric.device if fabric else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -212,6 +242,8 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
     for record in records:
         record.pop("_batch")
 
+    if language:
+        records = only_language(records, str(language))
     candidates = [[c["text"] for c in r["candidates"]] for r in records]
     metrics, sentence, notes = score(task, candidates, [r["references"] for r in records], cfg.metrics) \
         if decodes else ({}, {}, [])
@@ -227,6 +259,8 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
     info = {"scheme": scheme.label, "scheme_kind": scheme.kind, "decoding": spec.name, "method": method_label,
             "num_hypotheses": K, "task_type": task.name, "train_run": str(checkpoint.path), "model_name": name,
             "items": len(records), "notes": notes}
+    if language:
+        info["references_language"] = str(language)
     out = output_dir(cfg)
     files = write_outputs(out, records, metrics, info) if out is not None else []
     log_to_mlflow(cfg, train_cfg, metrics, info, files)

@@ -161,7 +161,7 @@ def print_lines(table: Table, lines: list, echo=print) -> None:
             text = "" if value is None else f"{value:.3f}"
             if paper is not None:
                 text += f" ({paper:g})"
-            cells.append(f"{text or line.status:>12}")
+            cells.append(f"{text or ('-' if line.status == 'done' else line.status):>12}")
         echo(f"  {label[:34]:<34} {line.method[:26]:<26} " + " ".join(cells))
 
 

@@ -238,7 +238,8 @@ def plan_table(cfg: DictConfig, compose: Any, decodings: Optional[set[str]] = No
                                 str(train_cfg.task.name), data_name)
             configs.setdefault(training.key, train_cfg)
             methods = row.get("methods", default_methods) or []
-            eval_overrides = ([f"model_name={row.model_name}"] if row.get("model_name") else []) + extra_eval
+            eval_overrides = ([f"model_name={row.model_name}"] if row.get("model_name") else []) + \
+                _strings(row.get("eval_overrides"), f"{where}: eval_overrides") + extra_eval
             if table.get("kind", "eval") == "toy":
                 methods = []
             evaluations = [Evaluation(training, str(m), tuple(eval_overrides)) for m in methods]

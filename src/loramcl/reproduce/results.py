@@ -32,7 +32,7 @@ TOY_COLUMNS = {
     "mle_loss": ("MLE loss", False), "mle_optimum": ("MLE optimum", None),
     "mcl_loss": ("MCL WTA loss", False), "mcl_band_low": ("MCL band low", None), "mcl_band_high": ("MCL band high", None),
     "mle_matrix_error": ("MLE matrix err.", False), "mcl_matrix_error": ("MCL matrix err.", False),
-    "passed": ("Checks passed", None),
+    "passed": ("Checks passed (share)", None),
 }
 
 
@@ -190,8 +190,9 @@ def latex_long(table: Table, lines: list[Line]) -> str:
     cols = columns(table, lines)
     with_paper = [m for m in cols if any(m in line.paper for line in lines)]
     dagger = bool(table.paper_note)
-    spec = "ll" + "".join("rr" if m in with_paper else "r" for m in cols)
-    header = ["Training", "Method"]
+    methods = any(line.method for line in lines)  # the toy table's rows have no method column
+    spec = ("ll" if methods else "l") + "".join("rr" if m in with_paper else "r" for m in cols)
+    header = ["Training", "Method"] if methods else ["Training"]
     for m in cols:
         label, higher = column_label(m)
         arrow = "" if higher is None else (r" $\uparrow$" if higher else r" $\downarrow$")
@@ -212,7 +213,9 @@ def latex_long(table: Table, lines: list[Line]) -> str:
         for i, line in enumerate(mine):
             if previous is not None and line.row.label != previous:
                 out.append(r"\cmidrule(lr){1-" + str(width) + "}")
-            cells = [latex_escape(line.row.label) if line.row.label != previous else "", latex_escape(line.method)]
+            cells = [latex_escape(line.row.label) if line.row.label != previous else ""]
+            if methods:
+                cells.append(latex_escape(line.method))
             for m in cols:
                 cells.append(_cell(m, line.values.get(m), i in best[m]))
                 if m in with_paper:
