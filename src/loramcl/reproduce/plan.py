@@ -95,7 +95,7 @@ class Evaluation:
 class Row:
     name: str  # the row's key in the table config
     label: str
-    group: Optional[str]  # the group (dataset) it belongs to, for tables with groups
+    group: Optional[str]  # its group (dataset) in tables with groups, else its `section` (LaTeX section, plot)
     training: Training
     evaluations: list[Evaluation]
     # the paper's figures: {metric: value}, or per method {decoding: {metric: value}} (both may mix)
@@ -247,7 +247,8 @@ def plan_table(cfg: DictConfig, compose: Any, decodings: Optional[set[str]] = No
             if group is not None and paper:
                 paper = paper.get(group) or {}
             fields = {k: row[k] for k in ("series", "params") if row.get(k) is not None}
-            rows.append(Row(str(row_name), str(row.get("label") or row_name), group, training, evaluations,
+            section = group if group is not None else row.get("section")  # a group without expansion
+            rows.append(Row(str(row_name), str(row.get("label") or row_name), section, training, evaluations,
                             paper, fields))
     results_dir = Path(str(cfg.results_dir)) / (table.name if scale.prefix == "table" else experiment)
     return Table(str(table.name), str(table.get("title") or table.name), str(table.get("kind", "eval")),

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from loramcl.evaluation.collect import best_rows, format_value, latex_escape, quality_diversity_figure
+from loramcl.evaluation.collect import best_rows, file_stem, format_value, latex_escape, quality_diversity_figure
 from loramcl.metrics.registry import METRICS
 from loramcl.reproduce.plan import Row, Table
 
@@ -326,7 +326,7 @@ def plot_quality_diversity(table: Table, lines: list[Line], stem: Path) -> list[
                      quality, spec["x"])
             continue
         fig, _ = quality_diversity_figure(rows, quality, spec["x"])
-        name = stem.name + (f"_{group}" if group else "")
+        name = stem.name + (f"_{file_stem(str(group))}" if group else "")
         for suffix in (".png", ".pdf"):
             path = stem.with_name(name + suffix)
             fig.savefig(path, dpi=200)
