@@ -48,6 +48,8 @@ def test_mcl_eval_writes_K_candidates_metrics_and_mlflow(translation_runs, tmp_p
     assert params["eval.decoding"] == "mcl_beam2" and params["eval.task_type"] == "translation"
 
 
+@pytest.mark.slow  # suite time: the table rehearsal (test_reproduce) runs eval.py -m and collects by default;
+# test_golden pins beam / DBS / nucleus outputs, test_collect_results the collector's CLI
 def test_one_output_sweep_is_one_multirun(translation_runs, tmp_path):
     """MLE: beam, DBS and a sampler in one `-m` call; every job gives K = 3 candidates per item."""
     proc = run_eval("-m", f"ckpt_path={translation_runs['mle']}", "decoding=mle_beam,mle_dbs,mle_sampling_nucleus",
@@ -68,7 +70,9 @@ def test_one_output_sweep_is_one_multirun(translation_runs, tmp_path):
     assert next(out.glob("*.png")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("decoding", ["moe_standard", "moe_sampled_expert", "moe_forced"])
+@pytest.mark.parametrize("decoding", ["moe_standard",  # the other two are pinned by test_golden; slow for suite time
+                                      pytest.param("moe_sampled_expert", marks=pytest.mark.slow),
+                                      pytest.param("moe_forced", marks=pytest.mark.slow)])
 def test_moe_variants_give_K_candidates(translation_runs, tmp_path, decoding):
     proc = run_eval(f"ckpt_path={translation_runs['moe']}", f"decoding={decoding}", "metrics.oracle_nll=false",
                     log_dir=tmp_path)

@@ -55,10 +55,10 @@ def read_csv(path: Path) -> list[dict]:
 def test_every_table_composes_at_both_scales_and_rows_share_trainings():
     from loramcl.reproduce.main import compose_all
 
-    plans = {}
-    for table in TABLES:
-        for scale in ("paper", "demo"):
-            _, plans[table, scale] = compose_all(ROOT, [f"table={table}", f"scale={scale}"])
+    plans = {}  # every table at the paper scale; the demo scale of the others is composed by their rehearsals
+    for table, scale in [(t, "paper") for t in TABLES] + [("audio_quality_diversity", "demo"),
+                                                          ("audio_loss_vs_k", "demo")]:
+        _, plans[table, scale] = compose_all(ROOT, [f"table={table}", f"scale={scale}"])
     counts = {key: (len(t.rows), len(t.trainings()), len(t.evaluations())) for key, t in plans.items()}
     assert counts["audio_loss_vs_k", "paper"] == (14, 14, 14)  # 7 rows x 2 datasets, one test loss each
     assert counts["audio_quality_diversity", "paper"] == (14, 14, 62)  # (13 + 3 + 5 x 3) x 2
@@ -117,13 +117,18 @@ def test_scores_per_language_keep_only_that_languages_references():
     assert [r["references"] for r in only_language(records, "en")] == [["a dog", "the dog"], ["a cat"]]
 
 
-def test_references_language_on_monolingual_data_fails_before_decoding(translation_runs, tmp_path):
-    from helpers import run_eval
+def test_references_language_needs_references_in_that_language(translation_runs):
+    """eval.py checks it on the test split before the model is built (monolingual data: refused)."""
+    from hydra.utils import instantiate
 
-    proc = run_eval(f"ckpt_path={translation_runs['mcl']}", "decoding=mcl_beam1", "references_language=fr",
-                    "metrics.oracle_nll=false", log_dir=tmp_path)
-    assert proc.returncode == 1 and "references_language=fr: the test references of" in proc.stderr, proc.stderr
-    assert "decoding (" not in proc.stderr  # nothing was decoded
+    from loramcl.errors import ConfigError
+    from loramcl.evaluation.decoding_run import check_reference_language
+    from loramcl.runs import RunFolder
+
+    datamodule = instantiate(RunFolder(translation_runs["mcl"]).config().data)
+    datamodule.setup("test")
+    with pytest.raises(ConfigError, match="references_language=fr: the test references of .* are in no recorded"):
+        check_reference_language(datamodule, "fr")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -177,12 +182,11 @@ def test_rehearsal_interrupted_and_rerun_trains_and_evaluates_nothing_twice(tmp_
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     seen, deadline = [], time.monotonic() + timeout(900)
-    for line in proc.stdout:
+    for line in proc.stdout:  # until the second training's train.py has started
         seen.append(line)
-        if line.startswith("[2/2]"):
+        if "training: running" in line and any(s.startswith("[2/2]") for s in seen):
             break
         assert time.monotonic() < deadline, "".join(seen)
-    time.sleep(3)
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=timeout(120))
     first = "".join(seen)
