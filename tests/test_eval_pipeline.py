@@ -132,6 +132,7 @@ def test_mle_run_refuses_hypothesis_decoding(translation_runs, tmp_path):
     assert proc.returncode != 0 and "decodes each of the K hypotheses" in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # suite time; the audio table's rehearsal (test_reproduce, slow) decodes tta_beam1/2/K too
 def test_audio_tta_masks_real_whisper_features(audio_assets, tmp_path):
     """TTA on the tiny Qwen2-Audio: K masked copies of each clip, each decoded with beam 2."""
     run = train_demo("demo_audio_mle", AUDIO_DEMO, audio_assets, tmp_path / "train")

@@ -52,34 +52,35 @@ def read_csv(path: Path) -> list[dict]:
 # Composition and the missing-data check (no training)
 
 
-def test_every_table_composes_at_both_scales_and_rows_share_trainings():
+def test_every_table_composes_and_rows_share_trainings():
     from loramcl.reproduce.main import compose_all
 
-    plans = {}  # every table at the paper scale; the demo scale of the others is composed by their rehearsals
-    for table, scale in [(t, "paper") for t in TABLES] + [("audio_quality_diversity", "demo"),
-                                                          ("audio_loss_vs_k", "demo")]:
-        _, plans[table, scale] = compose_all(ROOT, [f"table={table}", f"scale={scale}"])
+    plans = {table: compose_all(ROOT, [f"table={table}"])[1] for table in TABLES}  # the paper scale
     counts = {key: (len(t.rows), len(t.trainings()), len(t.evaluations())) for key, t in plans.items()}
-    assert counts["audio_loss_vs_k", "paper"] == (14, 14, 14)  # 7 rows x 2 datasets, one test loss each
-    assert counts["audio_quality_diversity", "paper"] == (14, 14, 62)  # (13 + 3 + 5 x 3) x 2
-    assert counts["textcaps_bilingual", "paper"] == (6, 1, 9)  # MLE and MCL x (all, en, fr) of ONE bilingual run
-    assert counts["toy", "paper"] == (2, 2, 0)
-    # on the demo, AudioCaps and Clotho rows train the same config: one training, one evaluation each
-    assert counts["audio_quality_diversity", "demo"] == (14, 7, 31)
+    assert counts["audio_loss_vs_k"] == (14, 14, 14)  # 7 rows x 2 datasets, one test loss each
+    assert counts["audio_quality_diversity"] == (14, 14, 62)  # (13 + 3 + 5 x 3) x 2
+    assert counts["textcaps_bilingual"] == (6, 1, 9)  # MLE and MCL x (all, en, fr) of ONE bilingual run
+    assert counts["toy"] == (2, 2, 0)
     # the same training in two tables is one run (LoRA-MLE r = 8 on AudioCaps)
-    loss = {r.id: r.training.key for r in plans["audio_loss_vs_k", "paper"].rows}
-    quality = {r.id: r.training.key for r in plans["audio_quality_diversity", "paper"].rows}
+    loss = {r.id: r.training.key for r in plans["audio_loss_vs_k"].rows}
+    quality = {r.id: r.training.key for r in plans["audio_quality_diversity"].rows}
     assert loss["mle_r8/AudioCaps"] == quality["mle/AudioCaps"] != loss["mle_r8/Clotho"]
     assert loss["mcl_k5/Clotho"] == quality["mcl_relaxed/Clotho"]
     assert len({loss["mle_r8/Clotho"], loss["mle_r24/Clotho"], loss["mle_r40/Clotho"]}) == 3
-    # rows keep their scheme at the demo scale
-    demo = plans["audio_quality_diversity", "demo"]
+
+
+@pytest.mark.slow  # suite time (the default rehearsal composes mt_ende at the demo scale)
+def test_the_demo_scale_keeps_every_rows_scheme():
+    from loramcl.reproduce.main import compose_all
+
+    demo = compose_all(ROOT, ["table=audio_quality_diversity", "scale=demo"])[1]
+    # AudioCaps and Clotho rows train the same config on the demo: one training, one evaluation each
+    assert (len(demo.rows), len(demo.trainings()), len(demo.evaluations())) == (14, 7, 31)
     cfgs = {r.name: demo.configs[r.training.key] for r in demo.rows}
     assert cfgs["mcl_annealed"].mcl.mode == "annealed-wta" and cfgs["random"].mcl.mode == "random-wta"
     assert cfgs["mcl_relaxed_small"].mcl.epsilon == 0.0005 and cfgs["moe"].mcl.mode == "moe"
     assert {str(c.data.name) for c in cfgs.values()} == {"synth_audio"}
-    assert plans["audio_loss_vs_k", "demo"].configs[
-        plans["audio_loss_vs_k", "demo"].rows[0].training.key].trainer.max_steps == 40
+    assert demo.configs[demo.rows[0].training.key].trainer.max_steps == 40
 
 
 def test_a_bad_table_or_method_fails_in_one_line(tmp_path):
@@ -201,10 +202,14 @@ def test_rehearsal_interrupted_and_rerun_trains_and_evaluates_nothing_twice(tmp_
     assert out.count("training: done before") == 1 and "evaluation: 1 method(s) done before" in out
     assert "evaluation (mcl_beam1,test_loss): done" in out and "3/3 lines complete" in out
 
-    # 3. and a third time does nothing at all
-    again = run_script(reproduce_args(TINY_MT, translation_assets, tmp_path), seconds=600)
-    assert again.returncode == 0 and again.stdout.count("training: done before") == 2
-    assert "running (log" not in again.stdout
+    # 3. and a third time would do nothing at all: every training and evaluation is found done
+    from loramcl.reproduce.main import compose_all
+    from loramcl.reproduce.state import RunIndex, evaluation_done, finished_evaluations
+
+    cfg, plan = compose_all(ROOT, [*TINY_MT, f"paths.data_dir={translation_assets}", f"paths.log_dir={tmp_path / 'logs'}"])
+    index, finished = RunIndex(tmp_path / "logs"), finished_evaluations(str(cfg.mlflow_uri), plan.experiment)
+    assert [index.state(t).status for t in plan.trainings()] == ["done", "done"]
+    assert all(evaluation_done(e, finished) for e in plan.evaluations()) and len(plan.evaluations()) == 3
 
     # MLflow: each training finished once, each evaluation finished once
     for experiment in ("rehearsal_alma_ende_mle", "rehearsal_alma_ende_mcl3"):
