@@ -132,8 +132,9 @@ def status(table: Table, cfg: DictConfig, log_dir: Path, echo=print) -> dict[str
     return report
 
 
-def collect(table: Table, cfg: DictConfig, log_dir: Path, failed: Optional[dict] = None, echo=print) -> list[Path]:
-    index = RunIndex(log_dir)
+def collect(table: Table, cfg: DictConfig, log_dir: Path, failed: Optional[dict] = None, echo=print,
+            index: Optional[RunIndex] = None) -> list[Path]:
+    index = index or RunIndex(log_dir)
     states = {t.key: index.state(t) for t in table.trainings()}
     finished = finished_evaluations(str(cfg.mlflow_uri), table.experiment)
     lines = gather(table, states, finished, set(failed or ()))
@@ -191,7 +192,7 @@ def main(argv: Optional[list[str]] = None, root: Optional[Path] = None) -> int:
             status(table, cfg, log_dir)
             return 0
         if args.collect:
-            collect(table, cfg, log_dir)
+            collect(table, cfg, log_dir, index=index)
             return 0
         describe_plan(table, index, finished)
         if args.dry_run:
@@ -204,8 +205,8 @@ def main(argv: Optional[list[str]] = None, root: Optional[Path] = None) -> int:
             submit(table, cfg, root, paths, str(cfg.mlflow_uri), sys.executable, collect_command)
             print(f"follow it with: python scripts/reproduce.py {' '.join(overrides)} --status")
             return 0
-        outcome = LocalRunner(table, root, paths, str(cfg.mlflow_uri)).run()
-        collect(table, cfg, log_dir, outcome.failed)
+        outcome = LocalRunner(table, root, paths, str(cfg.mlflow_uri), index=index).run()
+        collect(table, cfg, log_dir, outcome.failed, index=index)
         if outcome.failed:
             print(f"{len(outcome.failed)} job(s) failed (their logs are named above); run the same command again "
                   f"to retry them: what is done is kept")

@@ -83,13 +83,13 @@ class LocalRunner:
     """Runs a table's missing jobs in this machine's processes, reporting progress as it goes."""
 
     def __init__(self, table: Table, root: Path, paths: dict[str, str], tracking_uri: str,
-                 python: Optional[str] = None, echo=print) -> None:
+                 python: Optional[str] = None, echo=print, index: Optional[RunIndex] = None) -> None:
         self.table, self.root, self.paths, self.tracking_uri = table, Path(root), paths, tracking_uri
         self.log_dir = Path(paths["log_dir"])
         self.python = python or sys.executable
         self.echo = echo
         self.job_logs = self.log_dir / "reproduce" / table.experiment
-        self.index = RunIndex(self.log_dir)
+        self.index = index or RunIndex(self.log_dir)  # the caller's, so logs/ is scanned at most once
 
     def _run(self, command: list[str], log_file: Path, what: str) -> bool:
         log_file.parent.mkdir(parents=True, exist_ok=True)
