@@ -3,9 +3,11 @@
 The main reference is peft: K separate peft LoRA adapters holding the same A_k / B_k must give the
 same logits and the same gradients as hypothesis k of `MultiLoRALinear`, whether hypothesis k runs
 alone or as slice k of the one-pass, K-times replicated forward. The rest checks the layer against
-its formula y_k = W x + (alpha / r) B_k A_k dropout(x), written out by hand.
+its formula y_k = W x + (alpha / r) B_k A_k dropout(x), written out by hand, and the layer's fast
+implementation against its reference one (outputs and gradients).
 """
 
+import contextlib
 import copy
 import math
 
@@ -18,7 +20,7 @@ from torch import nn
 
 from tiny_models import tiny_llama
 from loramcl import LoRAConfig, MCLConfig, MCLModel, MultiLoRALinear
-from loramcl.layers import Route, lora_layers
+from loramcl.layers import Route, lora_layers, set_implementation
 
 ATOL = 1e-5
 
@@ -347,3 +349,137 @@ def test_model_dropout_train_vs_eval():
         again = model(input_ids=ids, attention_mask=mask, hypothesis_idx=1).logits
     torch.testing.assert_close(eval_logits[0], eval_logits[1], atol=ATOL, rtol=1e-5)
     torch.testing.assert_close(again, eval_logits[1], atol=ATOL, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------ fast vs reference implementation
+@contextlib.contextmanager
+def implementation(name):
+    previous = set_implementation(name)
+    try:
+        yield
+    finally:
+        set_implementation(previous)
+
+
+def outputs_and_grads(layer, x, routing, impl, autocast=False):
+    """(y, dL/dx, dL/dA, dL/dB[, dL/dR]) of one forward / backward under `impl`, for a fixed weighted-sum loss."""
+    layer.zero_grad(set_to_none=True)
+    layer.routing = routing
+    x = x.detach().clone().requires_grad_(True)
+    with implementation(impl), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = layer(x)
+    weights = torch.linspace(-1, 1, y.numel()).view(y.shape)  # every output element counts differently
+    (y.float() * weights).sum().backward()
+    grads = [x.grad, layer.lora_A.grad, layer.lora_B.grad]
+    if layer.router is not None:
+        grads.append(layer.router.weight.grad)
+    return [y.detach()] + grads
+
+
+def assert_close_relative(got, expected, rel):
+    """max |got - expected| <= rel * max |expected| (rounding, not a per-element tolerance)."""
+    for g, e in zip(got, expected):
+        assert g.dtype == e.dtype and g.shape == e.shape
+        scale = e.float().abs().max().item()
+        assert (g.float() - e.float()).abs().max().item() <= rel * scale, (g, e)
+
+
+def kway_layer(K=5, r=4, d_in=48, d_out=40, dtype=torch.float32, router=False, seed=0):
+    torch.manual_seed(seed)
+    layer = MultiLoRALinear(nn.Linear(d_in, d_out).to(dtype), K, r, 8.0, router=router)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+        if router:
+            layer.router.weight.normal_()
+    return layer
+
+
+K5 = 5
+ROUTED_IDS = {  # (ids, rows of the batch): beam search repeats each row m times contiguously
+    "random order, repeats": (torch.randint(0, K5, (30,), generator=torch.Generator().manual_seed(3)), 30),
+    "random order, beams m=3": (torch.randint(0, K5, (10,), generator=torch.Generator().manual_seed(4)), 30),
+    "permuted blocks": (torch.tensor([2, 0, 4, 1, 3]).repeat_interleave(6), 30),
+    "contiguous blocks": (torch.arange(K5).repeat_interleave(6), 30),
+    "contiguous blocks, beams m=3": (torch.arange(K5).repeat_interleave(2), 30),
+    "one hypothesis": (torch.full((30,), 3), 30),
+}
+
+
+@pytest.mark.parametrize("case", list(ROUTED_IDS))
+@pytest.mark.parametrize("shape", [(7,), (), (20,)], ids=["seq", "no-seq", "long-seq"])  # long: K L > 64
+def test_fast_routed_ids_equal_reference(case, shape):
+    ids, rows = ROUTED_IDS[case]
+    layer = kway_layer()
+    x = torch.randn(rows, *shape, 48)
+    expected = outputs_and_grads(layer, x, ids, "reference")
+    got = outputs_and_grads(layer, x, ids, "fast")
+    # same sums in another order, not bit for bit; parameter gradients sum over all rows and tokens
+    assert_close_relative(got[:2], expected[:2], 1e-6)
+    assert_close_relative(got[2:], expected[2:], 1e-5)
+    plan = layer._routed_plan(ids, rows, x.device)  # which fast path ran
+    if "contiguous" in case:
+        assert plan is Route.REPLICATED
+    elif case == "one hypothesis":
+        assert plan == 3
+    else:
+        assert plan.shape == (rows, K5 * 4)  # the block mask (long rows gather instead)
+        if shape == (20,):
+            assert got[0].equal(expected[0])
+    # meaningful: the rows really go through different adapters
+    if case != "one hypothesis":
+        with implementation("reference"), torch.no_grad():
+            layer.routing = 0
+            assert (layer(x) - expected[0]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("routing", [2, Route.REPLICATED], ids=["int", "replicated"])
+def test_fast_int_and_replicated_routing_identical_to_reference(routing):
+    layer = kway_layer()
+    x = torch.randn(10, 7, 48)
+    for g, e in zip(outputs_and_grads(layer, x, routing, "fast"), outputs_and_grads(layer, x, routing, "reference")):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+def test_fast_routed_plan_follows_in_place_edits_and_batch_size():
+    layer = kway_layer()
+    ids = torch.arange(K5).repeat_interleave(2)
+    x = torch.randn(30, 48)
+    assert layer._routed_plan(ids, 10, x.device) is Route.REPLICATED
+    assert layer._routed_plan(ids, 30, x.device) is Route.REPLICATED  # beams: m = 3 rows per id
+    ids[0] = 4  # an in-place edit bumps the version counter: the cached plan is not reused
+    expected = outputs_and_grads(layer, x, ids, "reference")
+    got = outputs_and_grads(layer, x, ids, "fast")
+    assert_close_relative(got[:2], expected[:2], 1e-6)
+    assert_close_relative(got[2:], expected[2:], 1e-5)
+    assert isinstance(layer._plan[4], torch.Tensor)
+    with pytest.raises(ValueError, match="routing has 10 rows but the batch has 25"):
+        layer._routed_plan(ids, 25, x.device)
+
+
+@pytest.mark.parametrize("routing", [2, Route.REPLICATED, Route.MIXTURE], ids=["int", "replicated", "mixture"])
+def test_fast_skips_the_fp32_copy_under_autocast_with_identical_results(routing):
+    """bf16 -> fp32 -> bf16 is lossless, and the autocast matmuls cast to bf16 anyway: same bits."""
+    layer = kway_layer(dtype=torch.bfloat16, router=routing is Route.MIXTURE)
+    x = torch.randn(10, 7, 48).to(torch.bfloat16)
+    expected = outputs_and_grads(layer, x, routing, "reference", autocast=True)
+    got = outputs_and_grads(layer, x, routing, "fast", autocast=True)
+    assert got[0].dtype == torch.bfloat16
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+def test_fast_routed_ids_under_autocast_close_to_reference():
+    layer = kway_layer(dtype=torch.bfloat16)
+    ids, rows = ROUTED_IDS["random order, beams m=3"]
+    x = torch.randn(rows, 7, 48).to(torch.bfloat16)
+    expected = outputs_and_grads(layer, x, ids, "reference", autocast=True)
+    assert_close_relative(outputs_and_grads(layer, x, ids, "fast", autocast=True), expected, 2e-2)  # bf16 ulps
+
+
+def test_set_implementation_validates_and_returns_the_previous():
+    assert MultiLoRALinear.implementation == "fast"
+    with implementation("reference"):
+        assert MultiLoRALinear.implementation == "reference"
+    assert MultiLoRALinear.implementation == "fast"
+    with pytest.raises(ValueError, match="implementation must be one of fast, reference, got 'gather'"):
+        set_implementation("gather")

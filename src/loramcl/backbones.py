@@ -40,11 +40,25 @@ def model_class_for(name: Optional[str]):
     return cls
 
 
-def _finish(model: torch.nn.Module, gradient_checkpointing: bool) -> torch.nn.Module:
-    if gradient_checkpointing:
-        # non-reentrant checkpointing works with a frozen backbone (no input needs grad)
+def enable_checkpointing(model: torch.nn.Module) -> torch.nn.Module:
+    """Activation (gradient) checkpointing of every block, non-reentrant: it works with a frozen backbone
+    (no input needs grad). transformers 5 renamed `gradient_checkpointing_enable`; either is used."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def disable_checkpointing(model: torch.nn.Module) -> torch.nn.Module:
+    disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+    disable()
+    return model
+
+
+def _finish(model: torch.nn.Module, gradient_checkpointing: bool) -> torch.nn.Module:
+    return enable_checkpointing(model) if gradient_checkpointing else model
 
 
 def from_config(config_class: str, config: dict[str, Any], seed: int = 0, dtype: Optional[str] = None,

@@ -10,6 +10,11 @@ with two batched matmuls. The same layer also runs one chosen hypothesis on an u
 or an arbitrary row -> hypothesis map (used by batched decoding, where beam search multiplies the
 rows). The routing is a plain attribute set by `set_routing` (or the `MCLModel.route` context).
 
+Per-row routing avoids per-row adapter copies: ids that are K contiguous equal blocks in hypothesis
+order (batched decoding, beams included) take the replicated path; other ids, on short rows (a
+decoding step), multiply by all K adapters at once and keep each row's own block.
+`set_implementation("reference")` restores the former code (per-row gather), for benchmarks.
+
 With `router=True` the layer is a token-level LoRA mixture of experts (the LoRA-MoE baseline): a
 linear router g(x) = softmax(R x), R (K, d_in) zero-initialised (uniform gate 1/K at start), mixes
 the K experts per token, y = W x + (alpha / r) sum_k g_k(x) B_k A_k dropout(x).
@@ -40,6 +45,8 @@ class Route(enum.Enum):
 
 ROUTED = (Route.MIXTURE, Route.SAMPLED)  # need a token router
 Routing = Union[Route, int, torch.Tensor]  # a Route, hypothesis k, or one hypothesis id per row
+IMPLEMENTATIONS = ("fast", "reference")  # see `MultiLoRALinear.implementation`
+MASKED_TOKENS_MAX = 64  # per-row ids in any order: masked products up to K * (tokens per row) = 64, else gather
 
 
 class MultiLoRALinear(nn.Module):
@@ -57,7 +64,19 @@ class MultiLoRALinear(nn.Module):
             `torch.multinomial` on the global RNG (seeded runs reproduce it); only its delta is added.
 
     `router=True` adds `router`, an fp32 `nn.Linear(d_in, K, bias=False)` initialised to zero.
+
+    Implementation (class attribute `implementation`, set with `set_implementation`), for benchmarks:
+        "fast" (default): per-row ids without per-row adapter copies (K contiguous blocks in hypothesis
+            order take the replicated path; any other order computes h = x [A_1; ...; A_K]^T, zeroes all
+            blocks but the row's own and multiplies by [B_1 ... B_K], unless rows are long: a prompt
+            keeps the gather, cheaper there); under torch.autocast the input is not copied to fp32
+            first (the matmuls cast it to the autocast dtype themselves).
+        "reference": the former code: per-row ids gather (N, r, d_in) and (N, d_out, r) copies of the
+            adapters, and the adapter input is always cast to fp32.
+    Both give the same outputs, bit for bit except per-row ids (same up to float rounding).
     """
+
+    implementation: str = "fast"
 
     def __init__(self, base_layer: nn.Linear, num_hypotheses: int, r: int, alpha: float, dropout: float = 0.0,
                  router: bool = False):
@@ -76,6 +95,7 @@ class MultiLoRALinear(nn.Module):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.router: Optional[nn.Linear] = nn.Linear(d_in, num_hypotheses, bias=False, **factory) if router else None
         self.routing: Routing = Route.REPLICATED
+        self._plan: Optional[tuple] = None  # (ids, their version, rows, device, plan): see `_routed_plan`
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -96,21 +116,31 @@ class MultiLoRALinear(nn.Module):
                 + (", router=True" if self.router is not None else ""))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = self.implementation == "fast"
         result = self.base_layer(x)
         routing = self.routing
         if routing is Route.BASE:
             return result
-        x_in = self.lora_dropout(x).to(self.lora_A.dtype)
+        x_in = self.lora_dropout(x)
+        if not (fast and torch.is_autocast_enabled(x.device.type)):
+            # outside autocast the adapter arithmetic is fp32; under autocast the matmuls cast x to the
+            # autocast dtype anyway, so an fp32 copy would only be cast back (losslessly: same result)
+            x_in = x_in.to(self.lora_A.dtype)
         if isinstance(routing, Route) and routing in ROUTED:  # (checked by set_routing)
             delta = self._mixture_delta(x, x_in, sample=routing is Route.SAMPLED)
         elif routing is Route.REPLICATED:
             delta = self._replicated_delta(x_in)
         elif isinstance(routing, int):
-            # (..., d_in) -> (..., r) -> (..., d_out)
-            delta = (x_in @ self.lora_A[routing].T) @ self.lora_B[routing].T
-        else:
+            delta = self._single_delta(x_in, routing)
+        elif fast:
             delta = self._routed_delta(x_in, routing)
+        else:
+            delta = self._gathered_delta(x_in, routing)
         return result + (self.scaling * delta).to(result.dtype)
+
+    def _single_delta(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        # (..., d_in) -> (..., r) -> (..., d_out)
+        return (x @ self.lora_A[k].T) @ self.lora_B[k].T
 
     def _replicated_delta(self, x: torch.Tensor) -> torch.Tensor:
         K = self.num_hypotheses
@@ -123,7 +153,53 @@ class MultiLoRALinear(nn.Module):
         delta = torch.bmm(h, self.lora_B.transpose(1, 2))  # (K, M, d_out)
         return delta.reshape(*x.shape[:-1], delta.shape[-1])
 
+    def _routed_plan(self, ids: torch.Tensor, n: int, device: torch.device) -> Union[Route, int, torch.Tensor]:
+        """How to run per-row `ids` on n rows: Route.REPLICATED when they are K contiguous equal blocks
+        in hypothesis order, k when all rows use adapter k, else a (n, K * r) mask of each row's block.
+
+        Cached, since every decoding step (and every layer call of a step) reuses the same ids tensor;
+        the key holds the tensor itself and its version counter, so an in-place edit is noticed.
+        """
+        key = (ids._version, n, device)
+        if self._plan is not None and self._plan[0] is ids and self._plan[1:4] == key:
+            return self._plan[4]
+        if n != ids.shape[0] and (not ids.shape[0] or n % ids.shape[0]):
+            raise ValueError(f"routing has {ids.shape[0]} rows but the batch has {n}")
+        host = ids.cpu()  # one sync per routing, not per step
+        if n != ids.shape[0]:
+            host = host.repeat_interleave(n // ids.shape[0])  # beam search: each row into m contiguous rows
+        K, r = self.num_hypotheses, self.r
+        if n and n % K == 0 and torch.equal(host, torch.arange(K).repeat_interleave(n // K)):
+            plan: Union[Route, int, torch.Tensor] = Route.REPLICATED
+        elif n and bool((host == host[0]).all()):
+            plan = int(host[0])
+        else:
+            blocks = torch.eye(K, dtype=torch.bool).repeat_interleave(r, dim=1)  # (K, K * r)
+            plan = blocks[host].to(device)  # (n, K * r): row n keeps columns [ids[n] r, (ids[n] + 1) r)
+        self._plan = (ids, *key, plan)
+        return plan
+
     def _routed_delta(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Row n through adapter ids[n] (see `_routed_plan`); per-row adapter copies only for long rows."""
+        n = x.shape[0]
+        plan = self._routed_plan(ids, n, x.device)
+        if plan is Route.REPLICATED:
+            return self._replicated_delta(x)
+        if isinstance(plan, int):
+            return self._single_delta(x, plan)
+        K, r = self.num_hypotheses, self.r
+        if math.prod(x.shape[1:-1]) * K > MASKED_TOKENS_MAX:
+            # long rows (a prompt): the per-row copies are amortised over the row's tokens, while the
+            # masked products cost K times the flops (measured: equal at K L = 80, d = 1024, r = 8)
+            return self._gathered_delta(x, ids)
+        d_out = self.lora_B.shape[1]
+        h = x @ self.lora_A.reshape(K * r, -1).T  # (..., K r): every adapter's A on every row
+        h = h * plan.view(n, *[1] * (h.ndim - 2), K * r)  # keep the row's own block (exact: x * 1, x * 0)
+        B_cat = self.lora_B.transpose(1, 2).reshape(K * r, d_out)  # (K r, d_out), rows k r + j = B_k[:, j]
+        return h @ B_cat  # (..., d_out)
+
+    def _gathered_delta(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The reference per-row routing: (N, r, d_in) and (N, d_out, r) copies of the adapters."""
         n = x.shape[0]
         if n != ids.shape[0]:
             if n % ids.shape[0]:
@@ -168,6 +244,15 @@ class MultiLoRALinear(nn.Module):
             if base.bias is not None:
                 out.bias.copy_(base.bias)
         return out
+
+
+def set_implementation(name: str) -> str:
+    """Select the forward of every `MultiLoRALinear` ("fast" or "reference"); return the previous one."""
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {name!r}")
+    previous = MultiLoRALinear.implementation
+    MultiLoRALinear.implementation = name
+    return previous
 
 
 def _matches(name: str, spec: Union[str, Sequence[str]]) -> bool:

@@ -61,8 +61,8 @@ def tiny_qwen2_audio(tokenizer: Any, seed: int = 0, sizes: Optional[dict] = None
     config = Qwen2AudioConfig(
         audio_config={**s["audio"], "num_mel_bins": s["feature_size"],
                       "max_source_positions": feature_extractor.nb_max_frames // 2},
-        text_config={"model_type": "qwen2", "vocab_size": len(tokenizer), **s["text"],
-                     **_special_ids(tokenizer), "tie_word_embeddings": True},
+        text_config={"model_type": "qwen2", "vocab_size": len(tokenizer), **_special_ids(tokenizer),
+                     "tie_word_embeddings": True, **s["text"]},
         audio_token_id=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
     )
     model = _seeded_model(Qwen2AudioForConditionalGeneration, config, tokenizer, seed)
@@ -94,7 +94,7 @@ def tiny_llava_next(tokenizer: Any, seed: int = 0, sizes: Optional[dict] = None)
         vision_config={"model_type": "clip_vision_model", **s["vision"], "image_size": s["image_size"],
                        "patch_size": s["patch_size"], "projection_dim": s["vision"]["hidden_size"]},
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), image_grid_pinpoints=s["grid"],
-        vision_feature_layer=-1, vision_feature_select_strategy="default",
+        vision_feature_layer=s.get("feature_layer", -1), vision_feature_select_strategy="default",
     )
     model = _seeded_model(LlavaNextForConditionalGeneration, config, tokenizer, seed)
     return model, processor
@@ -108,7 +108,7 @@ def tiny_llama(tokenizer: Any, seed: int = 0, sizes: Optional[dict] = None):
     """(model, tokenizer) of a randomly initialised tiny Llama (ALMA's architecture) for `tokenizer`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=len(tokenizer), **{**TINY_LLAMA, **(sizes or {})}, **_special_ids(tokenizer))
+    config = LlamaConfig(**{"vocab_size": len(tokenizer), **_special_ids(tokenizer), **TINY_LLAMA, **(sizes or {})})
     model = _seeded_model(LlamaForCausalLM, config, tokenizer, seed)
     return model, tokenizer
 

@@ -92,6 +92,7 @@ def diverse_beam_search(
     pad_token_id: int,
     length_penalty: float = 1.0,
     repetition_penalty: float | None = None,
+    implementation: str = "vectorized",
     **model_kwargs,
 ) -> tuple[torch.LongTensor, torch.FloatTensor]:
     """Group beam search for a decoder-only model with a left-padded prompt batch.
@@ -100,13 +101,17 @@ def diverse_beam_search(
     model (e.g. ``input_features``, ``pixel_values``), given on the first step only. Returns ``sequences`` (B*num_return_sequences,
     max_new_tokens), the generated ids only (EOS then ``pad_token_id``), and ``scores``
     (B*num_return_sequences,), the length-normalised scores, best first within each prompt.
+    ``implementation="loop"`` runs the former per-candidate Python loop, which waits on the device
+    for every candidate; it gives the same results and is kept as the reference for tests and
+    benchmarks.
     """
     if num_beams % num_beam_groups != 0:
         raise ValueError("num_beams must be divisible by num_beam_groups")
     if num_return_sequences > num_beams:
         raise ValueError("num_return_sequences must be <= num_beams")
-    B, P = input_ids.shape
-    K, G = num_beams, num_beam_groups
+    if implementation not in _IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {sorted(_IMPLEMENTATIONS)}, got {implementation!r}")
+    B = input_ids.shape[0]
     # media inputs of multimodal models (audio features, pixel values, ...): expanded to the beams
     # and fed on the first step only; afterwards the cache holds what the encoder produced
     media = {
@@ -114,6 +119,155 @@ def diverse_beam_search(
         else value
         for key, value in model_kwargs.items()
     }
+    return _IMPLEMENTATIONS[implementation](
+        model, input_ids, attention_mask, num_beams, num_beam_groups, diversity_penalty, num_return_sequences,
+        max_new_tokens, eos_token_id, pad_token_id, length_penalty, repetition_penalty, media,
+    )
+
+
+def _dbs_vectorized(
+    model, input_ids, attention_mask, num_beams, num_beam_groups, diversity_penalty, num_return_sequences,
+    max_new_tokens, eos_token_id, pad_token_id, length_penalty, repetition_penalty, media,
+):
+    """Each group's step for all prompts at once in tensor ops; one device->host transfer per step.
+
+    Groups stay sequential (the Hamming counts of group g need the tokens of groups 0..g-1). Only the
+    finished-hypothesis bookkeeping runs on the host, from the ``k`` best candidates of every group.
+    """
+    B, P = input_ids.shape
+    K, G = num_beams, num_beam_groups
+    k = K // G
+    device = input_ids.device
+    penalty = None
+    if repetition_penalty is not None and repetition_penalty != 1.0:
+        penalty = RepetitionPenaltyLogitsProcessor(penalty=repetition_penalty)
+
+    # beam-expanded state: row b*K + j is beam j of prompt b
+    ids = input_ids.repeat_interleave(K, dim=0)  # (B*K, P + t)
+    mask = attention_mask.repeat_interleave(K, dim=0)  # (B*K, P + t)
+    beam_scores = torch.full((B, K), -1e9, dtype=torch.float, device=device)
+    beam_scores[:, ::k] = 0.0  # only the first beam of each group is alive at step 0
+    beam_scores = beam_scores.view(-1)  # (B*K,)
+    rows = torch.arange(B * K, device=device).view(B, G, k)
+    group_rows = [rows[:, g].contiguous() for g in range(G)]  # (B, k): the rows of group g
+    rank = torch.arange(2 * k, device=device)
+    ones = torch.ones(B, k, device=device)
+
+    hyps = [[_Hypotheses(k, length_penalty) for _ in range(G)] for _ in range(B)]
+    done = [[False] * G for _ in range(B)]  # host copy, for the bookkeeping
+    done_mask = torch.zeros(B, G, dtype=torch.bool, device=device)  # device copy, for the selection
+    cache = DynamicCache()
+    step_ids = ids  # tokens fed to the model this step
+
+    for t in range(1, max_new_tokens + 1):
+        position_ids = mask.long().cumsum(-1) - 1
+        position_ids = position_ids.masked_fill(mask == 0, 1)[:, -step_ids.shape[1] :]
+        out = model(
+            input_ids=step_ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,  # only the last position is scored: (B K, P, V) logits would be GBs at 7B
+            **(media if t == 1 else {}),
+        )
+        cache = out.past_key_values
+        logits = out.logits[:, -1, :].float()  # (B*K, V)
+        V = logits.shape[-1]
+
+        counts = logits.new_zeros(B, V)  # tokens picked at this step by the groups before g
+        tokens, scores, sources, best_scores, best_flat = [], [], [], [], []
+        for g in range(G):
+            g_rows = group_rows[g].view(-1)  # (B*k,)
+            logp = torch.log_softmax(logits[g_rows], dim=-1)  # (B*k, V)
+            if g > 0:  # Hamming diversity against the groups 0..g-1 of the same prompt
+                logp = (logp.view(B, k, V) - (diversity_penalty * counts).unsqueeze(1)).view(B * k, V)
+            if penalty is not None:
+                logp = penalty(ids[g_rows], logp)
+            cand = (logp + beam_scores[g_rows].unsqueeze(-1)).view(B, k * V)  # (B, k*V)
+            top_scores, top_flat = torch.topk(cand, 2 * k, dim=1, largest=True, sorted=True)  # (B, 2k)
+            top_tok = top_flat % V
+            # the running beams are the first k non-EOS candidates in rank order; there are always k,
+            # as at most k of the 2k (beam, token) pairs have token EOS
+            running = top_tok != eos_token_id
+            kept = running & (running.cumsum(1) <= k)
+            pick = torch.where(kept, rank, rank + 2 * k).argsort(dim=1)[:, :k]  # (B, k) ranks, in order
+            tok = top_tok.gather(1, pick)
+            score = top_scores.gather(1, pick)
+            src = group_rows[g][:, :1] + torch.div(top_flat, V, rounding_mode="floor").gather(1, pick)
+            if any(done[b][g] for b in range(B)):  # finished groups emit pad with score 0, rows unmoved
+                finished = done_mask[:, g : g + 1]
+                tok = tok.masked_fill(finished, pad_token_id)
+                score = score.masked_fill(finished, 0.0)
+                src = torch.where(finished, group_rows[g], src)
+            if g < G - 1:
+                counts.scatter_add_(1, tok, ones)
+            tokens.append(tok)
+            scores.append(score)
+            sources.append(src)
+            best_scores.append(top_scores[:, :k])  # EOS ranks < k finish a hypothesis; rank 0 is the max
+            best_flat.append(top_flat[:, :k])
+
+        reorder = torch.cat(sources, dim=1).view(-1)  # (B*K,) source row per row
+        current_tokens = torch.cat(tokens, dim=1).view(-1)  # (B*K,) chosen this step
+        prev_ids = ids
+        ids = torch.cat([ids[reorder], current_tokens.unsqueeze(-1)], dim=-1)
+        mask = torch.cat([mask, mask.new_ones(B * K, 1)], dim=-1)
+        beam_scores = torch.cat(scores, dim=1).view(-1)
+        cache.reorder_cache(reorder)
+        step_ids = current_tokens.unsqueeze(-1)
+
+        # the step's one device->host transfer, last so that the host launches the state update while
+        # the device is still busy; float64 holds the float32 scores and the flat indices exactly
+        best = torch.stack([torch.stack(best_scores).double(), torch.stack(best_flat).double()])
+        top_score, top_index = best.cpu().tolist()  # (G, B, k) each
+        newly_done = False
+        for b in range(B):
+            for g in range(G):
+                if done[b][g]:
+                    continue
+                for r in range(k):
+                    beam, tok = divmod(int(top_index[g][b][r]), V)
+                    if tok == eos_token_id:
+                        # a view, not a copy: ids tensors are replaced each step, never written in place
+                        hyps[b][g].add(prev_ids[b * K + g * k + beam, P:], top_score[g][b][r], t)
+                done[b][g] = hyps[b][g].is_done(top_score[g][b][0], t)
+                newly_done |= done[b][g]
+        if all(all(d) for d in done):
+            break
+        if newly_done:
+            done_mask = torch.tensor(done, device=device)
+
+    # finalise: offer the running beams of unfinished groups, then pool the groups of each prompt
+    gen_len = ids.shape[1] - P
+    final_scores = beam_scores.tolist()
+    sequences = torch.full((B * num_return_sequences, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    scores = []
+    for b in range(B):
+        for g in range(G):
+            if done[b][g]:
+                continue
+            for j in range(k):
+                row = b * K + g * k + j
+                hyps[b][g].add(ids[row, P:], final_scores[row], gen_len)
+        pooled = sorted((e for g in range(G) for e in hyps[b][g].entries), key=lambda e: e[0])
+        for r in range(num_return_sequences):
+            score, seq = pooled.pop()
+            i = b * num_return_sequences + r
+            sequences[i, : seq.shape[0]] = seq
+            if seq.shape[0] < max_new_tokens:
+                sequences[i, seq.shape[0]] = eos_token_id
+            scores.append(score)
+    return sequences, torch.tensor(scores, dtype=torch.float, device=device)
+
+
+def _dbs_loop(
+    model, input_ids, attention_mask, num_beams, num_beam_groups, diversity_penalty, num_return_sequences,
+    max_new_tokens, eos_token_id, pad_token_id, length_penalty, repetition_penalty, media,
+):
+    """The former implementation: a Python loop over prompts, groups and candidates."""
+    B, P = input_ids.shape
+    K, G = num_beams, num_beam_groups
     k = K // G
     device = input_ids.device
 
@@ -225,3 +379,6 @@ def diverse_beam_search(
                 sequences[i, seq.shape[0]] = eos_token_id
             scores[i] = score
     return sequences, scores
+
+
+_IMPLEMENTATIONS = {"vectorized": _dbs_vectorized, "loop": _dbs_loop}
