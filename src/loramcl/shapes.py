@@ -148,7 +148,8 @@ def sizes_from_config(config: Any, family: str, media: Optional[dict] = None, te
     """The size dict (see SIZES) of a transformers config of `family`: to build a probe of a real checkpoint."""
     cfg = config.to_dict()
     drop = ("architectures", "auto_map", "transformers_version", "torch_dtype", "dtype", "_name_or_path",
-            "bos_token_id", "eos_token_id", "pad_token_id", "id2label", "label2id", "model_type")
+            "bos_token_id", "eos_token_id", "pad_token_id", "id2label", "label2id", "model_type",
+            "layer_types")  # per-layer attention types: rebuilt by the config for the probe's depth
     text = {k: v for k, v in cfg.get("text_config", cfg).items() if k not in drop}
     s: dict = {"text": text, "media": dict(media or {}), "text_tokens": text_tokens}
     if family == "qwen2_audio":
