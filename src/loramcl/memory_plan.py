@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from loramcl import shapes
 from loramcl.errors import ConfigError
-from loramcl.memory import GiB, Probe, run_probe
+from loramcl.memory import GiB, Probe, decoder_layers, run_probe
 
 # Worst-case item per data config (what the longest item of the dataset carries); "media" feeds shapes.
 WORST_ITEM = {
@@ -126,8 +126,8 @@ def _probe(family: str, size: dict, lora: dict, dtype: torch.dtype, device: str,
     return probe
 
 
-def _backbone_config(model_cfg: dict) -> tuple[Any, str, str]:
-    """(transformers config, family, where it came from) of a model config, without loading weights."""
+def _meta_backbone(model_cfg: dict) -> tuple[torch.nn.Module, str, str]:
+    """(the backbone on the meta device, family, where its sizes came from), without loading weights."""
     from loramcl.backbones import meta_backbone
 
     name = str(model_cfg.get("name_or_path") or model_cfg.get("config_class"))
@@ -141,12 +141,11 @@ def _backbone_config(model_cfg: dict) -> tuple[Any, str, str]:
         raise ConfigError(f"the tiny base {name} is not built yet (its sizes are known once it is): run the "
                           f"experiment once (it pre-trains the base first), then plan again")
     if module is not None:
-        return module.config, shapes.family_of(type(module)), "its config"
+        return module, shapes.family_of(type(module)), "its config"
     if name in shapes.PUBLISHED:
         family = shapes.PUBLISHED[name]
-        with torch.device("meta"):
-            built = shapes.build(family, "7b", device="meta")
-        return built.model.config, family, f"the published {name} sizes (no config.json at hand)"
+        return (shapes.build(family, "7b", device="meta").model, family,
+                f"the published {name} sizes (no config.json at hand)")
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ConfigError(f"model folder {name} does not exist or has no config.json (set model.name_or_path to a "
                           f"folder written by save_pretrained)")
@@ -159,13 +158,14 @@ def plan(cfg: DictConfig, gpu_gb: float = 80.0, device: Optional[str] = None, de
          use_cache: bool = True, other_gc: bool = True, probe_dtype_exact: bool = False,
          log: Any = print) -> MemoryPlan:
     """The memory plan of a composed train.py config (see the module docstring)."""
-    from loramcl import LoRAConfig, MCLConfig, MCLModel
+    from loramcl import LoRAConfig, MCLConfig
     from loramcl.backbones import resolve_dtype
+    from loramcl.model import build_model
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     mcl = MCLConfig(**OmegaConf.to_container(cfg.mcl, resolve=True))
     lora_dict = OmegaConf.to_container(cfg.lora, resolve=True)
-    config, family, source = _backbone_config(model_cfg)
+    meta, family, source = _meta_backbone(model_cfg)
     dtype = resolve_dtype(model_cfg.get("dtype")) or torch.float32
     precision = str(cfg.trainer.get("precision", "32-true"))
     autocast = precision.startswith("bf16-mixed")
@@ -186,18 +186,11 @@ def plan(cfg: DictConfig, gpu_gb: float = 80.0, device: Optional[str] = None, de
         media["image"] = image
     if family == "alma" and data_name not in WORST_ITEM and "max_source_tokens" in cfg.data:
         worst = {**worst, "text_tokens": int(cfg.data.max_source_tokens)}
-    size = shapes.sizes_from_config(config, family, media, text_tokens or worst["text_tokens"])
-    layers, _ = shapes.layer_counts(size, family)
+    size = shapes.sizes_from_config(meta.config, family, media, text_tokens or worst["text_tokens"])
+    layers = len(decoder_layers(meta)[0])
 
     # static bytes on the meta device: the model with its adapters, nothing allocated
-    with torch.device("meta"):
-        meta = shapes.build(family, custom=size, device="meta", dtype=dtype).model
-        adapted = MCLModel(meta, mcl, LoRAConfig(**lora_dict)) if not mcl.is_moe else None
-    if adapted is None:
-        from loramcl.moe import MoEModel
-
-        with torch.device("meta"):
-            adapted = MoEModel(meta, mcl, LoRAConfig(**lora_dict))
+    adapted = build_model(meta, mcl, LoRAConfig(**lora_dict))
     frozen = sum(p.numel() for p in adapted.parameters() if not p.requires_grad) * dtype.itemsize
     trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
 

@@ -167,20 +167,6 @@ def sizes_from_config(config: Any, family: str, media: Optional[dict] = None, te
     return s
 
 
-def layer_counts(s: dict, family: str) -> tuple[int, int]:
-    """(language-model layers, encoder layers) of a size dict."""
-    text = s.get("text", {}).get("num_hidden_layers")
-    if text is None:
-        from loramcl.tiny_base import TINY_LLAMA
-
-        text = TINY_LLAMA["num_hidden_layers"]
-    if family == "qwen2_audio":
-        return text, s.get("audio", {}).get("encoder_layers", 2)
-    if family == "llava_next":
-        return text, s.get("vision", {}).get("num_hidden_layers", 2)
-    return text, 0
-
-
 def build(family: str, scale: str = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
           text_layers: Optional[int] = None, encoder_layers: Optional[int] = None,
           custom: Optional[dict] = None) -> Backbone:
