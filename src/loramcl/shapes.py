@@ -109,22 +109,30 @@ class Backbone:
         return getattr(self.processor, "tokenizer", self.processor)
 
 
+def _with_layers(s: dict, family: str, text_layers: Optional[int], encoder_layers: Optional[int]) -> dict:
+    """`s` with fewer language-model / encoder layers (the planner's one-layer probe)."""
+    s = copy.deepcopy(s)
+    if text_layers is not None:
+        s["text"]["num_hidden_layers"] = text_layers
+    if encoder_layers is not None and family != "alma":
+        key, field = ("audio", "encoder_layers") if family == "qwen2_audio" else ("vision", "num_hidden_layers")
+        s[key][field] = encoder_layers
+    return s
+
+
 def sizes(family: str, scale: str, text_layers: Optional[int] = None, encoder_layers: Optional[int] = None) -> dict:
-    """The size dict of `family` at `scale`, optionally with fewer language-model / encoder layers."""
+    """The size dict of `family` at `scale` (the tiny bases' sizes underneath), optionally with fewer layers."""
+    from loramcl.tiny_base import TINY_AUDIO, TINY_LLAMA, TINY_LLAVA
+
     if family not in SIZES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     if scale not in SIZES[family]:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
-    s = copy.deepcopy(SIZES[family][scale])
-    if text_layers is not None:
-        s.setdefault("text", {})["num_hidden_layers"] = text_layers
-    if encoder_layers is not None and family != "alma":
-        from loramcl.tiny_base import TINY_AUDIO, TINY_LLAVA
-
-        key, field = ("audio", "encoder_layers") if family == "qwen2_audio" else ("vision", "num_hidden_layers")
-        tiny = TINY_AUDIO if family == "qwen2_audio" else TINY_LLAVA
-        s[key] = {**tiny[key], **s.get(key, {}), field: encoder_layers}
-    return s
+    tiny = {"qwen2_audio": TINY_AUDIO, "llava_next": TINY_LLAVA, "alma": {"text": TINY_LLAMA}}[family]
+    s = copy.deepcopy(tiny)
+    for key, value in SIZES[family][scale].items():
+        s[key] = {**s[key], **value} if isinstance(value, dict) and isinstance(s.get(key), dict) else copy.deepcopy(value)
+    return _with_layers(s, family, text_layers, encoder_layers)
 
 
 def _tokenizer(family: str) -> Any:
@@ -178,15 +186,8 @@ def build(family: str, scale: str = "tiny", device: str = "cpu", dtype: torch.dt
     """
     from loramcl.tiny_base import tiny_llama, tiny_llava_next, tiny_qwen2_audio
 
-    if custom is not None:
-        s = copy.deepcopy(custom)
-        if text_layers is not None:
-            s["text"]["num_hidden_layers"] = text_layers
-        if encoder_layers is not None and family != "alma":
-            s["audio" if family == "qwen2_audio" else "vision"][
-                "encoder_layers" if family == "qwen2_audio" else "num_hidden_layers"] = encoder_layers
-    else:
-        s = sizes(family, scale, text_layers, encoder_layers)
+    s = _with_layers(custom, family, text_layers, encoder_layers) if custom is not None else sizes(
+        family, scale, text_layers, encoder_layers)
     builder = {"qwen2_audio": tiny_qwen2_audio, "llava_next": tiny_llava_next, "alma": tiny_llama}[family]
     arch = {k: v for k, v in s.items() if k not in ("media", "text_tokens")}
     if family == "alma":
