@@ -39,12 +39,34 @@ def test_mcl_eval_writes_K_candidates_metrics_and_mlflow(translation_runs, tmp_p
     assert m["oracle_bleu"] == pytest.approx(sum(best) / len(best), abs=1e-6)
     assert sum(m[f"win_rate_hyp{k}"] for k in range(3)) == pytest.approx(1.0)
     assert 0 < m["oracle_nll"] < 20
+    # semantic metrics (metrics.semantic=auto, the packaged MiniLM): recomputed with sentence-transformers
+    from sentence_transformers import SentenceTransformer, util
+
+    from loramcl.metrics.semantic import model_source
+
+    st = SentenceTransformer(model_source("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")
+    sims, dists = [], []
+    for r in rows:
+        cands = st.encode([c["text"] for c in r["candidates"]], convert_to_tensor=True)
+        sim = util.cos_sim(cands, st.encode(r["references"], convert_to_tensor=True)).mean(dim=1)
+        sims.append(float(sim.max()))
+        pair = util.cos_sim(cands, cands)
+        dists.append(float(sum(0 if r["candidates"][i]["text"] == r["candidates"][j]["text"] else 1 - pair[i, j]
+                               for i in range(3) for j in range(i + 1, 3)) / 3))
+        for k, c in enumerate(r["candidates"]):
+            assert c["metrics"]["semantic_similarity"] == pytest.approx(100 * float(sim[k]), abs=1e-3)
+    assert m["oracle_semantic_similarity"] == pytest.approx(100 * sum(sims) / len(sims), abs=1e-3)
+    assert m["semantic_diversity"] == pytest.approx(100 * sum(dists) / len(dists), abs=1e-3)
+    run = json.loads(next(tmp_path.glob("eval/runs/*/mlflow_run.json")).read_text())
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         tags = dict(db.execute("select key, value from tags where key='loramcl.kind'").fetchall())
         keys = {k for (k,) in db.execute("select key from latest_metrics")}
         params = dict(db.execute("select key, value from params where key like 'eval.%'").fetchall())
+        run_ids = {i for (i,) in db.execute("select run_uuid from runs")}
     assert tags == {"loramcl.kind": "eval"}
-    assert {"oracle_bleu", "pairwise_bleu", "div_2", "oracle_nll", "forward_passes"} <= keys
+    assert {"oracle_bleu", "pairwise_bleu", "div_2", "oracle_nll", "forward_passes", "semantic_diversity",
+            "oracle_semantic_similarity"} <= keys
+    assert run["run_id"] in run_ids and run["experiment"].startswith("eval_")
     assert params["eval.decoding"] == "mcl_beam2" and params["eval.task_type"] == "translation"
 
 

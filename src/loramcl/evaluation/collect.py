@@ -14,7 +14,9 @@ Runs that are not FINISHED are skipped, also with a log line.
 
 Outputs, one set per experiment, in the output folder (derived files, replaced on every call):
 `<experiment>.csv`, `<experiment>.tex` (one booktabs table), `<experiment>_quality_diversity.png`
-and `.pdf`. Rows are grouped by scheme, baselines first (by `eval.scheme_kind`: MLE, then MoE, then MCL,
+and `.pdf` (lexical: oracle SPIDEr / BLEU against mBLEU-4 / pairwise BLEU) and, when the runs have the
+semantic metrics, `<experiment>_semantic_quality_diversity.png` and `.pdf` (oracle semantic similarity
+against semantic diversity, the same layout). Rows are grouped by scheme, baselines first (by `eval.scheme_kind`: MLE, then MoE, then MCL,
 as in the paper; runs without the param last), then by decoding name.
 """
 
@@ -431,10 +433,25 @@ def write_plot(rows: Sequence[dict[str, Any]], stem: Path, quality: Optional[str
 # Everything for one or more experiments
 
 
+SEMANTIC_AXES = ("oracle_semantic_similarity", "semantic_diversity")  # (quality, diversity) of the semantic plot
+
+
 def output_paths(out_dir: Path, experiment: str) -> dict[str, Path]:
     stem = file_stem(experiment)
     return {"csv": out_dir / f"{stem}.csv", "tex": out_dir / f"{stem}.tex",
-            "png": out_dir / f"{stem}_quality_diversity.png", "pdf": out_dir / f"{stem}_quality_diversity.pdf"}
+            "png": out_dir / f"{stem}_quality_diversity.png", "pdf": out_dir / f"{stem}_quality_diversity.pdf",
+            "semantic_png": out_dir / f"{stem}_semantic_quality_diversity.png",
+            "semantic_pdf": out_dir / f"{stem}_semantic_quality_diversity.pdf"}
+
+
+def write_semantic_plot(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
+    """The semantic quality-versus-diversity plot, when some run has both semantic metrics (else nothing)."""
+    quality, diversity = SEMANTIC_AXES
+    if not any(_has_value(r.get(quality)) and _has_value(r.get(diversity)) for r in rows):
+        log.info("%s: no run has the semantic metrics (metrics.semantic): no semantic plot",
+                 rows[0]["experiment"] if rows else "?")
+        return []
+    return write_plot(rows, stem, quality, diversity)
 
 
 def write_outputs(rows: Sequence[dict[str, Any]], out_dir: Path, quality: Optional[str] = None,
@@ -445,5 +462,6 @@ def write_outputs(rows: Sequence[dict[str, Any]], out_dir: Path, quality: Option
         paths = output_paths(Path(out_dir), experiment)
         files = [write_csv(group, paths["csv"]), write_latex(group, paths["tex"])]
         files += write_plot(group, paths["png"].with_suffix(""), quality, diversity)
+        files += write_semantic_plot(group, paths["semantic_png"].with_suffix(""))
         written[experiment] = files
     return written

@@ -151,6 +151,18 @@ def only_language(records: list[dict], language: str) -> list[dict]:
     return kept
 
 
+def check_semantic(options: Any) -> None:
+    """metrics.semantic is a known mode and, when required (true), its embedding model can be loaded."""
+    from loramcl.metrics.semantic import DEFAULT_MODEL, mode_of, model_source
+
+    try:
+        mode = mode_of(options)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if mode == "true":
+        model_source(str(options.get("embedding_model") or DEFAULT_MODEL))
+
+
 @dataclass
 class Plan:
     """Everything checked before a model is built: what to decode, with which model, at which K."""
@@ -184,6 +196,7 @@ def plan(cfg: DictConfig) -> Optional[Plan]:
         raise ConfigError("references_language scores the candidates against one language's references; the oracle "
                           "NLL covers every reference: add metrics.oracle_nll=false")
 
+    check_semantic(cfg.metrics)
     datamodule = preflight(train_cfg, training=False)  # data files and backbone weights exist (or fail in one message)
     if not hasattr(datamodule, "sets") or "test" not in getattr(datamodule, "splits", {}):
         raise ConfigError(f"the run's data ({train_cfg.data.get('name')}) has no test split to decode")
@@ -263,6 +276,6 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
         info["references_language"] = str(language)
     out = output_dir(cfg)
     files = write_outputs(out, records, metrics, info) if out is not None else []
-    log_to_mlflow(cfg, train_cfg, metrics, info, files)
+    log_to_mlflow(cfg, train_cfg, metrics, info, files, out)
     log.info(f"{scheme.label} / {method_label}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return metrics

@@ -1,6 +1,8 @@
 """What an evaluation leaves behind: predictions.jsonl and metrics.json in its run folder, and one
 MLflow run (params = the evaluation's info, its config and the trained run's config; metrics; the
-two files as artifacts) tagged `loramcl.kind = eval`, which `collect` reads."""
+two files as artifacts) tagged `loramcl.kind = eval`, which `collect` reads. `mlflow_run.json` in the
+run folder names that MLflow run (store, experiment, run id), so that later analyses of the folder
+(scripts/analyse_hypotheses.py) add their results to the same run."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def write_outputs(out: Path, records: list[dict], metrics: dict[str, float], inf
 
 
 def log_to_mlflow(cfg: DictConfig, train_cfg: DictConfig, metrics: dict[str, float], info: dict,
-                  files: list[Path]) -> None:
+                  files: list[Path], out: Path | None = None) -> None:
     ml = cfg.get("mlflow")
     if not ml or not ml.get("enabled", True):
         return
@@ -48,6 +50,9 @@ def log_to_mlflow(cfg: DictConfig, train_cfg: DictConfig, metrics: dict[str, flo
         run.finish("FAILED")
         raise
     log.info(f"logged to MLflow experiment {experiment!r} (run {run.run_id})")
+    if out is not None:
+        (out / "mlflow_run.json").write_text(json.dumps({"tracking_uri": str(ml.tracking_uri), "experiment": experiment,
+                                                         "run_id": run.run_id}, indent=2))
 
 
 def resolvable_config(train_cfg: DictConfig) -> dict:

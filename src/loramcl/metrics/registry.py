@@ -38,6 +38,8 @@ _ALL = [
     Metric("loo_bleu", "LOO multi-ref BLEU", True, "quality"),
     Metric("chrf_mean", "chrF (mean hyp.)", True, "quality"),
     Metric("oracle_chrf", "Oracle chrF", True, "quality"),
+    # sentence embeddings (metrics.semantic): the best candidate's mean cosine similarity to the references
+    Metric("oracle_semantic_similarity", "Oracle sem. sim.", True, "quality"),
     # diversity over the K candidates of an item
     Metric("div_1", "Div-1", True, "diversity"),
     Metric("div_2", "Div-2", True, "diversity"),
@@ -45,6 +47,7 @@ _ALL = [
     Metric("mbleu_4_sentence", "mBLEU-4 (sent.)", False, "diversity"),  # mean of sentence BLEU-4 instead
     Metric("pairwise_bleu", "Pairwise BLEU", False, "diversity"),
     Metric("vocab", "Vocab", True, "diversity"),
+    Metric("semantic_diversity", "Sem. div.", True, "diversity"),  # mean pairwise cosine distance of embeddings
     # cost of the decoding method
     Metric("forward_passes", "Fwd passes", False, "cost"),
 ]

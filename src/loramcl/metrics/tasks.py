@@ -3,7 +3,8 @@
 `TASKS[name]` says, for "translation" (sacrebleu) and "captioning" (the COCO-caption metrics), how to
 score K candidates per item and which sentence-level score decides an item's winning hypothesis
 (`win_rate_hyp<k>`). `task_for(data_kind)` maps a DataModule's kind onto its task. `score` is what an
-evaluation calls: quality, diversity and win rates in one dict, plus the sentence scores and notes. The
+evaluation calls: quality, diversity, the semantic metrics (`semantic`) and win rates in one dict, plus
+the sentence scores and notes. The
 diversity metrics reuse the tokens of the task's metric when it returns them (captioning: its PTB tokens,
 as the paper's diversity code uses), else they tokenise in plain Python (translation).
 """
@@ -19,6 +20,7 @@ from loramcl.errors import ConfigError
 from loramcl.metrics.captioning import caption_metrics
 from loramcl.metrics.diversity import diversity_metrics
 from loramcl.metrics.result import MetricResult
+from loramcl.metrics.semantic import semantic_from_options
 from loramcl.metrics.translation import translation_metrics
 from loramcl.metrics.wins import win_rates
 
@@ -56,12 +58,18 @@ def task_for(data_kind: str) -> Task:
 
 def score(task: Task, candidates: list[list[str]], references: list[list[str]],
           options: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, np.ndarray], list[str]]:
-    """(corpus metrics incl. diversity and win rates, sentence scores (N, K) by name, notes)."""
+    """(corpus metrics incl. diversity, semantic metrics and win rates, sentence scores (N, K) by name, notes)."""
     result = task.metric(candidates, references, options)
     corpus = dict(result.corpus)
     corpus.update(diversity_metrics(candidates, result.tokens))  # the task's own tokens when it has them
     sentence = dict(result.sentence)
+    notes = list(result.notes)
+    semantic = semantic_from_options(candidates, references, options)  # metrics.semantic: auto | true | false
+    if semantic is not None:
+        corpus.update(semantic.corpus)
+        sentence.update(semantic.sentence)
+        notes += semantic.notes
     key = next((k for k in (task.primary, f"oracle_{task.primary}") if k in sentence), None)
     if key is not None:
         corpus.update(win_rates(np.asarray(sentence[key]), higher_is_better=task.higher))
-    return corpus, sentence, list(result.notes)
+    return corpus, sentence, notes

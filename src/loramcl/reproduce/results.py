@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from loramcl.evaluation.collect import best_rows, file_stem, format_value, latex_escape, quality_diversity_figure
+from loramcl.evaluation.collect import (SEMANTIC_AXES, best_rows, file_stem, format_value, latex_escape,
+                                        quality_diversity_figure)
 from loramcl.metrics.registry import METRICS
 from loramcl.reproduce.plan import Row, Table
 
@@ -312,7 +313,9 @@ def plot_lines(table: Table, lines: list[Line], stem: Path) -> list[Path]:
 
 
 def plot_quality_diversity(table: Table, lines: list[Line], stem: Path) -> list[Path]:
-    """The quality-versus-diversity scatter of each group (marker area: forward passes)."""
+    """The quality-versus-diversity scatter of each group (marker area: forward passes): the table's
+    axes, and `<table>_semantic*` (oracle semantic similarity against semantic diversity) when the
+    evaluations have the semantic metrics."""
     spec = table.plot
     paths: list[Path] = []
     for group in dict.fromkeys(line.row.group for line in lines):
@@ -321,16 +324,17 @@ def plot_quality_diversity(table: Table, lines: list[Line], stem: Path) -> list[
         quality = spec["y"]
         if not any(quality in r for r in rows) and spec.get("fallback_y"):
             quality = spec["fallback_y"]
-        if not any(quality in r and spec["x"] in r for r in rows):
-            log.info("%s%s: nothing to plot yet (%s against %s)", table.name, f" ({group})" if group else "",
-                     quality, spec["x"])
-            continue
-        fig, _ = quality_diversity_figure(rows, quality, spec["x"])
-        name = stem.name + (f"_{file_stem(str(group))}" if group else "")
-        for suffix in (".png", ".pdf"):
-            path = stem.with_name(name + suffix)
-            fig.savefig(path, dpi=200)
-            paths.append(path)
+        suffix = f"_{file_stem(str(group))}" if group else ""
+        for (y, x), name in (((quality, spec["x"]), stem.name + suffix),
+                             (SEMANTIC_AXES, stem.name + "_semantic" + suffix)):
+            if not any(y in r and x in r for r in rows):
+                log.info("%s%s: nothing to plot yet (%s against %s)", table.name, f" ({group})" if group else "", y, x)
+                continue
+            fig, _ = quality_diversity_figure(rows, y, x)
+            for extension in (".png", ".pdf"):
+                path = stem.with_name(name + extension)
+                fig.savefig(path, dpi=200)
+                paths.append(path)
     return paths
 
 
