@@ -3,7 +3,7 @@
 The reference (a tiny seeded Llama and the ids / scores transformers 4.56.2 returned) is part of the
 repository: tests/fixtures/dbs_reference (its README says how it was made). The vectorised
 implementation (the default) returns exactly what the former per-candidate loop returns, on random
-tiny models.
+tiny models, pooled or per group (`per_group=True`), with the group of each row (`return_groups`).
 """
 
 import json
@@ -123,22 +123,59 @@ def _decode(case_idx: int, implementation: str):
         return result
 
     with mock.patch.object(dbs._Hypotheses, "is_done", traced):
-        sequences, scores = diverse_beam_search(
+        sequences, scores, groups = diverse_beam_search(
             _eos_model(), input_ids, attention_mask, num_beams=K, num_beam_groups=G,
             diversity_penalty=diversity, num_return_sequences=n, max_new_tokens=MAX_NEW,
             eos_token_id=EOS, pad_token_id=PAD, length_penalty=length_penalty,
-            repetition_penalty=repetition, implementation=implementation,
+            repetition_penalty=repetition, implementation=implementation, return_groups=True,
         )
-    return sequences, scores, sorted(checks)
+    # the same search, every group's hypotheses returned (per_group, n = k = K / G)
+    every = diverse_beam_search(
+        _eos_model(), input_ids, attention_mask, num_beams=K, num_beam_groups=G, diversity_penalty=diversity,
+        num_return_sequences=K // G, max_new_tokens=MAX_NEW, eos_token_id=EOS, pad_token_id=PAD,
+        length_penalty=length_penalty, repetition_penalty=repetition, implementation=implementation,
+        per_group=True, return_groups=True,
+    )
+    return sequences, scores, sorted(checks), groups, every
 
 
 @pytest.mark.parametrize("case_idx", range(len(CASES)))
 def test_vectorized_equals_loop(case_idx):
-    sequences, scores, checks = _decode(case_idx, "vectorized")
-    loop_sequences, loop_scores, loop_checks = _decode(case_idx, "loop")
+    sequences, scores, checks, groups, every = _decode(case_idx, "vectorized")
+    loop_sequences, loop_scores, loop_checks, loop_groups, loop_every = _decode(case_idx, "loop")
     assert torch.equal(sequences, loop_sequences)
     assert torch.equal(scores, loop_scores)
     assert checks == loop_checks  # the same groups finish at the same steps
+    assert torch.equal(groups, loop_groups)
+    assert all(torch.equal(a, b) for a, b in zip(every, loop_every))
+
+
+@pytest.mark.parametrize("case_idx", range(len(CASES)))
+def test_per_group_returns_each_groups_hypotheses_and_pooling_keeps_their_groups(case_idx):
+    """per_group with n = k returns all k finished hypotheses of every group, groups in order, best
+    first in each; the pooled rows are the best of them, with the group they came from."""
+    B, K, G, _, _, _, n = CASES[case_idx]
+    k = K // G
+    sequences, scores, _, groups, (every_seq, every_scores, every_groups) = _decode(case_idx, "vectorized")
+    assert every_seq.shape == (B * K, MAX_NEW)
+    assert every_groups.tolist() == [g for _ in range(B) for g in range(G) for _ in range(k)]
+    per_group = every_scores.view(B, G, k)
+    assert torch.all(per_group[..., :-1] >= per_group[..., 1:])
+    for b in range(B):
+        pool = {(tuple(every_seq[i].tolist()), float(every_scores[i]), int(every_groups[i]))
+                for i in range(b * K, (b + 1) * K)}
+        rows = range(b * n, (b + 1) * n)
+        returned = [(tuple(sequences[i].tolist()), float(scores[i]), int(groups[i])) for i in rows]
+        assert set(returned) <= pool
+        best = sorted((s for _, s, _ in pool), reverse=True)[:n]
+        assert [s for _, s, _ in returned] == best
+
+
+def test_per_group_rejects_more_returns_than_beams_per_group():
+    with pytest.raises(ValueError, match="per_group returns num_return_sequences per group: it must be <= .* = 2"):
+        diverse_beam_search(_eos_model(), torch.ones(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long),
+                            num_beams=4, num_beam_groups=2, diversity_penalty=0.5, num_return_sequences=3,
+                            max_new_tokens=2, eos_token_id=EOS, pad_token_id=PAD, per_group=True)
 
 
 def test_equivalence_cases_finish_groups_early():
@@ -176,11 +213,52 @@ def test_vectorized_equals_loop_on_random_bigram_models(seed):
         max_new_tokens=rng.randint(3, 12), eos_token_id=EOS, pad_token_id=PAD,
         length_penalty=rng.choice([0.5, 1.0, 1.5]), repetition_penalty=rng.choice([None, 1.3, 0.8]),
     )
+    if rng.random() < 0.5:  # drawn last: the cases above stay the ones they were
+        kwargs.update(per_group=True, num_return_sequences=rng.randint(1, K // kwargs["num_beam_groups"]))
     attention_mask = torch.ones_like(input_ids)
-    sequences, scores = diverse_beam_search(model, input_ids, attention_mask, **kwargs)
-    loop_sequences, loop_scores = diverse_beam_search(model, input_ids, attention_mask, implementation="loop", **kwargs)
-    assert torch.equal(sequences, loop_sequences)
-    assert torch.equal(scores, loop_scores)
+    out = diverse_beam_search(model, input_ids, attention_mask, return_groups=True, **kwargs)
+    loop = diverse_beam_search(model, input_ids, attention_mask, implementation="loop", return_groups=True, **kwargs)
+    for a, b in zip(out, loop):  # sequences, scores, groups
+        assert torch.equal(a, b)
+
+
+def test_unpenalised_padding_decodes_each_prompt_as_if_alone():
+    """penalise_padding=False (transformers 5's `generate`): the repetition penalty leaves the prompt's
+    left padding out, so a prompt gives in a padded batch what it gives alone, in both implementations
+    (the loop through HF's `prompt_ignore_length`, the vectorised one through out-of-vocabulary ids).
+    With the default (transformers 4, the recorded reference) the pad token is penalised in padded
+    prompts only, and some of these prompts decode differently."""
+    differs = False
+    for seed in range(10):
+        rng = random.Random(seed)
+        vocab, K = rng.choice([6, 8]), rng.choice([2, 4, 6])
+        G = rng.choice([g for g in range(1, K + 1) if K % g == 0])
+        model = _Bigram(seed, vocab, eos_bias=0.0)  # PAD (0) is an ordinary token of the table
+        kwargs = dict(num_beams=K, num_beam_groups=G, diversity_penalty=0.5, num_return_sequences=K, max_new_tokens=6,
+                      eos_token_id=EOS, pad_token_id=PAD, repetition_penalty=rng.choice([1.5, 0.7]))
+        input_ids = torch.randint(2, vocab, (3, 4), generator=torch.Generator().manual_seed(seed))
+        attention_mask = torch.ones_like(input_ids)
+        for b in range(3):  # left padding of b tokens
+            input_ids[b, :b], attention_mask[b, :b] = PAD, 0
+        batches = {}
+        for implementation in ("vectorized", "loop"):
+            for penalise_padding in (False, True):
+                batch = diverse_beam_search(model, input_ids, attention_mask, implementation=implementation,
+                                            penalise_padding=penalise_padding, **kwargs)
+                batches[implementation, penalise_padding] = batch
+                for b in range(3):
+                    alone = diverse_beam_search(model, input_ids[b:b + 1, b:], attention_mask[b:b + 1, b:],
+                                                implementation=implementation, penalise_padding=penalise_padding,
+                                                **kwargs)
+                    rows = slice(b * K, (b + 1) * K)
+                    same = torch.equal(batch[0][rows], alone[0]) and torch.equal(batch[1][rows], alone[1])
+                    if not penalise_padding:
+                        assert same, (seed, implementation, b)
+                    differs |= not same
+        for penalise_padding in (False, True):
+            assert all(torch.equal(a, b) for a, b in zip(batches["vectorized", penalise_padding],
+                                                         batches["loop", penalise_padding]))
+    assert differs
 
 
 def test_unknown_implementation_is_rejected():

@@ -1,4 +1,7 @@
-"""Decoding methods of the evaluation sweep: K candidates each, batched == separate, TTA masks, checks."""
+"""Decoding methods of the evaluation sweep: K candidates each, batched == separate, TTA masks, checks.
+
+The hypothesis-grouped DBS (`mcl_dbs`) has its own file, tests/test_mcl_dbs.py.
+"""
 
 import pytest
 import torch
@@ -117,6 +120,31 @@ def test_one_output_methods_give_exactly_K_candidates(tok, kw):
             assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.parametrize("beams", ["K", "2K"])
+def test_dbs_candidates_are_best_first_and_name_their_group(tok, beams):
+    """Candidate j of `dbs` is the j-th best of all groups; `hypothesis` says which group produced it
+    (K groups of one beam: each group gives one candidate, so the labels are a permutation)."""
+    from loramcl.decoding.dbs import diverse_beam_search
+
+    K = 3
+    model = trained_like(1)
+    inputs = prompts(tok)
+    decoding = spec(method="dbs", num_beams=beams, diversity_penalty=0.5)
+    cands = Decoder(model, tok, decoding, K, max_new_tokens=6, repetition_penalty=1.1).decode(inputs, 3)
+    with model.route(model.default_routing):
+        sequences, scores, groups = diverse_beam_search(
+            model.base_model, inputs["input_ids"], inputs["attention_mask"], num_beams=decoding.beams(K),
+            num_beam_groups=K, diversity_penalty=0.5, num_return_sequences=K, max_new_tokens=6, eos_token_id=EOS,
+            pad_token_id=PAD, repetition_penalty=1.1, return_groups=True)
+    texts = [t.strip() for t in tok.batch_decode(sequences, skip_special_tokens=True)]
+    assert [c.text for item in cands for c in item] == texts
+    assert [c.score for item in cands for c in item] == pytest.approx(scores.tolist(), abs=1e-6)
+    assert [[c.hypothesis for c in item] for item in cands] == groups.view(3, K).tolist()
+    if beams == "K":
+        assert all(sorted(c.hypothesis for c in item) == list(range(K)) for item in cands)
+    assert any([c.hypothesis for c in item] != list(range(K)) for item in cands)  # not the ranks
+
+
 @pytest.mark.parametrize("beams", [1, 2, "K"])
 def test_mcl_and_tta_give_exactly_K_candidates(tok, beams):
     K = 3
@@ -158,6 +186,7 @@ def test_counts_and_forward_passes():
     with pytest.raises(ConfigError, match="one of K, 2K, K\\^2"):
         resolve_count("3K", 5, "decoding.num_beams")
     assert spec(method="hypotheses", num_beams=2).forward_passes(5) == 10
+    assert spec(method="mcl_dbs", num_beams=2).forward_passes(5) == 10  # K groups of B beams
     assert spec(method="beam", num_beams="K^2").forward_passes(5) == 25
     assert spec(method="sample", sampler="nucleus").forward_passes(5) == 5
     with pytest.raises(ConfigError, match="decoding.sampler"):
@@ -264,6 +293,7 @@ def test_multi_model_run_folder_gives_the_model_that_suits_the_decoding(tmp_path
         return select_checkpoint(cfg, decoding).path.parent.name
 
     assert chosen(cfg, spec(method="hypotheses")) == "mcl"
+    assert chosen(cfg, spec(method="mcl_dbs")) == "mcl"
     assert chosen(cfg, spec(method="beam", num_beams="K")) == "mle"
     assert chosen(OmegaConf.merge(cfg, {"model_name": "mle"}), spec(method="hypotheses")) == "mle"
     with pytest.raises(ConfigError, match="several models .* model_name"):

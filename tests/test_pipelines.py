@@ -16,7 +16,7 @@ import pytest
 
 from loramcl.errors import MissingResource
 from loramcl.preflight import preflight
-from helpers import AUDIO_ASSETS, TRANSLATION_ASSETS, compose_train, run_train, timeout
+from helpers import AUDIO_ASSETS, ROOT, TRANSLATION_ASSETS, compose_train, run_script, run_train, timeout
 
 DEMO = ["experiment=demo_audio_mcl", *AUDIO_ASSETS, "trainer.max_epochs=1", "data.max_train_items=16",
         "data.max_val_items=4", "extras.print_config=false", "callbacks=none"]
@@ -116,6 +116,21 @@ def test_bilingual_demo_specialises_by_language(bilingual_assets, tmp_path):
     with sqlite3.connect(tmp_path / "logs" / "mlflow.db") as db:
         keys = {k for (k,) in db.execute("select key from latest_metrics")}
     assert {"mcl/hyp0_share_fr", "mcl/hyp1_share_en", "mle/hyp0_share_fr", "mcl/specialised"} <= keys
+    # scripts/analyse_hypotheses.py on the run folder: the language of a caption identifies its hypothesis,
+    # and each hypothesis' most distinctive words are words of its language only
+    from loramcl.language_id import ONLY_EN, ONLY_FR
+
+    proc = run_script([ROOT / "scripts" / "analyse_hypotheses.py", str(run), "--no-mlflow"], seconds=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((run / "hypothesis_analysis_mcl" / "analysis.json").read_text())
+    assert report["identifiability"]["accuracy"] >= 0.95 and report["identifiability"]["chance"] == 0.5
+    for entry, language in zip(report["per_index"], mcl["dominant_language"]):
+        own, other = (ONLY_EN, ONLY_FR) if language == "en" else (ONLY_FR, ONLY_EN)
+        words = [w for w, _ in entry["distinctive_words"][:5]]
+        assert not set(words) & other and len(set(words) & own) >= 3, (language, words)
+        assert entry["language_shares"][language] >= 0.9
+    mle_report = json.loads((run / "hypothesis_analysis_mle" / "analysis.json").read_text())
+    assert mle_report["identifiability"] is None and "at least 2 distinct" in mle_report["note"]
 
 
 @pytest.mark.slow  # suite time: the table rehearsal (test_reproduce) trains the translation demo by default

@@ -58,8 +58,13 @@ def test_every_table_composes_and_rows_share_trainings():
     plans = {table: compose_all(ROOT, [f"table={table}"])[1] for table in TABLES}  # the paper scale
     counts = {key: (len(t.rows), len(t.trainings()), len(t.evaluations())) for key, t in plans.items()}
     assert counts["audio_loss_vs_k"] == (14, 14, 14)  # 7 rows x 2 datasets, one test loss each
-    assert counts["audio_quality_diversity"] == (14, 14, 62)  # (13 + 3 + 5 x 3) x 2
-    assert counts["textcaps_bilingual"] == (6, 1, 9)  # MLE and MCL x (all, en, fr) of ONE bilingual run
+    assert counts["audio_quality_diversity"] == (14, 14, 72)  # (13 + 3 + 5 x 4) x 2
+    assert counts["textcaps_bilingual"] == (6, 1, 12)  # MLE (2 methods) and MCL (2) x (all, en, fr) of ONE run
+    assert counts["textcaps"] == (4, 4, 16) and counts["mt_ende"] == (3, 3, 14)
+    # a paper figure belongs to the method the paper used: none beside the methods it did not run (mcl_dbs)
+    french = next(r for r in plans["textcaps_bilingual"].rows if r.name == "mcl_fr")
+    assert french.paper_values("mcl_beam1") == {"oracle_spider": 46.4, "mbleu_4": 2.7}
+    assert french.paper_values("mcl_dbs") == {}
     assert counts["toy"] == (2, 2, 0)
     # the same training in two tables is one run (LoRA-MLE r = 8 on AudioCaps)
     loss = {r.id: r.training.key for r in plans["audio_loss_vs_k"].rows}
@@ -75,7 +80,7 @@ def test_the_demo_scale_keeps_every_rows_scheme():
 
     demo = compose_all(ROOT, ["table=audio_quality_diversity", "scale=demo"])[1]
     # AudioCaps and Clotho rows train the same config on the demo: one training, one evaluation each
-    assert (len(demo.rows), len(demo.trainings()), len(demo.evaluations())) == (14, 7, 31)
+    assert (len(demo.rows), len(demo.trainings()), len(demo.evaluations())) == (14, 7, 36)
     cfgs = {r.name: demo.configs[r.training.key] for r in demo.rows}
     assert cfgs["mcl_annealed"].mcl.mode == "annealed-wta" and cfgs["random"].mcl.mode == "random-wta"
     assert cfgs["mcl_relaxed_small"].mcl.epsilon == 0.0005 and cfgs["moe"].mcl.mode == "moe"

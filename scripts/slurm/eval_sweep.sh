@@ -22,7 +22,7 @@ set -euo pipefail
 PROJECT_DIR=${PROJECT_DIR:-${SLURM_SUBMIT_DIR:-$(pwd)}}
 PYTHON=${PYTHON:-$PROJECT_DIR/.venv/bin/python}
 # every method of the paper's sweep; unsuited ones are skipped
-DECODINGS=${DECODINGS:-mcl_beam1,mcl_beam2,mcl_beamK,mle_beam,mle_dbs,mle_sampling_nucleus,mle_sampling_typical,tta_beam1,moe_standard}
+DECODINGS=${DECODINGS:-mcl_beam1,mcl_beam2,mcl_beamK,mcl_dbs,mle_beam,mle_dbs,mle_sampling_nucleus,mle_sampling_typical,tta_beam1,moe_standard}
 # module load cuda/12.4 java/17                           # CHANGE: METEOR / SPICE need Java
 
 RUN=${1:?usage: sbatch scripts/slurm/eval_sweep.sh <train.py run folder> [eval.py overrides]}

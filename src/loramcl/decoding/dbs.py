@@ -22,7 +22,9 @@ where ``z_b`` are the logits, ``lambda = diversity_penalty`` and ``c^{(g)}_v`` i
 beams of the groups ``0 .. g-1`` of the same prompt that picked token ``v`` at *this* step
 (Hamming diversity). ``RP`` is the optional repetition penalty, applied to the (already
 penalised) log-probabilities of tokens present in the beam's ids (prompt included):
-``x -> x * r`` if ``x < 0`` else ``x / r``.
+``x -> x * r`` if ``x < 0`` else ``x / r``. The prompt's left padding counts as present (as in
+transformers 4, whose recorded outputs we reproduce) unless ``penalise_padding=False`` (as in
+transformers 5's ``generate``: a prompt's result then does not depend on how much its batch pads it).
 
 The ``2k`` best ``(b, v)`` pairs of the group (over ``k * V`` candidates) are visited in order:
 a pair with ``v = EOS`` whose rank is ``< k`` becomes a finished hypothesis with score
@@ -37,8 +39,11 @@ Finalisation: the running beams of groups that are not done are offered to their
 hypotheses with score ``s_b / T ** length_penalty`` (``T`` = generated length). The hypotheses of
 *all* groups of a prompt are then pooled and the ``num_return_sequences`` best are returned in
 decreasing score order (ties: the later-added group / entry first, as a stable ascending sort
-popped from the end). Returned ids have EOS appended to finished hypotheses and are padded with
-``pad_token_id`` to ``max_new_tokens``; the returned scores are the normalised scores.
+popped from the end). With ``per_group=True`` the groups are not pooled: every group returns its
+own ``num_return_sequences`` best (same order and ties), groups in order (LoRA-MCL's hypothesis
+DBS: group g is decoded by adapter g and returns hypothesis g's candidate). Returned ids have EOS
+appended to finished hypotheses and are padded with ``pad_token_id`` to ``max_new_tokens``; the
+returned scores are the normalised scores; ``return_groups=True`` adds the group of each row.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ import torch
 from transformers import DynamicCache, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 __all__ = ["diverse_beam_search"]
+
+_NOT_A_TOKEN = torch.iinfo(torch.long).max  # an id the repetition penalty ignores (>= the vocabulary size)
 
 
 class _Hypotheses:
@@ -93,14 +100,27 @@ def diverse_beam_search(
     length_penalty: float = 1.0,
     repetition_penalty: float | None = None,
     implementation: str = "vectorized",
+    per_group: bool = False,
+    return_groups: bool = False,
+    penalise_padding: bool = True,
     **model_kwargs,
-) -> tuple[torch.LongTensor, torch.FloatTensor]:
+) -> tuple[torch.Tensor, ...]:
     """Group beam search for a decoder-only model with a left-padded prompt batch.
 
     ``input_ids``/``attention_mask``: (B, P); ``model_kwargs``: the media inputs of a multimodal
-    model (e.g. ``input_features``, ``pixel_values``), given on the first step only. Returns ``sequences`` (B*num_return_sequences,
-    max_new_tokens), the generated ids only (EOS then ``pad_token_id``), and ``scores``
-    (B*num_return_sequences,), the length-normalised scores, best first within each prompt.
+    model (e.g. ``input_features``, ``pixel_values``), given on the first step only. Returns
+    ``sequences`` (R, max_new_tokens), the generated ids only (EOS then ``pad_token_id``), and
+    ``scores`` (R,), the length-normalised scores, with R = B * num_return_sequences rows, best first
+    within each prompt.
+
+    ``per_group=True``: R = B * G * num_return_sequences rows, row ``(b * G + g) * n + r`` the r-th
+    best of group g of prompt b (``n = num_return_sequences <= num_beams / num_beam_groups``).
+    ``return_groups=True``: a third tensor ``groups`` (R,), the group that produced each row.
+    ``penalise_padding=False``: the repetition penalty ignores the prompt's padding (transformers 5).
+    Rows of the model are prompt-major, ``b * num_beams + g * k + j`` beam j of group g, and a beam
+    only ever moves inside its group, so a fixed row -> adapter routing (group g -> adapter g) holds
+    for the whole search.
+
     ``implementation="loop"`` runs the former per-candidate Python loop, which waits on the device
     for every candidate; it gives the same results and is kept as the reference for tests and
     benchmarks.
@@ -109,6 +129,9 @@ def diverse_beam_search(
         raise ValueError("num_beams must be divisible by num_beam_groups")
     if num_return_sequences > num_beams:
         raise ValueError("num_return_sequences must be <= num_beams")
+    if per_group and num_return_sequences > num_beams // num_beam_groups:
+        raise ValueError(f"per_group returns num_return_sequences per group: it must be <= num_beams / "
+                         f"num_beam_groups = {num_beams // num_beam_groups}, got {num_return_sequences}")
     if implementation not in _IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {sorted(_IMPLEMENTATIONS)}, got {implementation!r}")
     B = input_ids.shape[0]
@@ -119,28 +142,55 @@ def diverse_beam_search(
         else value
         for key, value in model_kwargs.items()
     }
-    return _IMPLEMENTATIONS[implementation](
-        model, input_ids, attention_mask, num_beams, num_beam_groups, diversity_penalty, num_return_sequences,
-        max_new_tokens, eos_token_id, pad_token_id, length_penalty, repetition_penalty, media,
+    hyps = _IMPLEMENTATIONS[implementation](
+        model, input_ids, attention_mask, num_beams, num_beam_groups, diversity_penalty,
+        max_new_tokens, eos_token_id, pad_token_id, length_penalty, repetition_penalty, penalise_padding, media,
     )
+    sequences, scores, groups = _select(hyps, num_return_sequences, per_group, max_new_tokens, eos_token_id,
+                                        pad_token_id, input_ids.device)
+    return (sequences, scores, groups) if return_groups else (sequences, scores)
+
+
+def _select(hyps, n, per_group, max_new_tokens, eos_token_id, pad_token_id, device):
+    """The returned rows from the finished hypotheses ``hyps[b][g]`` of every prompt b and group g:
+    the n best of each prompt (groups pooled) or, ``per_group``, of each group; best first."""
+    rows = []  # (score, generated ids, group)
+    for prompt in hyps:  # prompt[g]: the finished hypotheses of group g
+        G = len(prompt)
+        pools = [[g] for g in range(G)] if per_group else [range(G)]
+        for pool in pools:
+            # a stable ascending sort popped from the end: ties go to the later-added group / entry
+            ranked = sorted(((score, seq, g) for g in pool for score, seq in prompt[g].entries), key=lambda e: e[0])
+            rows += [ranked.pop() for _ in range(n)]
+    sequences = torch.full((len(rows), max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    for i, (_, seq, _) in enumerate(rows):
+        sequences[i, : seq.shape[0]] = seq
+        if seq.shape[0] < max_new_tokens:
+            sequences[i, seq.shape[0]] = eos_token_id
+    scores = torch.tensor([score for score, _, _ in rows], dtype=torch.float, device=device)
+    groups = torch.tensor([g for _, _, g in rows], dtype=torch.long, device=device)
+    return sequences, scores, groups
 
 
 def _dbs_vectorized(
-    model, input_ids, attention_mask, num_beams, num_beam_groups, diversity_penalty, num_return_sequences,
-    max_new_tokens, eos_token_id, pad_token_id, length_penalty, repetition_penalty, media,
+    model, input_ids, attention_mask, num_beams, num_beam_groups, diversity_penalty,
+    max_new_tokens, eos_token_id, pad_token_id, length_penalty, repetition_penalty, penalise_padding, media,
 ):
     """Each group's step for all prompts at once in tensor ops; one device->host transfer per step.
 
     Groups stay sequential (the Hamming counts of group g need the tokens of groups 0..g-1). Only the
     finished-hypothesis bookkeeping runs on the host, from the ``k`` best candidates of every group.
+    Returns the finished hypotheses ``hyps[b][g]`` (running beams offered), for `_select`.
     """
     B, P = input_ids.shape
     K, G = num_beams, num_beam_groups
     k = K // G
     device = input_ids.device
-    penalty = None
+    penalty, seen_prompt = None, None
     if repetition_penalty is not None and repetition_penalty != 1.0:
         penalty = RepetitionPenaltyLogitsProcessor(penalty=repetition_penalty)
+        if not penalise_padding:  # the processor ignores ids >= V: the prompt's padding becomes one
+            seen_prompt = input_ids.masked_fill(attention_mask == 0, _NOT_A_TOKEN).repeat_interleave(K, dim=0)
 
     # beam-expanded state: row b*K + j is beam j of prompt b
     ids = input_ids.repeat_interleave(K, dim=0)  # (B*K, P + t)
@@ -176,6 +226,7 @@ def _dbs_vectorized(
         V = logits.shape[-1]
 
         counts = logits.new_zeros(B, V)  # tokens picked at this step by the groups before g
+        seen = ids if seen_prompt is None else torch.cat([seen_prompt, ids[:, P:]], dim=1)  # for the penalty
         tokens, scores, sources, best_scores, best_flat = [], [], [], [], []
         for g in range(G):
             g_rows = group_rows[g].view(-1)  # (B*k,)
@@ -183,7 +234,7 @@ def _dbs_vectorized(
             if g > 0:  # Hamming diversity against the groups 0..g-1 of the same prompt
                 logp = (logp.view(B, k, V) - (diversity_penalty * counts).unsqueeze(1)).view(B * k, V)
             if penalty is not None:
-                logp = penalty(ids[g_rows], logp)
+                logp = penalty(seen[g_rows], logp)
             cand = (logp + beam_scores[g_rows].unsqueeze(-1)).view(B, k * V)  # (B, k*V)
             top_scores, top_flat = torch.topk(cand, 2 * k, dim=1, largest=True, sorted=True)  # (B, 2k)
             top_tok = top_flat % V
@@ -238,11 +289,9 @@ def _dbs_vectorized(
         if newly_done:
             done_mask = torch.tensor(done, device=device)
 
-    # finalise: offer the running beams of unfinished groups, then pool the groups of each prompt
+    # finalise: offer the running beams of unfinished groups (`_select` picks the returned ones)
     gen_len = ids.shape[1] - P
     final_scores = beam_scores.tolist()
-    sequences = torch.full((B * num_return_sequences, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
-    scores = []
     for b in range(B):
         for g in range(G):
             if done[b][g]:
@@ -250,22 +299,14 @@ def _dbs_vectorized(
             for j in range(k):
                 row = b * K + g * k + j
                 hyps[b][g].add(ids[row, P:], final_scores[row], gen_len)
-        pooled = sorted((e for g in range(G) for e in hyps[b][g].entries), key=lambda e: e[0])
-        for r in range(num_return_sequences):
-            score, seq = pooled.pop()
-            i = b * num_return_sequences + r
-            sequences[i, : seq.shape[0]] = seq
-            if seq.shape[0] < max_new_tokens:
-                sequences[i, seq.shape[0]] = eos_token_id
-            scores.append(score)
-    return sequences, torch.tensor(scores, dtype=torch.float, device=device)
+    return hyps
 
 
 def _dbs_loop(
-    model, input_ids, attention_mask, num_beams, num_beam_groups, diversity_penalty, num_return_sequences,
-    max_new_tokens, eos_token_id, pad_token_id, length_penalty, repetition_penalty, media,
+    model, input_ids, attention_mask, num_beams, num_beam_groups, diversity_penalty,
+    max_new_tokens, eos_token_id, pad_token_id, length_penalty, repetition_penalty, penalise_padding, media,
 ):
-    """The former implementation: a Python loop over prompts, groups and candidates."""
+    """The former implementation: a Python loop over prompts, groups and candidates (returns ``hyps``)."""
     B, P = input_ids.shape
     K, G = num_beams, num_beam_groups
     k = K // G
@@ -273,7 +314,9 @@ def _dbs_loop(
 
     processors = LogitsProcessorList()
     if repetition_penalty is not None and repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(penalty=repetition_penalty))
+        # transformers 5's own way to leave the padding out: a prompt length to ignore per row of a group
+        padding = None if penalise_padding else (attention_mask == 0).sum(1).repeat_interleave(k)  # (B*k,)
+        processors.append(RepetitionPenaltyLogitsProcessor(penalty=repetition_penalty, prompt_ignore_length=padding))
 
     # beam-expanded state: row b*K + j is beam j of prompt b
     ids = input_ids.repeat_interleave(K, dim=0)  # (B*K, P + t)
@@ -359,10 +402,8 @@ def _dbs_loop(
         if all(all(d) for d in done):
             break
 
-    # finalise: offer the running beams of unfinished groups, then pool the groups of each prompt
+    # finalise: offer the running beams of unfinished groups
     gen_len = ids.shape[1] - P
-    sequences = torch.full((B * num_return_sequences, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
-    scores = torch.zeros(B * num_return_sequences, dtype=torch.float, device=device)
     for b in range(B):
         for g in range(G):
             if done[b][g]:
@@ -370,15 +411,7 @@ def _dbs_loop(
             for j in range(k):
                 row = b * K + g * k + j
                 hyps[b][g].add(ids[row, P:].clone(), float(beam_scores[row]), gen_len)
-        pooled = sorted((e for g in range(G) for e in hyps[b][g].entries), key=lambda e: e[0])
-        for r in range(num_return_sequences):
-            score, seq = pooled.pop()
-            i = b * num_return_sequences + r
-            sequences[i, : seq.shape[0]] = seq
-            if seq.shape[0] < max_new_tokens:
-                sequences[i, seq.shape[0]] = eos_token_id
-            scores[i] = score
-    return sequences, scores
+    return hyps
 
 
 _IMPLEMENTATIONS = {"vectorized": _dbs_vectorized, "loop": _dbs_loop}

@@ -8,8 +8,13 @@ forward passes per item, its label, the data it needs and its decode function:
                    `generate` call (rows replicated hypothesis-major, one routing id per row, which
                    survives the beam expansion inside `generate`)
     forced_expert  (LoRA-MoE) the same with expert k forced for the whole sequence
+    mcl_dbs        (LoRA-MCL) hypothesis-grouped diverse beam search: ONE `decoding.dbs` call with K
+                   groups of B beams, group k decoded by hypothesis k (one routing id per row) with the
+                   Hamming penalty lambda across groups; candidate k = group k's best (lambda = 0:
+                   exactly `hypotheses` with beam B)
     beam           beam search with B beams returning the K best sequences (MLE / MoE mixture)
-    dbs            diverse beam search, K groups (the project's `decoding.dbs`)
+    dbs            diverse beam search, K groups (the project's `decoding.dbs`); candidates best first,
+                   each labelled with the group that produced it
     sample         K samples: top-k, nucleus, typical or ancestral
     tta            K augmented copies of each input (see `decoding.tta`), each decoded with beam B, top-1
     moe_sample     K decodes where every token of every layer draws its expert from the MoE router
@@ -17,8 +22,8 @@ forward passes per item, its label, the data it needs and its decode function:
                    tables); `decode` is never called
 
 `forward_passes` is the number of sequences decoded in parallel per item (the beams in flight):
-K * B for `hypotheses`, `forced_expert`, `tta` and `moe_sample`, B for `beam` and `dbs`, K for
-`sample`, 0 for `teacher_forced`. It is the cost axis of the quality-versus-diversity plot.
+K * B for `hypotheses`, `forced_expert`, `mcl_dbs`, `tta` and `moe_sample`, B for `beam` and `dbs`,
+K for `sample`, 0 for `teacher_forced`. It is the cost axis of the quality-versus-diversity plot.
 
 Adding a method: one `register(Method(...))` at the end of this file and one YAML file in
 configs/decoding/.
@@ -47,8 +52,13 @@ ONE_OUTPUT = frozenset({MLE, MOE})  # models decoded as one distribution (the Mo
 
 @dataclass
 class Candidate:
+    """One of an item's K candidates. `hypothesis` is what produced it: the hypothesis (`hypotheses`,
+    `mcl_dbs`), the forced expert, the augmented copy (`tta`), the DBS group (`dbs`: candidates are
+    best first, so several may share a group when groups hold more than one beam), the beam rank
+    (`beam`) or the sample index (`sample`, `moe_sample`)."""
+
     text: str
-    hypothesis: int  # hypothesis / expert / augmented copy / beam rank that produced it
+    hypothesis: int  # hypothesis / expert / augmented copy / DBS group / beam rank / sample that produced it
     score: float  # the decoder's score (length-normalised log-probability)
 
 
@@ -65,6 +75,7 @@ class Method:
     title: str = ""  # a longer name for messages (default: the name)
     data_kinds: Optional[frozenset] = None  # the data kinds it is defined for (None: any)
     augments_inputs: bool = False  # the caller puts K augmented copies of each item in `inputs`
+    per_adapter: bool = False  # candidate k comes from adapter k: K candidates = the run's K adapters
 
 
 METHODS: dict[str, Method] = {}
@@ -85,8 +96,8 @@ class DecodingSpec:
     method: str
     num_beams: Union[int, str] = 1  # an int or "K", "2K", "K^2"
     label: Optional[str] = None  # "{K}" and "{B}" are filled in
-    diversity_penalty: float = 0.5  # dbs lambda
-    num_beam_groups: Union[int, str] = "K"  # dbs groups
+    diversity_penalty: float = 0.5  # dbs / mcl_dbs lambda
+    num_beam_groups: Union[int, str] = "K"  # dbs groups (mcl_dbs: always K, one per hypothesis)
     sampler: Optional[str] = None  # top_k | nucleus | typical | ancestral
     temperature: float = 1.0
     batched: bool = True  # hypotheses: all K in one generate call (False: K separate calls)
@@ -97,7 +108,7 @@ class DecodingSpec:
             raise ConfigError(f"decoding.method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method == "sample" and self.sampler not in SAMPLERS:
             raise ConfigError(f"decoding.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        if self.method == "dbs" and self.diversity_penalty < 0:
+        if self.method in ("dbs", "mcl_dbs") and self.diversity_penalty < 0:
             raise ConfigError(f"decoding.diversity_penalty must be >= 0, got {self.diversity_penalty}")
 
     @classmethod
@@ -212,12 +223,16 @@ class Decoder:
         """Rows [k * n, (k + 1) * n) are candidate k of the n items."""
         return [[Candidate(texts[k * n + i], k, float(scores[k * n + i])) for k in range(self.K)] for i in range(n)]
 
-    def _item_major(self, texts: Sequence[str], scores: torch.Tensor, n: int) -> list[list[Candidate]]:
-        """Rows [i * K, (i + 1) * K) are the K sequences of item i, best first."""
+    def _item_major(self, texts: Sequence[str], scores: torch.Tensor, n: int,
+                    labels: Optional[Sequence[int]] = None) -> list[list[Candidate]]:
+        """Rows [i * K, (i + 1) * K) are the K sequences of item i (best first, or in hypothesis order);
+        `labels`: each row's `Candidate.hypothesis` (default: its place j in the item)."""
         K = self.K
         if len(texts) != n * K:
             raise RuntimeError(f"expected {n * K} sequences ({n} items x K = {K}), got {len(texts)}")
-        return [[Candidate(texts[i * K + j], j, float(scores[i * K + j])) for j in range(K)] for i in range(n)]
+        labels = [r % K for r in range(n * K)] if labels is None else labels
+        return [[Candidate(texts[r], int(labels[r]), float(scores[r])) for r in range(i * K, (i + 1) * K)]
+                for i in range(n)]
 
 
 # ---------------------------------------------------------------------------- the methods
@@ -263,22 +278,50 @@ def _sample(d: Decoder, inputs: dict, n: int, B: int) -> list[list[Candidate]]:
     return d._item_major(texts, scores, n)
 
 
-def _dbs(d: Decoder, inputs: dict, n: int, B: int) -> list[list[Candidate]]:
+def _diverse_beam_search(d: Decoder, inputs: dict, routing: Any, **options: Any) -> tuple[torch.Tensor, ...]:
+    """`decoding.dbs.diverse_beam_search` under `routing`, with the decoder's generation settings:
+    (sequences, scores, groups)."""
     from loramcl.decoding.dbs import diverse_beam_search
 
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    with d.model.route(routing):
+        return diverse_beam_search(
+            d.model.base_model, inputs["input_ids"], inputs["attention_mask"],
+            diversity_penalty=d.spec.diversity_penalty, max_new_tokens=d.gen["max_new_tokens"],
+            eos_token_id=d.gen["eos_token_id"], pad_token_id=d.gen["pad_token_id"], length_penalty=d.length_penalty,
+            repetition_penalty=d.gen.get("repetition_penalty"), return_groups=True, **options, **extra)
+
+
+def _dbs(d: Decoder, inputs: dict, n: int, B: int) -> list[list[Candidate]]:
+    """The K best of all groups, best first; candidate j is labelled with its group."""
     K = d.K
     groups = resolve_count(d.spec.num_beam_groups, K, "decoding.num_beam_groups")
     if B < K or B % groups:
         raise ConfigError(f"dbs needs num_beams >= K = {K} and divisible by num_beam_groups = {groups}; got {B}")
-    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-    with d.model.route(d.routing):
-        sequences, scores = diverse_beam_search(
-            d.model.base_model, inputs["input_ids"], inputs["attention_mask"], num_beams=B,
-            num_beam_groups=groups, diversity_penalty=d.spec.diversity_penalty, num_return_sequences=K,
-            max_new_tokens=d.gen["max_new_tokens"], eos_token_id=d.gen["eos_token_id"],
-            pad_token_id=d.gen["pad_token_id"], length_penalty=d.length_penalty,
-            repetition_penalty=d.gen.get("repetition_penalty"), **extra)
-    return d._item_major(d._texts(sequences, 0), scores.float().cpu(), n)
+    sequences, scores, group = _diverse_beam_search(d, inputs, d.routing, num_beams=B, num_beam_groups=groups,
+                                                    num_return_sequences=K)
+    return d._item_major(d._texts(sequences, 0), scores.float().cpu(), n, labels=group.tolist())
+
+
+def _hypothesis_dbs(d: Decoder, inputs: dict, n: int, B: int) -> list[list[Candidate]]:
+    """K groups of B beams, group k decoded by hypothesis k; candidate k = group k's best.
+
+    The search's rows are prompt-major, row i * K B + k B + j beam j of group k of item i, and beams
+    only move inside their group: one routing id per (item, group), which the layers expand to the
+    group's B contiguous rows (media encoder pass included), holds for the whole search.
+    """
+    K = d.K
+    if resolve_count(d.spec.num_beam_groups, K, "decoding.num_beam_groups") != K:
+        raise ConfigError(f"mcl_dbs decodes one group per hypothesis: num_beam_groups must be K (= {K}), "
+                          f"got {d.spec.num_beam_groups!r}")
+    if d.model.num_hypotheses != K:
+        raise ConfigError(f"mcl_dbs gives one candidate per hypothesis: K = {K} candidates but the model has "
+                          f"{d.model.num_hypotheses} hypotheses")
+    routing = torch.arange(K).repeat(n)  # (item i, group k) -> hypothesis k
+    # the repetition penalty ignores the prompts' padding, as `generate` (hence `hypotheses`) does
+    sequences, scores, group = _diverse_beam_search(d, inputs, routing, num_beams=K * B, num_beam_groups=K,
+                                                    num_return_sequences=1, per_group=True, penalise_padding=False)
+    return d._item_major(d._texts(sequences, 0), scores.float().cpu(), n, labels=group.tolist())
 
 
 def _k_times_b(K: int, B: int) -> int:
@@ -287,9 +330,13 @@ def _k_times_b(K: int, B: int) -> int:
 
 ONE_OUTPUT_PURPOSE = "is for one-output models (LoRA-MLE, LoRA-MoE)"
 register(Method("hypotheses", frozenset({MCL}), lambda s, K, B: f"Hypotheses, beam {B}", _k_times_b, _adapters,
-                purpose="decodes each of the K hypotheses of a LoRA-MCL run"))
+                purpose="decodes each of the K hypotheses of a LoRA-MCL run", per_adapter=True))
 register(Method("forced_expert", frozenset({MOE}), lambda s, K, B: f"Expert k forced, beam {B}", _k_times_b,
-                _adapters, purpose="forces each of the K experts of a LoRA-MoE run"))
+                _adapters, purpose="forces each of the K experts of a LoRA-MoE run", per_adapter=True))
+register(Method("mcl_dbs", frozenset({MCL}),
+                lambda s, K, B: f"Hypothesis DBS (B={B}, lambda={s.diversity_penalty:g})", _k_times_b, _hypothesis_dbs,
+                purpose="decodes the K hypotheses of a LoRA-MCL run as the K groups of one diverse beam search",
+                title="hypothesis-grouped diverse beam search", per_adapter=True))
 register(Method("beam", ONE_OUTPUT, lambda s, K, B: f"Beam search (B={B})", lambda K, B: B, _beam,
                 purpose=ONE_OUTPUT_PURPOSE))
 register(Method("dbs", ONE_OUTPUT, lambda s, K, B: f"DBS (lambda={s.diversity_penalty:g})", lambda K, B: B, _dbs,

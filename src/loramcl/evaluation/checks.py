@@ -78,11 +78,11 @@ def check_compatibility(cfg: DictConfig, train_cfg: DictConfig, checkpoint: Chec
     scheme = Scheme.of_config(train_cfg)
     method = spec.entry
     if scheme.kind not in method.schemes:
-        hint = "use mcl_beam1 / mcl_beam2 / mcl_beamK" if scheme.kind == "mcl" else \
+        hint = "use mcl_beam1 / mcl_beam2 / mcl_beamK / mcl_dbs" if scheme.kind == "mcl" else \
             "use a decoding for one-output models (beam, dbs, sampling, tta)" if scheme.kind == "mle" else \
             "use moe_standard / moe_sampled_expert / moe_forced, or a one-output decoding"
         raise UnsuitedDecoding(f"decoding={spec.name} {method.purpose}; this {scheme.label} run has K={K_run}: {hint}")
-    if method.name in ("hypotheses", "forced_expert") and cfg.get("num_candidates") not in (None, K_run):
+    if method.per_adapter and cfg.get("num_candidates") not in (None, K_run):
         raise ConfigError(f"decoding={spec.name} gives one candidate per adapter (K={K_run}); "
                           f"num_candidates={cfg.num_candidates} cannot hold")
 
