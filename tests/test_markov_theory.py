@@ -484,3 +484,21 @@ def test_bad_arguments_are_rejected():
         position_averaged_matrix(mix, 8, chains=[2])
     with pytest.raises(ValueError, match="name must be one of"):
         paper_mixture("transition3")
+
+
+def test_validation_lines_match_the_exact_ones():
+    """task.theory=validation (the 3-state toy): on 2000 sampled sequences of transition1 the measured
+    MLE optimum, true-chain WTA loss and own-chain loss are within 0.01 of the exact expectations, the
+    matrices are the exact ones, and the band's ends are ordered."""
+    from loramcl.toy.runner import validation_references, validation_theory
+
+    mix = paper_mixture("transition1")
+    tokens, chains = sample(mix, 2000, 32, torch.Generator().manual_seed(0))
+    exact = theory_summary(mix, 32)
+    measured = validation_theory(mix, 32, validation_references(mix, tokens, chains))
+    assert measured["lines"] == "validation" and exact["lines"] == "exact"
+    assert measured["mle_optimum"] == pytest.approx(exact["mle_optimum"], abs=0.01)
+    assert measured["mcl_band"] == pytest.approx(exact["mcl_band"], abs=0.01)
+    assert measured["average"] == exact["average"] and measured["chains"] == exact["chains"]
+    lo = measured["mle_optimum"] - math.log(2) / 31  # per sequence -log p_mix <= -log P_own + log 2
+    assert lo <= measured["mcl_band"][1]

@@ -64,7 +64,10 @@ class MCLLitModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.val_history: list[dict[str, float]] = []
         self._val_sums: Optional[dict[str, torch.Tensor]] = None
+        # the last training batch's (K, B) losses and (B,) winners, detached: the non-finite guard names
+        # the hypothesis of a NaN loss, the collapse monitor (loramcl.collapse) tracks win shares
         self.last_hypothesis_losses: Optional[torch.Tensor] = None
+        self.last_winners: Optional[torch.Tensor] = None
 
     @property
     def num_hypotheses(self) -> int:
@@ -77,7 +80,7 @@ class MCLLitModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         self.model.set_progress(self.global_step, self.current_epoch)
         out = self.model(**model_inputs(batch))
-        self.last_hypothesis_losses = out.hypothesis_losses.detach()  # names the hypothesis of a NaN loss
+        self.last_hypothesis_losses, self.last_winners = out.hypothesis_losses.detach(), out.winners.detach()
         K, B = out.hypothesis_losses.shape
         metrics = {"train/loss": out.loss.detach()}
         if self.model.compares_hypotheses:  # the MoE mixture is one model: no hypotheses to compare

@@ -17,6 +17,7 @@ Cheapest first, each failure one `ConfigError` / `MissingResource` line naming t
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -26,6 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from loramcl.config import LoRAConfig, MCLConfig, validated_configs
 from loramcl.errors import ConfigError, MissingResource
+
+log = logging.getLogger(__name__)
 
 REFERENCE_MODES = ("random", "all", "first")  # loramcl.data.collate.REFERENCE_MODES (kept torch-free here)
 
@@ -98,6 +101,13 @@ def _check_chains(cfg: DictConfig) -> None:
                                 else OmegaConf.to_container(data.init))
     except ValueError as err:
         raise ConfigError(f"data: {err}") from None
+    theory = _get(cfg, "task.theory") if _has(cfg, "task.theory") else "exact"
+    if theory not in ("exact", "validation"):
+        raise ConfigError(f"task.theory must be exact or validation, got {theory!r}")
+    if theory == "exact" and mixture.num_states > 2 and int(data.seq_len) > 16:
+        log.warning(f"task.theory=exact for {mixture.num_states} states at T = {data.seq_len}: the exact lines "
+                    f"count about T^(S^2 - S) prefixes and can take very long; task.theory=validation measures "
+                    f"them on the validation sequences instead")
     try:
         vocab = _get(cfg, "model.config.vocab_size")
     except Exception:  # an interpolation that cannot resolve here: checked when the model is built

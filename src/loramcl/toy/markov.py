@@ -402,7 +402,7 @@ def mcl_band(mixture: MarkovMixture, seq_len: int) -> Tuple[float, float]:
     """
     seq_len = _check_seq_len(seq_len)
     lo = exact_loss_of_predictors(mixture, seq_len, mixture.transition_stack(), "wta")
-    return lo, _own_chain_loss(mixture, seq_len)
+    return lo, own_chain_loss(mixture, seq_len)
 
 
 def wta_entropy_bound(
@@ -421,7 +421,8 @@ def wta_entropy_bound(
     return mle_optimum(mixture, seq_len) - float(np.log(k)) / (seq_len - 1)
 
 
-def _own_chain_loss(mixture: MarkovMixture, seq_len: int) -> float:
+def own_chain_loss(mixture: MarkovMixture, seq_len: int) -> float:
+    """Loss per scored token of each sequence scored by its own generating chain (exact, cheap)."""
     trans = mixture.transition_stack()  # (C, S, S)
     safe_log = np.log(np.where(trans > 0, trans, 1.0))
     entropy = -(trans * safe_log).sum(axis=-1)  # H(P_c[i, :]), (C, S)
@@ -516,7 +517,7 @@ def theory_summary(
 ) -> Dict[str, Any]:
     """All reference lines of the toy plot as JSON-serialisable floats and nested lists.
 
-    Keys: mle_optimum, mle_receptive_field_optimum (None without a window), receptive_field,
+    Keys: lines ("exact"), mle_optimum, mle_receptive_field_optimum (None without a window), receptive_field,
     mcl_band [lo, hi], wta_entropy_bound (mle_optimum - log C / (T-1)), average (the
     position-averaged matrix), stationary_average (Pbar) and chains (the P_c).
     """
@@ -525,6 +526,7 @@ def theory_summary(
     lo, hi = mcl_band(mixture, seq_len)
     rf = None if window is None else receptive_field_optimum(mixture, seq_len, window)
     return {
+        "lines": "exact",
         "mle_optimum": mle,
         "mle_receptive_field_optimum": rf,
         "receptive_field": None if window is None else int(window),

@@ -20,7 +20,8 @@ def plot_loss(histories: dict[str, list], results: dict[str, Any], theory: dict[
             k = results[name]["num_hypotheses"]
             label = "LoRA-MLE (K=1)" if name == "mle" else f"LoRA-MCL (K={k}, {results[name]['mode']})"
             ax.plot([h["step"] for h in hist], [h["val/wta_loss"] for h in hist], color=colors.get(name), label=label)
-    ax.axhline(theory["mle_optimum"], color="tab:blue", ls="--", lw=1, label="MLE optimum (full context)")
+    measured = " on the validation set" if theory.get("lines") == "validation" else ""
+    ax.axhline(theory["mle_optimum"], color="tab:blue", ls="--", lw=1, label=f"MLE optimum (full context{measured})")
     if theory.get("mle_receptive_field_optimum") is not None:
         ax.axhline(theory["mle_receptive_field_optimum"], color="tab:blue", ls=":", lw=1,
                    label=f"MLE optimum ({theory['receptive_field']}-token receptive field)")
