@@ -110,8 +110,11 @@ def test_non_finite_weights_are_never_saved(tmp_path):
 
 
 def test_nan_loss_before_backward(tmp_path):
+    """Hypothesis 1's value-projection adapter is NaN: its loss is NaN, caught before backward. (The value
+    path: on some CPUs torch's fused attention turns an all-NaN query into finite outputs, so a NaN
+    q_proj adapter shows up only in the gradients, where the gradient check catches it.)"""
     model = module()
-    _, param = lora_param(model, "lora_A")
+    param = next(p for n, p in model.named_parameters() if n.endswith("v_proj.lora_A"))
     trainer = L.Trainer(max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
                         accelerator="cpu", callbacks=[NonFiniteGuard()], enable_checkpointing=False)
     with torch.no_grad():
