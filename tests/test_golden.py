@@ -38,9 +38,11 @@ def _compare_or_record(name: str, value) -> None:
 
 
 def _assert_same(got, want, where: str) -> None:
-    """Equal structure, keys and strings; floats equal to 1e-7 relative (the last bits of a float
-    sum may depend on the CPU's vector width, never on our code), semantic metrics to 1e-5 (a 6-layer
-    float32 sentence encoder: up to 8e-7 relative between two machines' CPU kernels, measured)."""
+    """Equal structure, keys and strings; floats equal to 1e-6 relative: the last bits of a float sum may
+    depend on the CPU's vector width and kernel choice, never on our code, and float32 values (sequence
+    scores) were seen to move by one or two float32 ulps (1.2e-7 relative each) between two runs of
+    the suite on one machine; semantic metrics to 1e-5 (a 6-layer float32 sentence encoder: up to 8e-7
+    relative between two machines, measured). A behaviour change moves these numbers far more."""
     if isinstance(want, dict):
         assert isinstance(got, dict) and sorted(got) == sorted(want), f"{where}: keys {sorted(got)} != {sorted(want)}"
         for key in want:
@@ -50,7 +52,7 @@ def _assert_same(got, want, where: str) -> None:
         for i, (g, w) in enumerate(zip(got, want)):
             _assert_same(g, w, f"{where}[{i}]")
     elif isinstance(want, float) and not isinstance(want, bool):
-        rel = 1e-5 if "semantic" in where.rsplit(".", 1)[-1] else 1e-7
+        rel = 1e-5 if "semantic" in where.rsplit(".", 1)[-1] else 1e-6
         assert got == pytest.approx(want, rel=rel, abs=1e-9), f"{where}: {got!r} != recorded {want!r}"
     else:
         assert got == want, f"{where}: {got!r} != recorded {want!r}"

@@ -185,8 +185,10 @@ def test_rehearsal_interrupted_and_rerun_trains_and_evaluates_nothing_twice(tmp_
     args = [sys.executable, *map(str, reproduce_args(TINY_MT, translation_assets, tmp_path))]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # 1. interrupted while the second training runs (Ctrl-C on the whole process group)
+    # SIGINT back to its default in the child: a shell starts background jobs (`bash .ci/run &`) with SIGINT
+    # ignored, which Python and its children would inherit, and Ctrl-C would then do nothing
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen, deadline = [], time.monotonic() + timeout(900)
     for line in proc.stdout:  # until the second training's train.py has started
         seen.append(line)
