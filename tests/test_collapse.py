@@ -88,11 +88,30 @@ def test_automatic_window():
     assert [automatic_window(n) for n in (10_000, 300, 299, 75, 12, float("inf"))] == [100, 100, 99, 25, 10, 100]
 
 
+def test_a_separating_pair_is_no_duplicate():
+    """Below the tolerance but grown by more than 25 % over the last half window: still separating (the
+    audio demo's 0.05 -> 0.09); grown less (a plateau, the toy's collapse): a duplicate. Only the pairs
+    that qualify compete for the closest."""
+    far = torch.full((3, 3), 0.6).fill_diagonal_(math.inf)
+    now, before = far.clone(), far.clone()
+    now[1, 2] = now[2, 1] = 0.09
+    before[1, 2] = before[2, 1] = 0.05
+    assert check_alarms(torch.full((3,), 1 / 3), now, 1 / 12, 0.15, 66, 66, 528, before) == []
+    before[1, 2] = before[2, 1] = 0.085
+    (alarm,) = check_alarms(torch.full((3,), 1 / 3), now, 1 / 12, 0.15, 66, 66, 528, before)
+    assert alarm.hypotheses == [1, 2] and alarm.values == [pytest.approx(0.09)]
+    now[0, 1] = now[1, 0] = 0.08  # closer, but separating (from 0.02): the plateaued pair (1, 2) is named
+    before[0, 1] = before[1, 0] = 0.02
+    (alarm,) = check_alarms(torch.full((3,), 1 / 3), now, 1 / 12, 0.15, 66, 66, 528, before)
+    assert alarm.hypotheses == [1, 2]
+
+
 @pytest.mark.parametrize("kwargs,match", [({"window": 0}, "window must be >= 1"),
                                           ({"action": "halt"}, "action must be one of warn, stop"),
                                           ({"min_share": 1.5}, r"min_share must be in \[0, 1\)"),
                                           ({"duplicate_tolerance": -1}, "duplicate_tolerance must be >= 0"),
-                                          ({"max_temperature": 0}, "max_temperature must be > 0")])
+                                          ({"max_temperature": 0}, "max_temperature must be > 0"),
+                                          ({"duplicate_growth": -0.1}, "duplicate_growth must be >= 0")])
 def test_bad_options(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         CollapseMonitor(**kwargs)

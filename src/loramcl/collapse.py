@@ -22,7 +22,10 @@ It logs `collapse/win_share_hyp{k}`, `collapse/win_share_entropy` and `collapse/
 (min_jk d_jk) per step through the Trainer's loggers (TensorBoard and MLflow), and once the window
 is full it raises two kinds of alarm, each warned once (`log.warning`, with the step and the
 hypothesis or pair): a hypothesis whose share is below `min_share` (default 1 / (4K)), and a pair
-with d_jk below `duplicate_tolerance`. `action=stop` also stops the run there (`trainer.should_stop`).
+with d_jk below `duplicate_tolerance` that has not grown by more than `duplicate_growth` (25 %) over
+the last half window (every run starts from K identical adapters; a pair still moving apart is
+separating, not a duplicate: on the audio demo the hypotheses part slowly, 0.09 apart at step 66
+and 0.25 at the end). `action=stop` also stops the run there (`trainer.should_stop`).
 Under annealed-wta a hot temperature trains every hypothesis on every sequence on purpose, so they are
 near-duplicates by design: alarms wait until the window holds only steps at a temperature at or below
 `max_temperature` (default 0.01; on the toy, annealed runs at tau 0.13 were 0.06 apart at step 100 and
@@ -152,9 +155,13 @@ class Alarm:
 
 
 def check_alarms(shares: torch.Tensor, distances: torch.Tensor, min_share: float,
-                 duplicate_tolerance: Optional[float], step: int, window: int, sequences: float) -> list[Alarm]:
+                 duplicate_tolerance: Optional[float], step: int, window: int, sequences: float,
+                 earlier: Optional[torch.Tensor] = None, growth: float = 0.25) -> list[Alarm]:
     """The alarms a full window raises (at most one per kind): the hypotheses below `min_share`, and
-    the closest pair if its distance is below `duplicate_tolerance` (None: not checked)."""
+    the closest pair whose distance is below `duplicate_tolerance` (None: not checked) and has not
+    grown by more than `growth` (relative) since `earlier` (the distances half a window before; None:
+    no trend check). A pair still moving apart is separating, not a duplicate: every run starts from
+    K identical adapters, and on real data hypotheses can take a while to part."""
     K = shares.numel()
     alarms = []
     low = [k for k in range(K) if float(shares[k]) < min_share]
@@ -164,9 +171,12 @@ def check_alarms(shares: torch.Tensor, distances: torch.Tensor, min_share: float
                             f"collapse alarm at step {step}: {what} of the {sequences:,.0f} training sequences of "
                             f"the last {window} steps (threshold {min_share:.1%}, callbacks.collapse.min_share)"))
     if duplicate_tolerance is not None and K > 1:
-        flat = int(torch.argmin(distances))
+        candidates = distances.clone()
+        if earlier is not None:
+            candidates[distances > (1.0 + growth) * earlier] = math.inf  # still separating
+        flat = int(torch.argmin(candidates))
         j, k = divmod(flat, K)
-        d = float(distances[j, k])
+        d = float(candidates[j, k])
         if d < duplicate_tolerance:
             alarms.append(Alarm(DUPLICATE, step, [min(j, k), max(j, k)], [d],
                                 f"collapse alarm at step {step}: hypotheses {min(j, k)} and {max(j, k)} are near-duplicates, "
@@ -194,7 +204,7 @@ class CollapseMonitor(Callback):
 
     def __init__(self, window: Optional[int] = None, min_share: Optional[float] = None,
                  duplicate_tolerance: Optional[float] = 0.15, action: str = "warn", plot: bool = True,
-                 dirpath: Optional[str] = None, max_temperature: float = 0.01):
+                 dirpath: Optional[str] = None, max_temperature: float = 0.01, duplicate_growth: float = 0.25):
         if window is not None and int(window) < 1:
             raise ConfigError(f"callbacks.collapse.window must be >= 1 step or null (automatic), got {window}")
         if min_share is not None and not 0.0 <= float(min_share) < 1.0:
@@ -204,6 +214,8 @@ class CollapseMonitor(Callback):
                               f"got {duplicate_tolerance}")
         if not float(max_temperature) > 0.0:
             raise ConfigError(f"callbacks.collapse.max_temperature must be > 0, got {max_temperature}")
+        if not float(duplicate_growth) >= 0.0:
+            raise ConfigError(f"callbacks.collapse.duplicate_growth must be >= 0, got {duplicate_growth}")
         if action not in ACTIONS:
             raise ConfigError(f"callbacks.collapse.action must be one of {', '.join(ACTIONS)}, got {action!r}")
         self.window_option = None if window is None else int(window)
@@ -214,6 +226,8 @@ class CollapseMonitor(Callback):
         self.plot = bool(plot)
         self.dirpath = dirpath
         self.max_temperature = float(max_temperature)
+        self.duplicate_growth = float(duplicate_growth)
+        self._past: deque[tuple[int, torch.Tensor]] = deque()  # (step, distances) of the last half window
         self._cold_since: Optional[int] = None  # first step of the current run of steps at or below it
         self.first_checked_step: Optional[int] = None  # the first step whose window was checked for alarms
         self.active = False
@@ -247,6 +261,7 @@ class CollapseMonitor(Callback):
         self._window = None  # created when training starts, once the number of steps is known
         self.history, self.alarms, self.stop_reason, self._last_step = [], [], None, None
         self._cold_since = self.first_checked_step = None
+        self._past = deque()
         if self.active and self.min_share_option is not None and self.min_share_option >= 1.0 / K:
             raise ConfigError(f"callbacks.collapse.min_share must be below an even split 1/K = {1.0 / K:.3f}, "
                               f"got {self.min_share_option}")
@@ -273,6 +288,11 @@ class CollapseMonitor(Callback):
         elif self._cold_since is None:
             self._cold_since = step
         shares, distances = self._window.shares(), self._window.distances()
+        if self._past and self._past[-1][0] == step:
+            self._past.pop()
+        self._past.append((step, distances))
+        while self._past and self._past[0][0] < step - max(1, self.window // 2):
+            self._past.popleft()
         entropy = win_share_entropy(shares)
         closest = float(distances.min())
         row = [float(step), entropy, closest, *shares.tolist()]
@@ -292,8 +312,10 @@ class CollapseMonitor(Callback):
             self._raise(trainer, step, shares, distances)
 
     def _raise(self, trainer: L.Trainer, step: int, shares: torch.Tensor, distances: torch.Tensor) -> None:
+        half = step - max(1, self.window // 2)
+        earlier = next((d for s, d in self._past if s >= half), None)  # the distances half a window ago
         found = check_alarms(shares, distances, self.min_share, self.duplicate_tolerance, step, self.window,
-                             self._window.sequences)
+                             self._window.sequences, earlier, self.duplicate_growth)
         for alarm in found:
             if self.fired(alarm.kind):
                 continue
