@@ -24,9 +24,8 @@ from loramcl.errors import ConfigError
 __all__ = ["ConfigError", "LoRAConfig", "MCLConfig", "validated_configs"]
 
 
-MCL_MODES = ("wta", "relaxed-wta", "annealed-wta", "random-wta")  # K hypotheses, winner-takes-all family
-MODES = (*MCL_MODES, "moe")  # "moe": K LoRA experts behind a token router, one model trained by plain NLL
-SCHEDULE_UNITS = ("step", "epoch")
+from loramcl.schema.errors import validate  # noqa: E402
+from loramcl.schema.groups import MCL_MODES, MODES, SCHEDULE_UNITS, LoRASchema, MCLSchema  # noqa: E402,F401
 
 
 @dataclass
@@ -53,30 +52,10 @@ class MCLConfig:
     temperature_decay: float = 0.999  # paper, per optimizer step
     schedule_unit: str = "step"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.num_hypotheses, bool) or not isinstance(self.num_hypotheses, int):
-            raise ConfigError(f"num_hypotheses must be an integer >= 1, got {self.num_hypotheses!r}")
-        if self.num_hypotheses < 1:
-            raise ConfigError(f"num_hypotheses must be >= 1, got {self.num_hypotheses}")
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.mode == "moe" and self.num_hypotheses < 2:
-            raise ConfigError(
-                f"mode 'moe' mixes num_hypotheses >= 2 LoRA experts, got {self.num_hypotheses} "
-                f"(one adapter is the MLE baseline: use a wta mode with num_hypotheses=1)"
-            )
-        if not 0.0 <= float(self.epsilon) < 1.0:
-            raise ConfigError(f"epsilon must be in [0, 1), got {self.epsilon}")
-        if not float(self.temperature_init) > 0.0:
-            raise ConfigError(f"temperature_init must be > 0, got {self.temperature_init}")
-        if not float(self.temperature_min) > 0.0:
-            raise ConfigError(f"temperature_min must be > 0, got {self.temperature_min}")
-        if not 0.0 < float(self.temperature_decay) <= 1.0:
-            raise ConfigError(f"temperature_decay must be in (0, 1], got {self.temperature_decay}")
-        if self.schedule_unit not in SCHEDULE_UNITS:
-            raise ConfigError(
-                f"schedule_unit must be one of {', '.join(SCHEDULE_UNITS)}, got {self.schedule_unit!r}"
-            )
+    def __post_init__(self) -> None:  # the rules live in the schema (loramcl.schema.groups.MCLSchema)
+        checked = validate(MCLSchema, asdict(self))
+        for name in ("epsilon", "temperature_init", "temperature_min", "temperature_decay"):
+            setattr(self, name, getattr(checked, name))
 
     def temperature(self, step: int = 0, epoch: int = 0) -> Optional[float]:
         """tau_t = tau_0 * rho ** t, or None once tau_t <= tau_min (plain wta from then on)."""
@@ -118,32 +97,10 @@ class LoRAConfig:
     exclude_modules: Optional[Union[str, Sequence[str]]] = None
     adapt_encoders: bool = False
 
-    def __post_init__(self) -> None:
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ConfigError(f"r must be an integer >= 1, got {self.r!r}")
-        if not float(self.alpha) > 0.0:
-            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if isinstance(self.target_modules, str):
-            if not self.target_modules:
-                raise ConfigError("target_modules must not be empty")
-        else:
-            self.target_modules = list(self.target_modules)
-            if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
-                raise ConfigError(
-                    f"target_modules must be a non-empty list of names, a regex or 'all-linear', "
-                    f"got {self.target_modules!r}"
-                )
-        if self.exclude_modules is not None and not isinstance(self.exclude_modules, str):
-            self.exclude_modules = list(self.exclude_modules)
-        for key in ("target_modules", "exclude_modules"):  # a string is a regex over full module names
-            spec = getattr(self, key)
-            if isinstance(spec, str) and spec != "all-linear":
-                try:
-                    re.compile(spec)
-                except re.error as err:
-                    raise ConfigError(f"{key}={spec!r} is not a valid regular expression ({err})") from None
+    def __post_init__(self) -> None:  # the rules live in the schema (loramcl.schema.groups.LoRASchema)
+        checked = validate(LoRASchema, asdict(self))
+        self.alpha, self.dropout = checked.alpha, checked.dropout
+        self.target_modules, self.exclude_modules = checked.target_modules, checked.exclude_modules
 
     @property
     def scaling(self) -> float:
@@ -161,18 +118,10 @@ def validated_configs(cfg: Any, num_hypotheses: Optional[int] = None) -> tuple[M
     mcl = OmegaConf.to_container(cfg.mcl, resolve=True)
     if num_hypotheses is not None:
         mcl["num_hypotheses"] = num_hypotheses
-    built = []
-    for group, cls, values in (("mcl", MCLConfig, mcl), ("lora", LoRAConfig, OmegaConf.to_container(cfg.lora, resolve=True))):
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"{group} has unknown key(s) {', '.join(unknown)}; known: "
-                              f"{', '.join(f.name for f in fields(cls))}")
-        try:
-            built.append(cls(**values))
-        except ConfigError as err:
-            raise ConfigError(f"{group}.{err}") from None
-    mcl_cfg, lora_cfg = built
-    return mcl_cfg, lora_cfg
+    lora = OmegaConf.to_container(cfg.lora, resolve=True)
+    validate(MCLSchema, mcl, "mcl")  # every value and relation, named with its group
+    validate(LoRASchema, lora, "lora")
+    return MCLConfig(**mcl), LoRAConfig(**lora)
 
 
 def num_states(transitions: Any) -> int:

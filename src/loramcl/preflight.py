@@ -1,9 +1,11 @@
 """Checks that run before any model is built, and the job's output folder; shared by training and evaluation.
 
 Cheapest first, each failure one `ConfigError` / `MissingResource` line naming the key or file:
-- `check_config(cfg)`: what the config alone decides, in milliseconds: the MCL / LoRA values (and
-  target regexes), batch sizes, step counts, the validation interval, the toy's chains against the
-  backbone's vocabulary, the optimizer's learning rate, a writable `paths.log_dir`;
+- `check_config(cfg)`: what the config alone decides, in milliseconds: every value against the
+  schema (`loramcl.schema`: types, ranges, choices, finite floats, relations), the toy's chains
+  against the backbone's vocabulary, a writable `paths.log_dir`;
+- `check_libraries(cfg)`: the values Lightning, torch and transformers own, asked of them (a Trainer
+  constructed without a model, the optimizer on a dummy parameter, `_target_` signatures);
 - `check_targets(cfg, mcl, lora)`: `lora.target_modules` against the backbone's module tree, built on
   the meta device from its config (no weights);
 - `preflight(cfg)`: both, then the data files (synthetic ones generated when missing) and backbone
@@ -73,22 +75,6 @@ def check_writable(path: Any, key: str) -> None:
         raise ConfigError(f"{key}={path} is not writable{where}: read-only; choose a writable folder with {key}=...")
 
 
-def _check_data(cfg: DictConfig) -> None:
-    for key in ("batch_size", "val_batch_size", "num_val_sequences"):
-        require_int(cfg, f"data.{key}", 1)
-    require_int(cfg, "data.num_workers", 0)
-    require_int(cfg, "data.max_train_items", 1, nullable=True, hint=" (null: every item)")
-    require_int(cfg, "data.max_val_items", 1, nullable=True, hint=" (null: every item)")
-    require_int(cfg, "data.num_train_batches", 1,
-                  hint=" (the toy's training stream, one batch per optimizer step: set trainer.max_steps >= 1)")
-    require_int(cfg, "data.seq_len", 2, hint=" (the first token is never scored)")
-    for key in ("references", "val_references"):
-        if _has(cfg, f"data.{key}") and _get(cfg, f"data.{key}") not in REFERENCE_MODES:
-            raise ConfigError(f"data.{key} must be one of {', '.join(REFERENCE_MODES)}, got {_get(cfg, f'data.{key}')!r}")
-    if _has(cfg, "data.transitions"):
-        _check_chains(cfg)
-
-
 def _check_chains(cfg: DictConfig) -> None:
     """The toy's Markov chains are valid, and the backbone has a token for every state."""
     from loramcl.toy.markov import MarkovMixture
@@ -118,61 +104,27 @@ def _check_chains(cfg: DictConfig) -> None:
                           f"model.config.vocab_size={mixture.num_states})")
 
 
-def _check_trainer(cfg: DictConfig) -> None:
-    trainer = cfg.get("trainer")
-    if not isinstance(trainer, DictConfig):
-        return
-    max_steps = trainer.get("max_steps", -1)
-    if not _is_int(max_steps) or (max_steps != -1 and max_steps < 1):
-        raise ConfigError(f"trainer.max_steps must be -1 (no limit: trainer.max_epochs decides) or >= 1, got {max_steps!r}")
-    max_epochs = trainer.get("max_epochs")
-    if max_epochs is not None and (not _is_int(max_epochs) or (max_epochs != -1 and max_epochs < 1)):
-        raise ConfigError(f"trainer.max_epochs must be -1 (no limit), null or >= 1, got {max_epochs!r}")
-    interval = trainer.get("val_check_interval")
-    if interval is not None:
-        if _is_int(interval):
-            if interval < 1:
-                raise ConfigError(f"trainer.val_check_interval must be a number of training steps >= 1 or a fraction "
-                                  f"of an epoch in (0, 1], got {interval!r}")
-        elif not isinstance(interval, float) or not 0.0 < interval <= 1.0:
-            raise ConfigError(f"trainer.val_check_interval must be a fraction of an epoch in (0, 1] or a number of "
-                              f"training steps >= 1, got {interval!r}")
-    require_int(cfg, "trainer.check_val_every_n_epoch", 1, nullable=True)
-    require_int(cfg, "trainer.accumulate_grad_batches", 1)
-
-
-def _check_optim(cfg: DictConfig) -> None:
-    lr = _get(cfg, "optim.optimizer.lr")
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
-        raise ConfigError(f"optim.optimizer.lr must be > 0, got {lr!r}")
-    warmup = _get(cfg, "optim.scheduler.warmup_ratio")
-    if warmup is not None and (isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 <= warmup < 1):
-        raise ConfigError(f"optim.scheduler.warmup_ratio must be in [0, 1), got {warmup!r}")
-
-
 def check_config(cfg: DictConfig, training: bool = True) -> tuple[MCLConfig, LoRAConfig]:
     """Every value the config alone decides (no data, no weights, no torch for the common groups).
     `training=False` (an evaluation rebuilding a run from its config): the model and data values
     only, not the trainer, optimizer and log folder of the run."""
-    mcl, lora = validated_configs(cfg)
-    _check_data(cfg)
-    dtype = _get(cfg, "model.dtype")
-    if dtype is not None:
-        from loramcl.backbones import DTYPES
+    from loramcl.schema import validate_train
 
-        if dtype not in DTYPES:
-            raise ConfigError(f"model.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    validate_train(cfg, training=training)  # every value: type, range, choices, finite, relations
+    if _has(cfg, "data.transitions"):
+        _check_chains(cfg)
     if training:
-        task_name = cfg.get("task_name")
-        if task_name is not None and (not isinstance(task_name, str) or not task_name.strip()):
-            raise ConfigError(f"task_name must be a text (it names logs/<task_name>/ and the MLflow experiment), got "
-                              f"{task_name!r}: quote it, e.g. task_name=\"'{task_name}'\"")
-        _check_trainer(cfg)
-        _check_optim(cfg)
         log_dir = _get(cfg, "paths.log_dir")
         if log_dir is not None:
             check_writable(log_dir, "paths.log_dir")
-    return mcl, lora
+    return validated_configs(cfg)
+
+
+def check_libraries(cfg: DictConfig) -> None:
+    """The values Lightning, torch and transformers own, judged by them (no model built)."""
+    from loramcl.schema import check_train_libraries, validate_train
+
+    check_train_libraries(validate_train(cfg))
 
 
 def train_batches(cfg: DictConfig) -> Optional[int]:
@@ -235,6 +187,8 @@ def check_before_build(cfg: DictConfig) -> tuple[MCLConfig, LoRAConfig]:
     the training split exists, LoRA targets on the meta device."""
     mcl, lora = check_config(cfg)
     check_validation_interval(cfg)
+    if cfg.get("trainer") is not None:
+        check_libraries(cfg)
     if cfg.get("model") is not None:
         check_targets(cfg, mcl, lora)
     return mcl, lora
@@ -260,6 +214,8 @@ def preflight(cfg: DictConfig, resume: Optional[str] = None, training: bool = Tr
     from loramcl.cluster import is_main_process
 
     mcl, lora = check_config(cfg, training)
+    if training:
+        check_libraries(cfg)
     datamodule = _instantiate_data(cfg)
     main = is_main_process()
     if not main:  # rank 0 generates what is missing; the others wait for it (srun starts all at once)

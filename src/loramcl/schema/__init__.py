@@ -1,0 +1,175 @@
+"""One schema for every config value of train.py, eval.py and scripts/reproduce.py (and the scripts' arguments).
+
+    from loramcl.schema import validate_train, validate_eval, validate_reproduce
+    settings = validate_train(cfg)          # TrainSettings, or ConfigError with one line
+    settings.mcl.num_hypotheses, settings.trainer.max_steps, settings.callbacks["collapse"].action
+
+The groups' models live in `loramcl.schema.groups` (train.py), `loramcl.schema.evaluation` (eval.py) and
+`loramcl.schema.reproduce`; the leaf rules (type, range, choices, finite floats) in
+`loramcl.schema.fields`; the values owned by Lightning, torch and transformers are judged by those
+libraries themselves (`loramcl.schema.library`, `libraries=True`). Each check raises
+`loramcl.errors.ConfigError` with one line that names the key, the value and what is allowed:
+`lora.alpha must be a finite number > 0, got inf`.
+
+The Hydra callback (`loramcl.hydra_checks`) runs these before Hydra creates or writes any run
+folder; the runners run them again on configs composed outside Hydra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from loramcl.errors import ConfigError
+from loramcl.schema import groups as g
+from loramcl.schema.errors import show, validate
+
+__all__ = ["TrainSettings", "plain", "validate_train", "validate_eval", "validate_reproduce", "check_train_libraries"]
+
+TRAIN_GROUPS = ("task", "data", "model", "mcl", "lora", "optim", "trainer", "logger", "callbacks", "paths", "extras")
+
+
+def plain(node: Any, key: str = "", skip: tuple[str, ...] = ("hydra",)) -> Any:
+    """`node` as plain Python values, interpolations resolved. A value that can be resolved only
+    inside a running Hydra job (`${hydra:...}`) is left out; any other that cannot is an error."""
+    if isinstance(node, DictConfig):
+        out = {}
+        for name in node.keys():
+            if not key and name in skip:  # Hydra's own node: Hydra checks it
+                continue
+            try:
+                value = node[name]
+            except Exception as err:  # an interpolation that does not resolve, or a missing (???) value
+                raw = OmegaConf.to_container(node, resolve=False).get(name)
+                if raw == "???":
+                    continue
+                if (isinstance(raw, str) and "${hydra:" in raw) or "HydraConfig was not set" in str(err):
+                    continue  # resolved once Hydra runs the job
+                sub = f"{key}.{name}" if key else str(name)
+                raise ConfigError(f"{sub}={raw} cannot be resolved: {' '.join(str(err).split())[:200]}") from None
+            out[str(name)] = plain(value, f"{key}.{name}" if key else str(name))
+        return out
+    if isinstance(node, ListConfig):
+        return [plain(node[i], f"{key}[{i}]") for i in range(len(node))]
+    return node
+
+
+def _group(values: dict, name: str) -> Any:
+    value = values.get(name)
+    if value is not None and not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a group of keys, got {show(value)}")
+    return value
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """A train.py config, validated: one typed object per group."""
+
+    top: g.TrainTop
+    mcl: g.MCLSchema
+    lora: g.LoRASchema
+    data: Optional[g.DataSchema] = None
+    model: Optional[g.ModelSchema] = None
+    task: Optional[g.TaskSchema] = None
+    optim: Optional[g.OptimSchema] = None
+    trainer: Optional[g.TrainerSchema] = None
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    loggers: dict[str, Any] = field(default_factory=dict)
+    paths: Optional[g.PathsSchema] = None
+    extras: Optional[g.ExtrasSchema] = None
+    raw: dict = field(default_factory=dict, repr=False)  # the resolved values the objects came from
+
+
+def _targets(values: Optional[dict], name: str, table: dict) -> dict[str, Any]:
+    out = {}
+    for key, node in (values or {}).items():
+        if node is None:
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"{name}.{key} must be a group of keys with a _target_, got {show(node)}")
+        out[key] = validate(g.schema_for_target(node.get("_target_"), table), node, f"{name}.{key}")
+    return out
+
+
+def validate_train(cfg: Any, training: bool = True, libraries: bool = False) -> TrainSettings:
+    """Every value of a train.py config. `training=False` (a run's config rebuilt for evaluation):
+    the model and data groups only. `libraries=True`: also ask Lightning, torch and transformers
+    (`check_train_libraries`)."""
+    values = plain(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    values.pop("hydra", None)
+    if training:  # top-level values first: groups interpolate them (data.seed: ${seed})
+        top = validate(g.TrainTop, {k: v for k, v in values.items() if k not in TRAIN_GROUPS}, "")
+    mcl = validate(g.MCLSchema, _group(values, "mcl") or {}, "mcl")
+    lora = validate(g.LoRASchema, _group(values, "lora") or {}, "lora")
+    data = validate(g.DataSchema, _group(values, "data"), "data") if values.get("data") is not None else None
+    model = validate(g.ModelSchema, _group(values, "model"), "model") if values.get("model") is not None else None
+    if not training:
+        return TrainSettings(top=g.TrainTop(), mcl=mcl, lora=lora, data=data, model=model, raw=values)
+    task = validate(g.TaskSchema, _group(values, "task"), "task") if values.get("task") is not None else None
+    optim = validate(g.OptimSchema, _group(values, "optim"), "optim") if values.get("optim") is not None else None
+    trainer = validate(g.TrainerSchema, _group(values, "trainer"), "trainer") if values.get("trainer") is not None else None
+    settings = TrainSettings(
+        top=top, mcl=mcl, lora=lora, data=data, model=model, task=task, optim=optim, trainer=trainer,
+        callbacks=_targets(_group(values, "callbacks"), "callbacks", g.CALLBACK_SCHEMAS),
+        loggers=_targets(_group(values, "logger"), "logger", g.LOGGER_SCHEMAS),
+        paths=validate(g.PathsSchema, _group(values, "paths") or {}, "paths"),
+        extras=validate(g.ExtrasSchema, _group(values, "extras") or {}, "extras"),
+        raw=values)
+    _train_relations(settings)
+    if libraries:
+        check_train_libraries(settings)
+    return settings
+
+
+def _train_relations(s: TrainSettings) -> None:
+    """Relations between groups."""
+    if s.trainer is not None and s.trainer.max_steps == -1 and s.trainer.max_epochs in (None, -1):
+        raise ConfigError("trainer.max_steps=-1 and trainer.max_epochs="
+                          f"{s.trainer.max_epochs} train forever: set one of them")
+    checkpoint = s.callbacks.get("model_checkpoint")
+    if checkpoint is not None and s.trainer is not None and checkpoint.every_n_train_steps and s.trainer.max_steps not in (None, -1) \
+            and checkpoint.every_n_train_steps > s.trainer.max_steps:
+        pass  # a last checkpoint is still written at the end (save_last), which is enough to resume
+
+
+def check_train_libraries(s: TrainSettings) -> None:
+    """Ask the libraries: every `_target_` node's keys against its signature, then the Trainer,
+    the optimizer and scheduler, and the bilingual runner's generation values."""
+    from loramcl.schema import library
+
+    raw = s.raw
+    for name in ("data", "model"):
+        if isinstance(raw.get(name), dict):
+            skip = ("auto_pretrain", "config_class", "model_class") if name == "model" else ()
+            library.check_signature(raw[name], name, skip=skip)
+    for group in ("callbacks", "logger"):
+        for key, node in (raw.get(group) or {}).items():
+            if isinstance(node, dict):
+                library.check_signature(node, f"{group}.{key}")
+    optim = raw.get("optim") or {}
+    for key in ("optimizer", "scheduler"):
+        if isinstance(optim.get(key), dict):
+            library.check_signature(optim[key], f"optim.{key}")
+    trainer = raw.get("trainer")
+    if isinstance(trainer, dict):
+        library.check_signature(trainer, "trainer")
+        if isinstance(trainer.get("strategy"), dict):
+            library.check_signature(trainer["strategy"], "trainer.strategy")
+        library.probe_trainer(trainer)
+    library.probe_optimizer(optim)
+    task = raw.get("task") or {}
+    library.probe_generation(task.get("generation"), "task.generation")
+
+
+def validate_eval(cfg: Any, libraries: bool = False) -> Any:
+    from loramcl.schema.evaluation import validate_eval as run
+
+    return run(cfg, libraries)
+
+
+def validate_reproduce(cfg: Any) -> Any:
+    from loramcl.schema.reproduce import validate_reproduce as run
+
+    return run(cfg)
