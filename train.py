@@ -42,4 +42,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    from loramcl.cli import run_hydra
+
+    run_hydra(main)  # every failure ends in one `error:` line (loramcl.cli)

@@ -49,19 +49,109 @@ def slurm_restart_count() -> int:
 
 
 _STAMP: Optional[str] = None
+_CLAIMED: Optional[str] = None  # the run folder this process claimed (released if the run is refused)
+CLAIM_FILE = ".loramcl-claim.json"
 
 
-def run_stamp() -> str:
-    """The `loramcl.run_stamp` resolver, the last part of a run folder's name.
+def _identity() -> dict:
+    """Who runs: the command and the SLURM launch it belongs to (see `_shares`)."""
+    import socket
+    import sys
+
+    return {"job": slurm_job_id(), "script": os.path.basename(sys.argv[0]), "argv": sys.argv[1:],
+            "step": os.environ.get("SLURM_STEP_ID", "batch"), "restart": slurm_restart_count(),
+            "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, ValueError, TypeError):
+        return True
+    return True
+
+
+def _shares(claim: dict, me: dict) -> bool:
+    """Whether the run folder claimed by `claim` is this process's too: the same command of the same
+    job, and either a requeue of it (a higher restart count: it continues its own run) or another
+    rank of the same launch (same step and restart, the claimant still running, or on another node)."""
+    if any(claim.get(k) != me[k] for k in ("job", "script", "argv")):
+        return False
+    if int(claim.get("restart", 0)) < me["restart"]:
+        return True
+    same_launch = claim.get("step") == me["step"] and int(claim.get("restart", 0)) == me["restart"]
+    return same_launch and (claim.get("host") != me["host"] or _alive(claim.get("pid", -1)))
+
+
+def _claim(parent: str, base: str) -> str:
+    """The first of `base`, `base-2`, ... under `parent` that is free (created and claimed here,
+    atomically: mkdir) or already this process's (`_shares`)."""
+    import json
+    import time
+
+    global _CLAIMED
+    me = _identity()
+    root = os.path.abspath(os.path.expanduser(parent))
+    for n in range(1, 1000):
+        name = base if n == 1 else f"{base}-{n}"
+        folder = os.path.join(root, name)
+        try:
+            os.makedirs(folder)
+        except FileExistsError:
+            claim = None
+            for _ in range(20):  # the claimant writes its claim right after mkdir
+                try:
+                    with open(os.path.join(folder, CLAIM_FILE)) as f:
+                        claim = json.load(f)
+                    break
+                except (OSError, ValueError):
+                    time.sleep(0.05)
+            if claim is not None and _shares(claim, me):
+                return name
+            continue
+        except OSError:  # not creatable: the run folder check names the problem
+            return name
+        with open(os.path.join(folder, CLAIM_FILE), "w") as f:
+            json.dump(me, f)
+        _CLAIMED = folder
+        return name
+    raise RuntimeError(f"no free run folder name {base}-<n> under {root}")
+
+
+def release_claim() -> None:
+    """Remove the run folder this process claimed if it holds nothing but the claim (a refused run)."""
+    global _CLAIMED
+    if _CLAIMED is None:
+        return
+    try:
+        if os.listdir(_CLAIMED) == [CLAIM_FILE]:
+            os.remove(os.path.join(_CLAIMED, CLAIM_FILE))
+            os.rmdir(_CLAIMED)
+    except OSError:
+        pass
+    _CLAIMED = None
+
+
+def run_stamp(parent: Optional[str] = None) -> str:
+    """The `loramcl.run_stamp` resolver, the last part of a run folder's name (`parent`: the folder it
+    goes in, `${paths.log_dir}/${task_name}/runs`).
 
     Outside SLURM a time stamp (as Hydra's `now`, fixed once per process). In a SLURM job
-    `slurm-<job id>`: the same for every task of the job (srun starts each rank as its own process,
-    and each would otherwise stamp its own folder) and for every restart of a requeued job, which so
-    finds its checkpoints again."""
+    `slurm-<job id>`, claimed in its folder (`.loramcl-claim.json`): every rank that srun starts
+    and every restart of a requeued job finds the same folder (so a requeued run finds its
+    checkpoints), while another command in the same allocation (a batch script that runs several
+    evaluations, `salloc`) gets `slurm-<job id>-2`, `-3`, ... and never writes into the first one's."""
     global _STAMP
     if _STAMP is None:
         job = slurm_job_id()
-        _STAMP = f"slurm-{job}" if job else datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+        if not job:
+            _STAMP = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+        elif parent is None:
+            _STAMP = f"slurm-{job}"
+        else:
+            _STAMP = _claim(str(parent), f"slurm-{job}")
     return _STAMP
 
 

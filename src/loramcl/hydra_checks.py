@@ -13,7 +13,7 @@ there leaves every existing file as it was:
 `on_multirun_start` checks the sweep folder; `on_job_start` validates each job of a sweep (a sweep's
 job folders are new). The runners repeat the config checks for configs composed outside Hydra.
 
-Each failure prints `error: <message>` and exits with status 1; `HYDRA_FULL_ERROR=1` raises instead.
+Each failure prints `error: <message>` and exits with status 1 (`HYDRA_FULL_ERROR=1`: the traceback first).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,9 +32,17 @@ from loramcl.errors import ConfigError, MissingResource
 
 
 def _stop(err: Exception) -> None:
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise err
-    sys.exit(f"error: {err}")
+    """End the process with the one line (Hydra turns an exception of a callback into a mere warning,
+    so a callback must exit); a user's HYDRA_FULL_ERROR=1 also gets the traceback."""
+    from loramcl.cli import OURS, fold
+
+    from loramcl.cluster import release_claim
+
+    release_claim()  # a SLURM run folder claimed for this refused run goes again
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" and os.environ.get(OURS) != "1":
+        traceback.print_exception(err)
+    print(f"error: {fold(err)}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def _rank() -> int:

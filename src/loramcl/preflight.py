@@ -170,8 +170,10 @@ def check_targets(cfg: DictConfig, mcl: MCLConfig, lora: LoRAConfig) -> None:
 
     try:
         backbone = meta_backbone(cfg.model)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    except ValueError as err:  # the backbone's own config refuses its values
+        message = " ".join(str(err).split())
+        where = "" if message.startswith("model.") else ("model.config: " if cfg.model.get("config") else "model: ")
+        raise ConfigError(f"{where}{message}") from None
     if backbone is None:
         return
     from loramcl.model import build_model

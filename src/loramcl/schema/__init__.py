@@ -148,6 +148,7 @@ def check_train_libraries(s: TrainSettings) -> None:
         for key, node in (raw.get(group) or {}).items():
             if isinstance(node, dict):
                 library.check_signature(node, f"{group}.{key}")
+    library.check_model_config(raw.get("model"))
     optim = raw.get("optim") or {}
     for key in ("optimizer", "scheduler"):
         if isinstance(optim.get(key), dict):

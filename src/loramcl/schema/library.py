@@ -171,3 +171,30 @@ def probe_generation(generation: Optional[dict], key: str = "generation") -> Non
         named = next((k for k in values if k in message), None)
         where = f"{key}.{named}={values[named]!r}" if named else key
         raise ConfigError(f"{where}: transformers refuses it: {message[:240]}") from None
+
+
+def check_model_config(model: Optional[dict]) -> None:
+    """`model.config` of a model built from a transformers config class (the toy): every key must be
+    one the class knows (transformers keeps unknown keys silently, so a typo would change nothing)."""
+    if not isinstance(model, dict) or not isinstance(model.get("config"), dict) or not model.get("config_class"):
+        return
+    import transformers
+
+    cls = getattr(transformers, str(model["config_class"]), None)
+    if cls is None:
+        raise ConfigError(f"model.config_class={model['config_class']!r} is not a transformers config class")
+    with quiet():
+        defaults = cls()
+    known = set(inspect.signature(cls.__init__).parameters) | set(vars(defaults)) | set(getattr(cls, "attribute_map", {}))
+    for key in model["config"]:
+        if key not in known:
+            import difflib
+
+            near = difflib.get_close_matches(key, sorted(k for k in known if not k.startswith("_")), n=1)
+            raise ConfigError(f"model.config has no key {key!r}{f' (did you mean {near[0]}?)' if near else ''}: "
+                              f"{cls.__name__} does not know it, and transformers would ignore it")
+    try:
+        with quiet():
+            cls(**model["config"])
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"model.config: {cls.__name__} refuses it: {' '.join(str(err).split())[:240]}") from None
