@@ -76,7 +76,7 @@ def Int(low: Optional[int] = None, high: Optional[int] = None, nullable: bool = 
     """An integer in [low, high]; `also`: other accepted values (e.g. -1 for "no limit")."""
     bounds = _bounds(low, high, False, False)
     allowed = _or(f"an integer{' ' + bounds if bounds else ''}", nullable, also, note)
-    return rule(allowed, lambda v: (nullable and v is None) or v in also and not isinstance(v, bool)
+    return rule(allowed, lambda v: (nullable and v is None) or any(type(v) is type(a) and v == a for a in also)
                 or (is_int(v) and _within(v, low, high, False, False)))
 
 
