@@ -7,8 +7,10 @@
 
 The defaults (logs/mlflow.db, results/) are those of the project folder, as train.py and eval.py
 use them, from whatever folder the script runs. Per experiment it writes <out>/<experiment>.csv, <experiment>.tex (one booktabs table) and
-<experiment>_quality_diversity.png / .pdf, replacing earlier files of the same experiment (they are
-derived outputs), and prints the table. The logic lives in src/loramcl/evaluation/collect.py.
+<experiment>_quality_diversity.png / .pdf, replacing earlier files of the same experiment (kept in
+<out>/previous/<time>/), and prints the table. An earlier CSV with more complete lines than the new
+results is never replaced (one `error:` line, exit 1, nothing written) unless --force. The logic
+lives in src/loramcl/evaluation/collect.py.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from pathlib import Path
 ROOT = Path(os.environ.get("PROJECT_ROOT") or Path(__file__).resolve().parents[1])  # as train.py's paths.root_dir
 
 from loramcl.metrics.registry import METRICS  # noqa: E402
-from loramcl.evaluation.collect import (CollectError, best_rows, collect, format_value,  # noqa: E402
-                                        group_by_experiment, metric_columns, output_paths, write_outputs)
+from loramcl.evaluation.collect import (CollectError, best_rows, check_outputs, collect,  # noqa: E402
+                                        format_value, group_by_experiment, metric_columns, output_paths,
+                                        write_outputs)
+from loramcl.utils.atomic import FewerResults  # noqa: E402
 
 DEFAULT_TRACKING_URI = f"sqlite:///{ROOT / 'logs' / 'mlflow.db'}"  # train.py / eval.py's default store
 
@@ -64,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                                           "for captioning; oracle_bleu for translation)")
     parser.add_argument("--diversity", help="plot x axis metric key (default: mbleu_4 for captioning; "
                                             "pairwise_bleu for translation)")
+    parser.add_argument("--force", action="store_true", help="replace an earlier CSV even by one with fewer complete "
+                                                             "lines (the earlier files are kept in <out>/previous/)")
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -74,13 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = collect(args.tracking_uri, None if args.all else args.experiment)
         groups = group_by_experiment(rows)
+        check_outputs(rows, args.out, args.force)  # never replace results by fewer (unless --force)
         for experiment in groups:
             existing = [p for p in output_paths(args.out, experiment).values() if p.exists()]
             if existing:
                 print(f"{experiment}: replacing {len(existing)} earlier output file(s) in {args.out} "
                       "(derived from MLflow)", file=sys.stderr)
-        written = write_outputs(rows, args.out, args.quality, args.diversity)
-    except CollectError as err:
+        written = write_outputs(rows, args.out, args.quality, args.diversity, force=args.force)
+    except (CollectError, FewerResults) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for experiment, group in groups.items():

@@ -6,7 +6,9 @@
     python scripts/export_peft.py <run> --out export/ --save-base export/base   # random from-config backbone
 
 Writes <out>/hyp_k (adapter_config.json + adapter_model.safetensors) for each hypothesis, and
-<out>/mcl_export.json; `base_model_name_or_path` is the Hub name of a Hub backbone, the absolute
+<out>/mcl_export.json, each folder under its final name only once complete (an interrupted export
+leaves nothing there; a hyp_k folder with adapter_config.json but no weights is named as incomplete
+and replaced only with --overwrite); `base_model_name_or_path` is the Hub name of a Hub backbone, the absolute
 folder of a local one. Works from any folder; bad input (a missing run, an index out of range, a
 LoRA-MoE run without --hypotheses, a non-empty hyp_k folder) fails with one line before the model
 is built. The run's `.hydra/config.yaml` rebuilds the backbone and adapters; the
@@ -28,7 +30,8 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1])) 
 
 from loramcl.checkpoints import Checkpoint  # noqa: E402
 from loramcl.errors import ConfigError, MissingResource  # noqa: E402
-from loramcl.peft_io import export_all  # noqa: E402
+from loramcl.peft_io import check_export_folder, export_all  # noqa: E402
+from loramcl.utils.atomic import staged  # noqa: E402
 from loramcl.runs import checkpoint_config, find_checkpoints, load_model  # noqa: E402
 
 
@@ -66,12 +69,10 @@ def check_request(checkpoint: Checkpoint, out: Path, hypotheses: Optional[Sequen
     if not ks or len(set(ks)) != len(ks) or any(not 0 <= k < K for k in ks):
         raise ValueError(f"--hypotheses must be distinct indices in [0, {K - 1}] (the run has K={K}), got {ks}")
     for k in ks:
-        folder = out / f"hyp_{k}"
-        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())) and not overwrite:
-            raise FileExistsError(f"{folder} is not empty; pass --overwrite to replace its adapter")
+        check_export_folder(out / f"hyp_{k}", overwrite, flag="--overwrite")
 
 
-def load_run_model(ckpt: Path, save_base: Optional[Path] = None):
+def load_run_model(ckpt: Path, save_base: Optional[Path] = None, overwrite: bool = False):
     """The run's adapter model with the checkpoint's adapters loaded, and the run's config.
 
     With `save_base`, the freshly built backbone is written there (save_pretrained) before the
@@ -88,8 +89,11 @@ def load_run_model(ckpt: Path, save_base: Optional[Path] = None):
     except InstantiationException as err:  # e.g. a tiny base to rebuild whose data are gone
         detail = " ".join(str(err.__cause__ or err).split())
         raise MissingResource(f"cannot build the run's backbone {cfg.model.get('name_or_path') or ''}: {detail}") from None
-    if save_base is not None:
-        backbone.save_pretrained(str(save_base))
+    if save_base is not None:  # beside its final name, renamed when complete
+        with staged(save_base, overwrite=overwrite) as stage:
+            backbone.save_pretrained(str(stage.path))
+        if not stage.placed:
+            raise FileExistsError(f"{save_base} was written by another process meanwhile; pass --overwrite to replace it")
     return load_model(checkpoint, cfg, backbone=backbone).eval(), cfg
 
 
@@ -111,7 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.save_base is not None and args.save_base.exists() and any(args.save_base.iterdir()) \
                 and not args.overwrite:
             raise FileExistsError(f"{args.save_base} is not empty; pass --overwrite to replace it")
-        model, cfg = load_run_model(ckpt, args.save_base)
+        model, cfg = load_run_model(ckpt, args.save_base, args.overwrite)
         base = args.base or (str(args.save_base.resolve()) if args.save_base else None)
         base = base or base_name(cfg.model)
         paths = export_all(model, args.out, base, hypotheses=args.hypotheses, overwrite=args.overwrite,

@@ -2,7 +2,9 @@
 
 `from_config` builds a randomly initialised model from a real transformers config class (tiny test
 models, the frozen random GPT-Neo of the toy experiment); `from_pretrained` loads a checkpoint from
-a Hub name or a local folder through the real `AutoModelForCausalLM.from_pretrained` path.
+a Hub name or a local folder through the real `AutoModelForCausalLM.from_pretrained` path (a tiny
+base with `auto_pretrain` is built on first use; a folder left by an interrupted build is refused
+with one line, never loaded).
 `meta_backbone` builds the module tree a model config describes on the meta device (no weights, no
 memory), so that the LoRA targets can be matched before anything is loaded.
 """
@@ -97,14 +99,39 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")  # what from_pretrained loads a local folder's weights from
+
+
+def _tiny_base_state(local: Path) -> Optional[str]:
+    """None when a tiny base (`auto_pretrain`) can be used or built at `local`, else why not (one line)."""
+    from loramcl.tiny_base import incomplete_message, incomplete_reason
+
+    if not local.exists() or (local.is_dir() and not any(local.iterdir())):
+        return None  # built on first use
+    reason = incomplete_reason(local) if local.is_dir() else "not a folder"
+    return None if reason is None else incomplete_message(local, reason)
+
+
 def check_available(name_or_path: str, auto_pretrain: Optional[dict] = None) -> None:
     """Raise FileNotFoundError (one line: what is missing, how to get it) unless the weights can load.
 
-    A local folder must hold a config.json; a Hub name must be in the local Hugging Face cache or
-    the Hub must be reachable. A tiny base with `auto_pretrain` is built on first use instead.
+    A local folder must hold a config.json and weights; a Hub name must be in the local Hugging
+    Face cache or the Hub must be reachable. A tiny base with `auto_pretrain` is built on first use
+    instead; a folder of an interrupted build (no completion marker) is named, never used.
     """
     local = Path(name_or_path).expanduser()
-    if (local / "config.json").is_file() or auto_pretrain:
+    if auto_pretrain:
+        problem = _tiny_base_state(local)
+        if problem:
+            raise FileNotFoundError(problem)
+        return
+    if (local / "config.json").is_file():
+        if not any((local / name).is_file() for name in WEIGHT_FILES):
+            raise FileNotFoundError(
+                f"model folder {name_or_path} is incomplete: config.json but no weights ({', '.join(WEIGHT_FILES)}; "
+                f"an interrupted save?): save it again with save_pretrained, or delete it if it is a tiny base "
+                f"that the run rebuilds")
         return
     looks_local = local.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1
     if looks_local:
@@ -131,11 +158,15 @@ def from_pretrained(name_or_path: str, dtype: Optional[str] = None, model_class:
     (the CPU demos), once; later runs load the saved folder.
     """
     local = Path(name_or_path).expanduser()
-    if auto_pretrain and not (local / "config.json").is_file():
-        from hydra.utils import get_method
+    if auto_pretrain:
+        problem = _tiny_base_state(local)
+        if problem:  # a half-built folder is never loaded
+            raise FileNotFoundError(problem)
+        if not (local / "config.json").is_file():
+            from hydra.utils import get_method
 
-        args = {k: v for k, v in dict(auto_pretrain).items() if k != "function"}
-        get_method(auto_pretrain["function"])(out_dir=str(local), **args)
+            args = {k: v for k, v in dict(auto_pretrain).items() if k != "function"}
+            get_method(auto_pretrain["function"])(out_dir=str(local), **args)
     if not local.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1):
         raise FileNotFoundError(f"model folder {name_or_path} does not exist")
     try:

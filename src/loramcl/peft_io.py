@@ -14,6 +14,11 @@ K hypotheses of a model (e.g. K separately trained LoRAs as an MCL initialisatio
 
 Command line: `python scripts/export_peft.py <train.py run folder or .ckpt> --out DIR`.
 
+Exports appear under their final names only when complete: a new export folder is built as
+`<out>.partial-...` and renamed (`mcl_export.json` inside it from the start), a hyp_k folder added to
+an existing export likewise; an interrupted export leaves no folder under the final name, and a
+folder holding adapter_config.json without weights is named as incomplete, never loaded.
+
 A LoRA-MoE model (`MoEModel`) mixes its experts per token with routers, which peft has no
 equivalent for: the mixture cannot be exported. Single experts can (`export_hypothesis(model, k)`,
 or `export_all(model, out, hypotheses=[k, ...])`): folder k equals the model with expert k forced.
@@ -31,6 +36,7 @@ import torch
 from loramcl.layers import MultiLoRALinear
 from loramcl.adapters import AdapterModel
 from loramcl.moe import MoEModel
+from loramcl.utils.atomic import discard, new_partial_dir, publish, staged, write_text_atomic
 
 PathLike = Union[str, Path]
 CONFIG_NAME = "adapter_config.json"  # peft.utils.CONFIG_NAME
@@ -81,11 +87,25 @@ def _default_base_name(model: AdapterModel) -> Optional[str]:
     return getattr(model.base_model, "name_or_path", None) or None
 
 
-def _check_writable(folder: Path, overwrite: bool) -> None:
+def adapter_problem(folder: PathLike) -> Optional[str]:
+    """Why the existing folder `folder` is not a complete peft adapter (None when it is one)."""
+    folder = Path(folder)
+    if not (folder / CONFIG_NAME).is_file():
+        return f"no {CONFIG_NAME}"
+    if not ((folder / WEIGHTS_NAME).is_file() or (folder / LEGACY_WEIGHTS_NAME).is_file()):
+        return f"{CONFIG_NAME} but no {WEIGHTS_NAME}"
+    return None
+
+
+def check_export_folder(folder: Path, overwrite: bool, flag: str = "overwrite=True (--overwrite)") -> None:
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} exists and is not a folder")
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
-        raise FileExistsError(f"{folder} is not empty; pass overwrite=True (--overwrite) to replace its adapter")
+        problem = adapter_problem(folder)
+        if problem is not None and (folder / CONFIG_NAME).is_file():
+            raise FileExistsError(f"{folder} is not empty; pass {flag} to replace it (it holds an incomplete "
+                                  f"adapter: {problem}, from an interrupted export?)")
+        raise FileExistsError(f"{folder} is not empty; pass {flag} to replace its adapter")
 
 
 def export_hypothesis(
@@ -107,18 +127,21 @@ def export_hypothesis(
     if not 0 <= k < model.num_hypotheses:
         raise ValueError(f"hypothesis index must be in [0, {model.num_hypotheses - 1}], got {k}")
     out_dir = Path(out_dir)
-    _check_writable(out_dir, overwrite)
+    check_export_folder(out_dir, overwrite)
     config = _peft_config(model, base_model_name_or_path or _default_base_name(model))
     tensors = {}
     for name, layer in _layers(model).items():
         tensors[f"{KEY_PREFIX}{name}.lora_A.weight"] = layer.lora_A[k].detach().cpu().clone()  # (r, d_in)
         tensors[f"{KEY_PREFIX}{name}.lora_B.weight"] = layer.lora_B[k].detach().cpu().clone()  # (d_out, r)
-    out_dir.mkdir(parents=True, exist_ok=True)
     # What `LoraConfig.save_pretrained` writes, with target_modules sorted (peft keeps a set, and
     # writes it in hash order, which changes from one Python process to the next).
     fields = {key: sorted(v) if isinstance(v, set) else v for key, v in config.to_dict().items()}
-    (out_dir / CONFIG_NAME).write_text(json.dumps(fields, indent=2, sort_keys=True))
-    save_file(tensors, str(out_dir / WEIGHTS_NAME), metadata={"format": "pt"})
+    with staged(out_dir, overwrite=overwrite) as stage:  # <out_dir>.partial-..., renamed when complete
+        (stage.path / CONFIG_NAME).write_text(json.dumps(fields, indent=2, sort_keys=True))
+        save_file(tensors, str(stage.path / WEIGHTS_NAME), metadata={"format": "pt"})
+    if not stage.placed:
+        raise FileExistsError(f"{out_dir} was written by another process during this export; it was kept, "
+                              f"this export discarded")
     return out_dir
 
 
@@ -150,9 +173,8 @@ def export_all(
     out_dir = Path(out_dir)
     folders = {k: out_dir / f"hyp_{k}" for k in ks}
     for folder in folders.values():
-        _check_writable(folder, overwrite)
+        check_export_folder(folder, overwrite)
     base = base_model_name_or_path or _default_base_name(model)
-    paths = [export_hypothesis(model, k, folders[k], base, overwrite=overwrite) for k in ks]
     meta = {
         "num_hypotheses": K,
         "mode": model.mcl_config.mode,
@@ -165,7 +187,26 @@ def export_all(
     }
     if isinstance(model, MoEModel):
         meta["note"] = "LoRA-MoE experts exported alone (expert k forced); the token routers are not exported"
-    (out_dir / EXPORT_META).write_text(json.dumps(meta, indent=2))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        # a new export: the whole folder is built beside its final name and renamed in one step
+        final = out_dir.resolve()  # a name to put the partial folder beside, also for "."
+        tmp = new_partial_dir(final)
+        try:
+            for k in ks:
+                export_hypothesis(model, k, tmp / folders[k].name, base)
+            (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2))
+        except BaseException:
+            discard(tmp)
+            raise
+        if not publish(tmp, final):
+            raise FileExistsError(f"{out_dir} was written by another process during this export; it was kept, "
+                                  f"this export discarded")
+        return [folders[k] for k in ks]
+    # hypotheses added to (or replaced in) an existing export folder: each hyp_k folder atomically
+    paths = [export_hypothesis(model, k, folders[k], base, overwrite=overwrite) for k in ks]
+    write_text_atomic(out_dir / EXPORT_META, json.dumps(meta, indent=2))
     return paths
 
 
@@ -180,15 +221,16 @@ def load_peft_state(adapter_dir: PathLike) -> tuple[dict, dict[str, tuple[torch.
     config_path = adapter_dir / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{adapter_dir} is not a peft adapter folder (no {CONFIG_NAME})")
+    if adapter_problem(adapter_dir) is not None:
+        raise FileNotFoundError(f"{adapter_dir} is an incomplete peft adapter ({adapter_problem(adapter_dir)}: an "
+                                f"interrupted export?); export it again (scripts/export_peft.py ... --overwrite)")
     config = json.loads(config_path.read_text())
     if (adapter_dir / WEIGHTS_NAME).is_file():
         from safetensors.torch import load_file
 
         state = load_file(str(adapter_dir / WEIGHTS_NAME))
-    elif (adapter_dir / LEGACY_WEIGHTS_NAME).is_file():
-        state = torch.load(adapter_dir / LEGACY_WEIGHTS_NAME, map_location="cpu", weights_only=True)
     else:
-        raise FileNotFoundError(f"{adapter_dir} has no {WEIGHTS_NAME} (nor {LEGACY_WEIGHTS_NAME})")
+        state = torch.load(adapter_dir / LEGACY_WEIGHTS_NAME, map_location="cpu", weights_only=True)
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         name = key[len(KEY_PREFIX):] if key.startswith(KEY_PREFIX) else key

@@ -4,7 +4,9 @@ The paper fine-tunes LoRA adapters on pretrained 7B models; no weights can be do
 project's machines, so each backbone gets a tiny variant (random init from the real transformers
 config class) that is first fully fine-tuned on the project's synthetic data for a few minutes,
 then saved with `save_pretrained` (model, tokenizer, processor) and loaded back through the same
-`from_pretrained` path as a real checkpoint.
+`from_pretrained` path as a real checkpoint. The folder is written as `<out>.partial-...` and renamed
+to `<out>` once complete, `tiny_base.json` last: a folder at `<out>` without it (or without weights)
+is incomplete (`incomplete_reason`) and is never used.
 
     python scripts/pretrain_tiny_base.py qwen2_audio --data data/synthetic/audio --out data/tiny_bases/qwen2_audio
 """
@@ -24,8 +26,29 @@ from loramcl.data.collate import (AUDIO_PROMPT, IMAGE_PROMPT, TRANSLATION_PROMPT
                                   ImageCaptionCollator, TranslationCollator)
 from loramcl.data.hdf5 import AudioCaptionH5, ImageCaptionH5, TranslationH5
 from loramcl.tokenizer_builder import train_tokenizer
+from loramcl.utils.atomic import staged
 
 log = logging.getLogger(__name__)
+
+MARKER = "tiny_base.json"  # written last: its presence says the folder is complete
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def incomplete_reason(folder: str | Path) -> Optional[str]:
+    """Why the existing folder `folder` is not a complete tiny base (None when it is one)."""
+    folder = Path(folder)
+    missing = [name for name, present in (("config.json", (folder / "config.json").is_file()),
+                                          ("model.safetensors", any((folder / w).is_file() for w in WEIGHTS)),
+                                          (MARKER, (folder / MARKER).is_file())) if not present]
+    if not missing:
+        return None
+    return "no " + (missing[0] if len(missing) == 1 else f"{', '.join(missing[:-1])} or {missing[-1]}")
+
+
+def incomplete_message(folder: str | Path, reason: str) -> str:
+    return (f"tiny base {folder} is incomplete ({reason}; {MARKER} is written last: an interrupted "
+            f"pre-training?): delete that folder and run again to rebuild it")
+
 
 def _special_ids(tokenizer: Any) -> dict[str, Optional[int]]:
     return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
@@ -155,8 +178,12 @@ def _pretrain(kind: str, data_root: str, name: str, out_dir: str, steps: int, ba
     }
     reader, family, prompt, build, collator = specs[kind]
     out = Path(out_dir)
-    if (out / "config.json").exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a model; pass overwrite=True (--overwrite) to replace it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        reason = incomplete_reason(out) if out.is_dir() else "not a folder"
+        if reason is None:
+            raise FileExistsError(f"{out} already holds a model; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"{out} holds an incomplete tiny base ({reason}: an interrupted pre-training?); "
+                              f"pass overwrite=True (--overwrite) to rebuild it, or delete it")
     torch.manual_seed(seed)
     train = reader.from_split(data_root, name, "train")
     texts = [c for caps in train.texts for c in caps] + list(getattr(train, "sources", [])) + [prompt]
@@ -166,13 +193,20 @@ def _pretrain(kind: str, data_root: str, name: str, out_dir: str, steps: int, ba
                         generator=torch.Generator().manual_seed(seed))
     start = time.time()
     losses = _fit(model, loader, steps, lr, f"pre-training tiny {kind}")
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
     info = {"backbone": kind, "data": f"{data_root}/{name}", "steps": steps, "batch_size": batch_size, "lr": lr,
             "seed": seed, "final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": round(time.time() - start, 1),
             "parameters": sum(p.numel() for p in model.parameters())}
-    (out / "tiny_base.json").write_text(json.dumps(info, indent=2))
+    with staged(out, overwrite=overwrite) as stage:  # <out>.partial-..., renamed to <out> when complete
+        model.save_pretrained(stage.path)
+        processor.save_pretrained(stage.path)
+        (stage.path / MARKER).write_text(json.dumps(info, indent=2))  # last: the completion marker
+    if not stage.placed:  # another process (e.g. a second job on first use) finished first: use its base
+        reason = incomplete_reason(out)
+        if reason is not None:
+            raise FileExistsError(f"{out} appeared while pre-training and is incomplete ({reason}); delete it "
+                                  f"and run again")
+        log.info(f"tiny {kind} base {out} was saved by another process meanwhile; using it (this one discarded)")
+        return out
     log.info(f"tiny {kind} base saved to {out}: {info}")
     return out
 

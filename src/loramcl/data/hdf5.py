@@ -40,9 +40,11 @@ Other datasets may sit next to these (the synthetic sets add `events` / `shapes`
 truth as JSON per item); readers ignore them.
 
 Writers (`AudioCaptionWriter`, `ImageCaptionWriter`, `TranslationWriter`, used as context
-managers) write to a temporary name in the target folder and rename it on success: an interrupted
-preparation leaves nothing under the final name. An existing file is replaced only with
-`overwrite=True`. Readers (`AudioCaptionH5`, `ImageCaptionH5`, `TranslationH5`) are torch
+managers) write to a temporary sibling `<file>.partial-<host>-<pid>-<random>` and rename it on
+success (`loramcl.utils.atomic`): an interrupted preparation leaves nothing under the final name,
+and the next one removes the partial file of the dead process. `num_items` is written last, so a
+file without it is incomplete and refused by the readers. An existing file is replaced only with
+`overwrite=True`; without it a file that a concurrent writer finished first is kept, never clobbered. Readers (`AudioCaptionH5`, `ImageCaptionH5`, `TranslationH5`) are torch
 `Dataset`s of plain python / numpy items; they validate the whole layout when constructed (missing
 file, corrupt file, wrong kind, missing dataset, item without caption, wrong sample rate) and only
 then read lazily, one handle per worker process. `check_split_files` runs the same checks on every
@@ -53,13 +55,14 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 import h5py
 import numpy as np
 from torch.utils.data import Dataset
+
+from loramcl.utils.atomic import discard, partial_path, publish, remove_stale_partials
 
 FORMAT_VERSION = 1
 SAMPLE_RATE = 16000  # what Qwen2-Audio's Whisper feature extractor expects (SPEC 4)
@@ -106,7 +109,7 @@ def human_size(num_bytes: float) -> str:
 
 # ================================================================================= writers
 class _Writer:
-    """Atomic HDF5 writer: items go to `.<name>.<random>.tmp` next to `path`, renamed on close."""
+    """Atomic HDF5 writer: items go to `<name>.partial-<host>-<pid>-<random>` next to `path`, renamed on close."""
 
     kind: str
 
@@ -116,15 +119,17 @@ class _Writer:
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # a hidden name in the same folder (same file system: the final rename is atomic); "w-" refuses
+        remove_stale_partials(self.path)  # those of interrupted preparations (one log line each)
+        # a sibling in the same folder (same file system: the final rename is atomic); "w-" refuses
         # to clobber anything, and unlike mkstemp the file gets the usual umask permissions
-        self.tmp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        self.done = True  # until the file exists (__del__ after a failed open)
+        self.tmp_path = partial_path(self.path)
         self.h5 = h5py.File(self.tmp_path, "w-")
+        self.done = False
         self.h5.attrs.update(kind=self.kind, format_version=FORMAT_VERSION, dataset=dataset, split=split)
         self.h5.attrs.update(attrs or {})
         self.ids: list[str] = []
         self.texts: list[list[str]] = []  # captions / references per item
-        self.done = False
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -150,11 +155,10 @@ class _Writer:
             if not self.ids:
                 raise DataFormatError(f"{self.path}: no items were written")
             self._finish()
-            self.h5.attrs["num_items"] = len(self.ids)
+            self.h5.attrs["num_items"] = len(self.ids)  # last: the completion marker
             self.h5.close()
-            if self.path.exists() and not self.overwrite:  # appeared while we were writing
+            if not publish(self.tmp_path, self.path, self.overwrite):  # a concurrent writer finished first
                 raise FileExistsError(f"{self.path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-            os.replace(self.tmp_path, self.path)
         except BaseException:
             self.abort()
             raise
@@ -167,7 +171,7 @@ class _Writer:
         try:
             self.h5.close()
         finally:
-            self.tmp_path.unlink(missing_ok=True)
+            discard(self.tmp_path)
 
     def __enter__(self):
         return self
@@ -382,6 +386,9 @@ class _Reader(Dataset):
         n = len(f[self.id_name])
         if n == 0:
             self._fail("contains no items")
+        if "num_items" not in f.attrs:  # the writers set it last
+            self._fail(f"the file is incomplete (no num_items attribute, which is written last: an interrupted "
+                       f"preparation?); delete it and prepare it again with: {self.prepare_hint}")
         for name in self.required:
             if name not in ("audio", "audio_offsets") and f[name].shape[0] != n:
                 self._fail(f"dataset {name!r} has {f[name].shape[0]} rows but {self.id_name!r} has {n}")

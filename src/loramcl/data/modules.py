@@ -2,7 +2,8 @@
 
 `H5DataModule.check()` validates every split file in milliseconds (missing, corrupt, wrong sample
 rate, item without caption), so a run fails before any model is loaded; with `auto_prepare` set
-(the CPU demos) missing synthetic splits are generated instead, once, and reused afterwards. The
+(the CPU demos) missing synthetic splits are generated instead, once, and reused afterwards (each
+file appears under its name only when complete; one that a concurrent job finished first is kept). The
 processor or tokenizer is loaded from the backbone's folder in `setup`. Subclasses only say which
 reader and which collator they use.
 """
@@ -73,12 +74,21 @@ class H5DataModule(L.LightningDataModule):
 
             log.info(f"preparing split(s) {', '.join(missing)} of the synthetic dataset {self.name} under {self.root}")
             args = {k: v for k, v in self.auto_prepare.items() if k != "function"}
-            try:
-                getattr(synthetic, self.auto_prepare["function"])(out_dir=self.root, name=self.name, only=missing, **args)
-            except FileExistsError as err:  # a file written with the missing split (e.g. the multi-reference test text)
-                raise FileNotFoundError(f"dataset {self.name!r} under {self.root}: cannot prepare the missing split(s) "
-                                        f"{', '.join(f'{s} ({files[s]})' for s in missing)}: {str(err).split(';')[0]}, and "
-                                        f"it is written together with them: delete it too, then run again") from None
+            make = getattr(synthetic, self.auto_prepare["function"])
+            for split in missing:  # one at a time: a split another process finishes meanwhile is kept
+                if files[split].exists():
+                    continue
+                try:
+                    make(out_dir=self.root, name=self.name, only=[split], **args)
+                except FileExistsError as err:
+                    if files[split].exists():  # a concurrent job wrote the same split first (same seed)
+                        log.info(f"split {split} of {self.name} was written by another process meanwhile; using it")
+                        continue
+                    # a file written with the missing split (e.g. the multi-reference test text)
+                    raise FileNotFoundError(f"dataset {self.name!r} under {self.root}: cannot prepare the missing "
+                                            f"split(s) {', '.join(f'{s} ({files[s]})' for s in missing)}: "
+                                            f"{str(err).split(';')[0]}, and it is written together with them: "
+                                            f"delete it too, then run again") from None
         check_split_files(self.root, self.name, self.splits.values(), self.prepare_hint, kind=self.kind)
 
     def load_processor(self) -> Any:

@@ -3,7 +3,8 @@
 Every builder checks its whole input first (files named by the captions exist, every item has a
 caption) and only then decodes audio / images, so a bad download fails in seconds with one error
 naming the file (and the CSV row / JSON entry). Outputs go to `<out_dir>/<name>_<split>.hdf5`
-through the atomic writers. The command line is `scripts/prepare_data.py`.
+through the atomic writers (a temporary sibling renamed when complete: an interrupted preparation
+leaves nothing under the final name). The command line is `scripts/prepare_data.py`.
 
 Inputs:
 - Clotho v2: a folder of audio files and `clotho_captions_<split>.csv` (`file_name,caption_1..5`).
@@ -429,10 +430,14 @@ def read_ott_multiref(path) -> list[dict]:
     return items
 
 
-def write_ott_multiref(path, items: Iterable[dict]) -> Path:
-    """Inverse of `read_ott_multiref`: `S-i`, `T-i` (first reference), `R1-i`.. (the others)."""
+def write_ott_multiref(path, items: Iterable[dict], overwrite: bool = True) -> Path:
+    """Inverse of `read_ott_multiref`: `S-i`, `T-i` (first reference), `R1-i`.. (the others).
+
+    Written to a temporary sibling, then renamed; without `overwrite` an existing file is kept
+    (FileExistsError)."""
+    from loramcl.utils.atomic import write_text_atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for k, item in enumerate(items):
         i = item.get("id", k)
@@ -440,7 +445,8 @@ def write_ott_multiref(path, items: Iterable[dict]) -> Path:
         refs = list(item["references"])
         lines.append(f"T-{i}\t{refs[0]}")
         lines.extend(f"R{j}-{i}\t{r}" for j, r in enumerate(refs[1:], start=1))
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if not write_text_atomic(path, "\n".join(lines) + "\n", overwrite=overwrite):
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
     return path
 
 

@@ -17,6 +17,9 @@ without any download. Everything is deterministic for a seed: split s of a set u
   may repeat), val / test items carry all of them, and the test set is also written in the
   multi-reference text format of Ott et al. 2018.
 
+Every file is written beside its final name and renamed once complete (the writers of
+`loramcl.data.hdf5`): an interrupted generation leaves no file under a final name.
+
     python scripts/prepare_data.py synthetic-audio        # data/synthetic/audio/synth_audio_{train,val,test}.hdf5
     python scripts/prepare_data.py synthetic-shapes [--bilingual]
     python scripts/prepare_data.py synthetic-translation
@@ -515,5 +518,5 @@ def make_translation(
                 w.add(it["id"], it["source"], it["references"])
         paths[split] = path
         if split == "test":
-            paths["test_multiref"] = write_ott_multiref(ott, items)
+            paths["test_multiref"] = write_ott_multiref(ott, items, overwrite=overwrite)
     return paths

@@ -12,7 +12,10 @@ Decoding configs that are the same method at this K (same `eval.method`, e.g. B 
 K = 2) share one row.
 Runs that are not FINISHED are skipped, also with a log line.
 
-Outputs, one set per experiment, in the output folder (derived files, replaced on every call):
+Outputs, one set per experiment, in the output folder (derived files, replaced on every call, but
+never by fewer results: a CSV with more complete lines than the new rows is kept, unless forced, and
+the files replaced are kept in `<out>/previous/<time>/`; each file appears under its name only when
+complete):
 `<experiment>.csv`, `<experiment>.tex` (one booktabs table), `<experiment>_quality_diversity.png`
 and `.pdf` (lexical: oracle SPIDEr / BLEU against mBLEU-4 / pairwise BLEU) and, when the runs have the
 semantic metrics, `<experiment>_semantic_quality_diversity.png` and `.pdf` (oracle semantic similarity
@@ -32,6 +35,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from loramcl.metrics.registry import METRICS, PER_HYPOTHESIS_PREFIXES
 from loramcl.schemes import ORDER
+from loramcl.utils.atomic import guard_results, publish_files
 
 log = logging.getLogger(__name__)
 
@@ -454,14 +458,49 @@ def write_semantic_plot(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path
     return write_plot(rows, stem, quality, diversity)
 
 
-def write_outputs(rows: Sequence[dict[str, Any]], out_dir: Path, quality: Optional[str] = None,
-                  diversity: Optional[str] = None) -> dict[str, list[Path]]:
-    """CSV, LaTeX and plot per experiment; returns {experiment: [written paths]}."""
-    written: dict[str, list[Path]] = {}
+def complete_row(row: dict[str, Any]) -> bool:
+    """A row (or CSV line) with results: some metric column holds a value."""
+    return any(k not in ID_COLUMNS and v not in ("", None) and (not isinstance(v, float) or _has_value(v))
+               for k, v in row.items())
+
+
+def _write_experiment(group: Sequence[dict[str, Any]], out_dir: Path, experiment: str, quality: Optional[str],
+                      diversity: Optional[str]) -> list[Path]:
+    paths = output_paths(out_dir, experiment)
+    files = [write_csv(group, paths["csv"]), write_latex(group, paths["tex"])]
+    files += write_plot(group, paths["png"].with_suffix(""), quality, diversity)
+    files += write_semantic_plot(group, paths["semantic_png"].with_suffix(""))
+    return files
+
+
+def check_outputs(rows: Sequence[dict[str, Any]], out_dir: Path, force: bool = False) -> None:
+    """FewerResults (one line, naming the file and both counts) when an existing `<experiment>.csv`
+    in `out_dir` has more complete lines than the new rows of its experiment, unless `force`."""
     for experiment, group in group_by_experiment(rows).items():
-        paths = output_paths(Path(out_dir), experiment)
-        files = [write_csv(group, paths["csv"]), write_latex(group, paths["tex"])]
-        files += write_plot(group, paths["png"].with_suffix(""), quality, diversity)
-        files += write_semantic_plot(group, paths["semantic_png"].with_suffix(""))
+        guard_results(output_paths(Path(out_dir), experiment)["csv"], sum(map(complete_row, group)), len(group),
+                      complete_row, force, f" (read from the experiment {experiment!r} of the MLflow store: is it "
+                                           f"the right store?)")
+
+
+def write_outputs(rows: Sequence[dict[str, Any]], out_dir: Path, quality: Optional[str] = None,
+                  diversity: Optional[str] = None, force: bool = False) -> dict[str, list[Path]]:
+    """CSV, LaTeX and plot per experiment; returns {experiment: [written paths]}.
+
+    First, for every experiment: an existing `<experiment>.csv` with more complete lines than the
+    new rows is a FewerResults error (one line, nothing written) unless `force`. Then each
+    experiment's files are written beside their final names and renamed, the CSV last; the files
+    they replace are kept in `<out_dir>/previous/<time>/` (not when the CSV is unchanged).
+    """
+    out_dir = Path(out_dir)
+    groups = group_by_experiment(rows)
+    check_outputs(rows, out_dir, force)
+    written: dict[str, list[Path]] = {}
+    for experiment, group in groups.items():
+        paths = output_paths(out_dir, experiment)
+        files, previous = publish_files(
+            out_dir, lambda stage: _write_experiment(group, stage, experiment, quality, diversity),
+            paths["csv"].name, keep=[p.name for p in paths.values()])
+        if previous is not None:
+            log.info("%s: the earlier output files are kept in %s", experiment, previous)
         written[experiment] = files
     return written

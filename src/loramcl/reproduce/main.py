@@ -4,7 +4,9 @@ Order of work, cheapest first: compose the table and every row's training config
 override fails here, naming the row); find what is done (run folders by config key, evaluations in
 MLflow); check that every dataset and backbone the missing work needs is on this machine (all of
 them named at once, each once, with the command that provides it); then run the missing jobs here
-one after the other, or submit them to SLURM; then collect results/<table>/.
+one after the other, or submit them to SLURM; then collect results/<table>/. Results are never
+replaced by fewer: a results CSV with more complete lines than the new one is kept (one `error:`
+line, exit 2) unless `--force`, and replaced files are kept in results/<table>/previous/<time>/.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from loramcl.reproduce.plan import Table, plan_table
 from loramcl.reproduce.results import gather, write_results
 from loramcl.reproduce.runner import LocalRunner
 from loramcl.reproduce.state import RunIndex, evaluation_done, finished_evaluations
+from loramcl.utils.atomic import FewerResults
 
 
 def compose_all(root: Path, overrides: list[str]) -> tuple[DictConfig, Table]:
@@ -133,17 +136,22 @@ def status(table: Table, cfg: DictConfig, log_dir: Path, echo=print) -> dict[str
 
 
 def collect(table: Table, cfg: DictConfig, log_dir: Path, failed: Optional[dict] = None, echo=print,
-            index: Optional[RunIndex] = None) -> list[Path]:
+            index: Optional[RunIndex] = None, force: bool = False) -> list[Path]:
+    """Write results/<table>/ from what is done. Raises FewerResults (nothing written) when the
+    existing CSV has more complete lines than the new results, unless `force`."""
     index = index or RunIndex(log_dir)
     states = {t.key: index.state(t) for t in table.trainings()}
     finished = finished_evaluations(str(cfg.mlflow_uri), table.experiment)
     lines = gather(table, states, finished, set(failed or ()))
-    written = write_results(table, lines)
+    hint = f" (read from paths.log_dir={log_dir} and mlflow_uri={cfg.mlflow_uri}: are they right?)"
+    written, previous = write_results(table, lines, force=force, hint=hint)
     done = sum(line.status == "done" for line in lines)
     echo(f"results of table {table.name}: {done}/{len(lines)} lines complete")
     print_lines(table, lines, echo)
     for path in written:
         echo(f"  {path}")
+    if previous is not None:
+        echo(f"  (the files replaced are kept in {previous})")
     return written
 
 
@@ -177,6 +185,9 @@ def main(argv: Optional[list[str]] = None, root: Optional[Path] = None) -> int:
     mode.add_argument("--status", action="store_true", help="per row: done / running / failed / missing")
     mode.add_argument("--collect", action="store_true", help="only write results/<table>/ from what is done")
     mode.add_argument("--dry-run", action="store_true", help="print the plan (trainings, evaluations, states)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace results/<table>/ even by results with fewer complete lines (the old files are "
+                             "kept in results/<table>/previous/<time>/)")
     args = parser.parse_intermixed_args(argv)  # flags anywhere among the overrides
     overrides = [o for o in args.overrides if o != "hydra/launcher=slurm"]
     use_slurm = args.slurm or len(overrides) != len(args.overrides)
@@ -192,7 +203,7 @@ def main(argv: Optional[list[str]] = None, root: Optional[Path] = None) -> int:
             status(table, cfg, log_dir)
             return 0
         if args.collect:
-            collect(table, cfg, log_dir, index=index)
+            collect(table, cfg, log_dir, index=index, force=args.force)
             return 0
         describe_plan(table, index, finished)
         if args.dry_run:
@@ -201,17 +212,18 @@ def main(argv: Optional[list[str]] = None, root: Optional[Path] = None) -> int:
         if use_slurm:
             from loramcl.reproduce.slurm import submit
 
-            collect_command = [sys.executable, str(root / "scripts" / "reproduce.py"), *overrides, "--collect"]
+            collect_command = [sys.executable, str(root / "scripts" / "reproduce.py"), *overrides, "--collect",
+                               *(["--force"] if args.force else [])]
             submit(table, cfg, root, paths, str(cfg.mlflow_uri), sys.executable, collect_command)
             print(f"follow it with: python scripts/reproduce.py {' '.join(overrides)} --status")
             return 0
         outcome = LocalRunner(table, root, paths, str(cfg.mlflow_uri), index=index).run()
-        collect(table, cfg, log_dir, outcome.failed, index=index)
+        collect(table, cfg, log_dir, outcome.failed, index=index, force=args.force)
         if outcome.failed:
             print(f"{len(outcome.failed)} job(s) failed (their logs are named above); run the same command again "
                   f"to retry them: what is done is kept")
             return 1
         return 0
-    except (ConfigError, MissingResource) as err:
+    except (ConfigError, MissingResource, FewerResults) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -7,6 +7,10 @@ and the `status` column says why (missing, failed, running). Where the table con
 paper's figure for a cell, a `paper_<metric>` column holds it beside ours (LaTeX: a "paper" column,
 with a dagger and a note when the figure is unverified).
 
+Replacing results never loses any: an existing CSV is replaced only by one with at least as many
+complete lines (status done), unless forced (`--force`), and the files replaced are kept in
+`results/<table>/previous/<time>/`; each file appears under its name only when complete.
+
 Layouts: `long` (one line per row and method, one section per group, best of a column bold within
 its group) and `pivot` (one line per row, one column per group, a single metric).
 """
@@ -25,6 +29,7 @@ from loramcl.evaluation.collect import (SEMANTIC_AXES, best_rows, file_stem, for
                                         quality_diversity_figure)
 from loramcl.metrics.registry import METRICS
 from loramcl.reproduce.plan import Row, Table
+from loramcl.utils.atomic import guard_results, publish_files
 
 log = logging.getLogger(__name__)
 
@@ -353,10 +358,32 @@ def copy_run_figures(table: Table, lines: list[Line], out: Path) -> list[Path]:
     return copied
 
 
-def write_results(table: Table, lines: list[Line]) -> list[Path]:
-    """CSV, LaTeX and plots of the table into `table.results_dir` (derived files, replaced)."""
+def complete_row(row: dict) -> bool:
+    """A CSV line with results (status done; not missing, failed or running)."""
+    return row.get("status") == "done"
+
+
+def write_results(table: Table, lines: list[Line], force: bool = False,
+                  hint: str = "") -> tuple[list[Path], Optional[Path]]:
+    """CSV, LaTeX and plots of the table into `table.results_dir`; returns (files, previous folder).
+
+    An existing CSV is replaced only by one with at least as many complete lines (else
+    FewerResults, one line naming both counts, and nothing is written), or with `force`; the files
+    replaced are kept in `<results_dir>/previous/<time>/` (not when the CSV is unchanged). Every
+    file is written beside its final name and renamed, the CSV last.
+    """
     out = table.results_dir
-    out.mkdir(parents=True, exist_ok=True)
+    csv_name = f"{table.name}.csv"
+    done = sum(line.status == "done" for line in lines)
+    guard_results(out / csv_name, done, len(lines), complete_row, force, hint)
+    written, previous = publish_files(out, lambda stage: _write_files(table, lines, stage), csv_name)
+    if previous is not None:
+        log.info("%s: the files replaced are kept in %s", table.name, previous)
+    return written, previous
+
+
+def _write_files(table: Table, lines: list[Line], out: Path) -> list[Path]:
+    """CSV, LaTeX and plots of the table into the folder `out`."""
     stem = out / table.name
     written = [write_csv(table, lines, stem.with_suffix(".csv"))]
     tex = stem.with_suffix(".tex")
