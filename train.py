@@ -22,8 +22,11 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from loramcl.cli import entry_point, run_hydra  # noqa: E402
+
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
+@entry_point  # any failure: one `error:` line (loramcl.cli)
 def main(cfg: DictConfig) -> float | None:
     from hydra.utils import get_method
 
@@ -42,6 +45,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from loramcl.cli import run_hydra
-
     run_hydra(main)  # every failure ends in one `error:` line (loramcl.cli)

@@ -96,6 +96,8 @@ def report(err: BaseException) -> int:
         if cause is not None and _is_library_config_error(cause) and fold(cause) not in message:
             message += f" ({fold(cause)})"
         message = re.sub(r"^Error merging override ", "cannot apply the override ", message)
+        if getattr(err, "override", None) and str(err.override) not in message:  # a syntax error
+            message = f"cannot parse the override {err.override!r}: {message}"
         message = re.sub(r";? ?Config search path:.*$", "", message)
         missing_key = re.match(r"Could not override '([^']+)'.*not in struct", message)
         if missing_key:  # a key that does not exist (a typo, or a key of another group option)
@@ -113,6 +115,33 @@ def report(err: BaseException) -> int:
     print(f"error: unexpected {type(err).__name__}: {' '.join(str(err).split())[:300]} ({where}; set "
           f"HYDRA_FULL_ERROR=1 to see it here)", file=sys.stderr, flush=True)
     return 1
+
+
+def entry_point(task: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a Hydra task function (under @hydra.main): an exception that escapes it ends the process
+    with its one line (Hydra would add its own 'Error executing job' line and re-raise). In a
+    multirun the line is printed and the exception goes on to Hydra, so the other jobs still run."""
+    import functools
+
+    @functools.wraps(task)
+    def wrapper(cfg: Any) -> Any:
+        try:
+            return task(cfg)
+        except Exception as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1" and os.environ.get(OURS) != "1":
+                raise
+            code = report(err)
+            try:
+                from hydra.core.hydra_config import HydraConfig
+                from hydra.types import RunMode
+
+                if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+                    raise
+            except ImportError:
+                pass
+            sys.exit(code)
+
+    return wrapper
 
 
 def run_hydra(main: Callable[[], Any]) -> None:

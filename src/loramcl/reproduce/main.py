@@ -44,11 +44,22 @@ def compose_all(root: Path, overrides: list[str]) -> tuple[DictConfig, Table]:
         try:
             cfg = compose("reproduce", overrides=overrides)
         except Exception as err:  # hydra's override / composition errors
-            raise ConfigError(f"cannot compose the reproduce config: {str(err).splitlines()[0]}") from None
+            from loramcl.cli import fold
+
+            raise ConfigError(f"cannot compose the reproduce config: {fold(err)}") from None
         for key in ("slurm",):  # a scale may change SLURM resources (the rehearsal asks for no GPU)
             if cfg.scale.get(key):
                 cfg[key] = OmegaConf.merge(cfg[key], cfg.scale[key])
+        from loramcl.schema import validate_reproduce, validate_train
+
+        validate_reproduce(cfg)  # every value of configs/reproduce.yaml, the table and the scale
         table = plan_table(cfg, compose, decodings)
+        for key, train_cfg in table.configs.items():  # every row's train.py values, before anything runs
+            try:
+                validate_train(train_cfg)
+            except ConfigError as err:
+                rows = ", ".join(r.id for r in table.rows if r.training.key == key)
+                raise ConfigError(f"row {rows}: {err}") from None
     return cfg, table
 
 

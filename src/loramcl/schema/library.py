@@ -116,7 +116,9 @@ def probe_trainer(trainer: dict) -> None:
     values = {k: v for k, v in trainer.items() if k not in ("default_root_dir", "plugins")}
     try:
         with quiet():
-            instantiate(values, _partial_=True)(logger=False, enable_checkpointing=False, callbacks=[])
+            trainer = instantiate(values, _partial_=True)(logger=False, enable_checkpointing=False, callbacks=[])
+        if "FSDP" in type(trainer.strategy).__name__ and type(trainer.accelerator).__name__ == "CPUAccelerator":
+            raise ValueError("FSDP shards over GPUs (torch's FSDP has no CPU backend): on a CPU use trainer=ddp_cpu")
     except Exception as err:  # Lightning raises ValueError, TypeError, MisconfigurationException, ImportError
         cause = err.__cause__ if type(err).__name__ == "InstantiationException" and err.__cause__ else err
         message = " ".join(str(cause).split())
