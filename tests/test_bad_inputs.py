@@ -76,21 +76,21 @@ TOY_3_STATES = "data.transitions=[[[0.1,0.9,0.0],[0.2,0.3,0.5],[0.3,0.3,0.4]],[[
 CASES = [
     # ------------------------------------------------------------ train.py: MCL / LoRA values
     Case("mcl_mode_unknown", "train.py", train("mcl.mode=best-of"), "mcl.mode must be one of"),
-    Case("num_hypotheses_zero", "train.py", train("mcl.num_hypotheses=0"), "mcl.num_hypotheses must be >= 1, got 0"),
+    Case("num_hypotheses_zero", "train.py", train("mcl.num_hypotheses=0"), "mcl.num_hypotheses must be an integer >= 1, got 0"),
     Case("lora_r_zero", "train.py", train("lora.r=0"), "lora.r must be an integer >= 1, got 0"),
-    Case("lora_dropout_1.5", "train.py", train("lora.dropout=1.5"), "lora.dropout must be in [0, 1), got 1.5"),
+    Case("lora_dropout_1.5", "train.py", train("lora.dropout=1.5"), "lora.dropout must be a finite number in [0, 1), got 1.5"),
     Case("target_modules_no_match", "train.py", train("lora.target_modules=[no_such_proj]"),
          "lora.target_modules=['no_such_proj'] matches no module of LlamaForCausalLM"),
     Case("target_modules_bad_regex", "train.py", train("lora.target_modules='(q_proj'"),
-         "target_modules='(q_proj' is not a valid regular expression"),
+         "lora.target_modules must be a non-empty list of module-name suffixes, a valid regular expression"),
     # ------------------------------------------------------------ train.py: data, trainer, optimizer, model
     Case("batch_size_zero", "train.py", train("data.batch_size=0"), "data.batch_size must be an integer >= 1, got 0"),
-    Case("data_unknown_key", "train.py", train("+data.shuffle=true"), "unexpected keyword argument 'shuffle'"),
-    Case("max_steps_zero", "train.py", train("trainer.max_steps=0"), "trainer.max_steps must be -1"),
+    Case("data_unknown_key", "train.py", train("+data.shuffle=true"), "data has no key 'shuffle'"),
+    Case("max_steps_zero", "train.py", train("trainer.max_steps=0"), "trainer.max_steps must be an integer >= 1 or -1"),
     Case("val_check_interval_zero", "train.py", train("trainer.val_check_interval=0"), "trainer.val_check_interval must be"),
     Case("val_check_interval_past_epoch", "train.py", train("trainer.val_check_interval=1000"),
          "trainer.val_check_interval=1000 steps but an epoch has only 2 training batches"),
-    Case("lr_negative", "train.py", train("optim.optimizer.lr=-0.001"), "optim.optimizer.lr must be > 0"),
+    Case("lr_negative", "train.py", train("optim.optimizer.lr=-0.001"), "optim.optimizer.lr must be a finite number > 0"),
     # ------------------------------------------------------------ train.py: folders, files, resume
     Case("log_dir_read_only", "train.py", train("paths.log_dir={p.read_only}/logs"), "is not writable",
          watch=("data", "read_only"), needs=("read_only",)),
@@ -125,7 +125,7 @@ CASES = [
     Case("eval_run_without_checkpoints", "eval.py", evaluate("ckpt_path={p.run_no_ckpt}", "decoding=mcl_beam1"),
          "no checkpoint under", watch=("data", "run_no_ckpt")),
     Case("eval_unknown_decoding_key", "eval.py", evaluate("ckpt_path={p.mcl_run}", "decoding=mcl_beam1", "+decoding.num_beam=3"),
-         "unknown key(s) num_beam", watch=("data", "mcl_run")),
+         "decoding has no key 'num_beam' (did you mean num_beams?)", watch=("data", "mcl_run")),
     Case("eval_decoding_unsuited_model", "eval.py", evaluate("ckpt_path={p.mcl_run}", "decoding=mle_beam"),
          "decoding=mle_beam is for one-output models", watch=("data", "mcl_run")),
     Case("eval_moe_decoding_on_mcl_run", "eval.py", evaluate("ckpt_path={p.mcl_run}", "decoding=moe_forced"),
@@ -164,6 +164,130 @@ CASES = [
          script("--tracking-uri", "sqlite:///{p.empty}/mlflow.db", "--all", "--out", "{p.tmp}/results"), "no MLflow store at"),
     Case("toy_report_empty_folder", "scripts/toy_report.py", script("{p.empty}"), "no summary.json found"),
 ]
+
+# Issue 21: careless errors the cases above did not list, across every entry point: non-finite
+# numbers, values owned by Lightning / torch / transformers, typos in keys and group options, run
+# folders that hold a run, broken run files, and the scripts' arguments.
+CASES_21 = [
+    # ------------------------------------------------------------ train.py: numbers that pass a "> 0" test
+    Case("alpha_inf", "train.py", train("lora.alpha=inf"), "lora.alpha must be a finite number > 0, got inf"),
+    Case("temperature_init_inf", "train.py", train("mcl.mode=annealed-wta", "mcl.temperature_init=inf"),
+         "mcl.temperature_init must be a finite number > 0, got inf"),
+    Case("epsilon_nan", "train.py", train("mcl.mode=relaxed-wta", "mcl.epsilon=nan"), "mcl.epsilon must be a finite number"),
+    Case("lr_inf", "train.py", train("optim.optimizer.lr=inf"), "optim.optimizer.lr must be a finite number > 0, got inf"),
+    Case("lr_text", "train.py", train("optim.optimizer.lr=fast"), "optim.optimizer.lr must be a finite number > 0, got 'fast'"),
+    Case("dropout_negative_inf", "train.py", train("lora.dropout=-inf"), "lora.dropout must be a finite number in [0, 1)"),
+    Case("warmup_ratio_one", "train.py", train("optim.scheduler.warmup_ratio=1.0"), "optim.scheduler.warmup_ratio must be"),
+    # ------------------------------------------------------------ train.py: values the libraries own
+    Case("precision_unknown", "train.py", train("trainer.precision=abc"), "trainer.precision=abc: Lightning refuses it"),
+    Case("devices_zero", "train.py", train("trainer.devices=0"), "trainer.devices must be"),
+    Case("fsdp_on_cpu", "train.py", train("trainer=fsdp", "trainer.accelerator=cpu"), "trainer.strategy="),
+    Case("weight_decay_negative", "train.py", train("optim.optimizer.weight_decay=-0.1"),
+         "optim.optimizer.weight_decay must be a finite number >= 0, got -0.1"),
+    Case("betas_out_of_range", "train.py", train("+optim.optimizer.betas=[0.9,1.5]"), "optim.optimizer.betas must be"),
+    Case("collapse_action_unknown", "train.py", train("callbacks.collapse.action=halt"),
+         "callbacks.collapse.action must be one of warn, stop, got 'halt'"),
+    Case("collapse_min_share_one", "train.py", train("callbacks.collapse.min_share=1"), "callbacks.collapse.min_share must be"),
+    Case("seed_negative", "train.py", train("seed=-1"), "seed must be an integer in [0, 4294967295], got -1"),
+    Case("seed_text", "train.py", train("seed=abc"), "seed must be an integer in [0, 4294967295], got 'abc'"),
+    # ------------------------------------------------------------ train.py: values that were silently accepted
+    Case("max_target_tokens_zero", "train.py", train("data.max_target_tokens=0"), "data.max_target_tokens must be"),
+    Case("checkpoint_every_negative", "train.py", train("callbacks.model_checkpoint.every_n_train_steps=-5"),
+         "callbacks.model_checkpoint.every_n_train_steps must be"),
+    Case("gradient_clip_negative", "train.py", train("trainer.gradient_clip_val=-1"), "trainer.gradient_clip_val must be"),
+    Case("num_workers_negative", "train.py", train("data.num_workers=-2"), "data.num_workers must be an integer >= 0"),
+    Case("references_unknown", "train.py", train("data.references=best"), "data.references must be one of random, all, first"),
+    Case("dtype_unknown", "train.py", train("model.dtype=fp64"), "model.dtype must be one of"),
+    Case("accumulate_zero", "train.py", train("trainer.accumulate_grad_batches=0"), "trainer.accumulate_grad_batches must be"),
+    Case("moe_one_expert", "train.py", train("mcl.mode=moe", "mcl.num_hypotheses=1"), "mcl.mode=moe mixes mcl.num_hypotheses >= 2"),
+    Case("annealed_min_above_init", "train.py", train("mcl.mode=annealed-wta", "mcl.temperature_min=2"),
+         "mcl.temperature_min=2 must be below mcl.temperature_init=1"),
+    Case("task_name_with_slash", "train.py", train("task_name=my/run"), "task_name must be a text without /"),
+    Case("toy_config_typo", "train.py", train("+model.config.hiden_size=128", demo=False),
+         "model.config has no key 'hiden_size' (did you mean hidden_size?)", watch=()),
+    Case("toy_heads_do_not_divide", "train.py", train("model.config.num_heads=3", demo=False), "model.config:", watch=()),
+    Case("toy_train_forever", "train.py", train("trainer.max_steps=-1", "trainer.max_epochs=-1", demo=False),
+         "data.num_train_batches must be", watch=()),
+    # ------------------------------------------------------------ train.py: keys, group options, override syntax
+    Case("key_typo", "train.py", train("mcl.num_hypothesis=3"), "mcl.num_hypothesis is not a key of this config"),
+    Case("trainer_key_typo", "train.py", train("+trainer.max_step=5"), "trainer has no key 'max_step' (did you mean max_steps?)"),
+    Case("callback_key_typo", "train.py", train("+callbacks.model_checkpoint.every_n_step=5"),
+         "callbacks.model_checkpoint has no key 'every_n_step'"),
+    Case("unknown_top_key", "train.py", train("+num_hypotheses=3"), "the config has no key 'num_hypotheses'"),
+    Case("group_option_unknown", "train.py", train("mcl=soft"), "mcl=soft is not an option of mcl/"),
+    Case("experiment_unknown", "train.py", train("experiment=clotho", demo=False), "experiment=clotho is not an option of experiment/",
+         watch=()),
+    Case("override_syntax", "train.py", train("lora.r=["), "cannot parse the override 'lora.r=['"),
+    # ------------------------------------------------------------ train.py: run folders that hold a run
+    Case("run_dir_holds_a_run", "train.py", train("hydra.run.dir={p.mcl_run}"), "already holds a run",
+         watch=("data", "mcl_run")),
+    Case("run_dir_other_k", "train.py", train("hydra.run.dir={p.mcl_run}", "mcl.num_hypotheses=2"), "already holds a run",
+         watch=("data", "mcl_run")),
+    Case("resume_with_other_alpha", "train.py", train("hydra.run.dir={p.resume_copy}", "ckpt_path=auto", "lora.alpha=512"),
+         "holds a run trained with lora.alpha=", watch=("data", "resume_copy")),
+    Case("toy_into_a_run", "train.py", train("hydra.run.dir={p.mcl_run}", "ckpt_path=auto", demo=False),
+         "does not resume", watch=("mcl_run",)),
+    # ------------------------------------------------------------ eval.py
+    Case("eval_repetition_penalty_zero", "eval.py", evaluate("ckpt_path={p.mcl_run}", "decoding=mcl_beam1",
+         "generation.repetition_penalty=0"), "generation.repetition_penalty must be a finite number > 0", watch=("data", "mcl_run")),
+    Case("eval_length_penalty_text", "eval.py", evaluate("ckpt_path={p.mcl_run}", "decoding=mcl_beam1",
+         "generation.length_penalty=abc"), "generation.length_penalty must be a finite number, got 'abc'", watch=("data", "mcl_run")),
+    Case("eval_seed_negative", "eval.py", evaluate("ckpt_path={p.mcl_run}", "decoding=mcl_beam1", "seed=-1"),
+         "seed must be an integer in [0, 4294967295], got -1", watch=("data", "mcl_run")),
+    Case("eval_devices_zero", "eval.py", evaluate("ckpt_path={p.mcl_run}", "decoding=mcl_beam1", "devices=0"),
+         "devices must be an integer >= 1, got 0", watch=("data", "mcl_run")),
+    Case("eval_semantic_maybe", "eval.py", evaluate("ckpt_path={p.mcl_run}", "decoding=mcl_beam1", "metrics.semantic=maybe"),
+         "metrics.semantic must be one of auto, true, false", watch=("data", "mcl_run")),
+    Case("eval_diversity_penalty_negative", "eval.py", evaluate("ckpt_path={p.mle_run}", "decoding=mle_dbs",
+         "decoding.diversity_penalty=-1"), "decoding.diversity_penalty must be a finite number >= 0", watch=("data", "mle_run")),
+    Case("eval_tta_crop_inf", "eval.py", evaluate("ckpt_path={p.mle_run}", "decoding=tta_beam1", "decoding.tta.crop_scale=inf"),
+         "decoding.tta.crop_scale must be a finite number in (0, 1], got inf", watch=("data", "mle_run")),
+    Case("eval_decoding_unknown", "eval.py", evaluate("ckpt_path={p.mcl_run}", "decoding=beam_search"),
+         "decoding=beam_search is not an option of decoding/", watch=("data", "mcl_run")),
+    Case("eval_key_typo", "eval.py", evaluate("ckpt_path={p.mcl_run}", "decoding=mcl_beam1", "max_item=5"),
+         "max_item is not a key of this config", watch=("data", "mcl_run")),
+    Case("eval_without_ckpt_path", "eval.py", evaluate("decoding=mcl_beam1"), "ckpt_path is missing"),
+    Case("eval_into_a_training_run", "eval.py", evaluate("ckpt_path={p.mcl_run}", "decoding=mcl_beam1", "hydra.run.dir={p.mcl_run}"),
+         "already holds a training run", watch=("data", "mcl_run")),
+    Case("eval_into_an_earlier_eval", "eval.py", evaluate("ckpt_path={p.mcl_run}", "decoding=mcl_beam1",
+         "hydra.run.dir={p.earlier_eval}"), "already holds an earlier evaluation", watch=("data", "mcl_run", "earlier_eval")),
+    Case("eval_broken_run_config", "eval.py", evaluate("ckpt_path={p.broken_yaml_run}", "decoding=mcl_beam1"),
+         "cannot be read as the run's config", watch=("data", "broken_yaml_run")),
+    Case("eval_train_config_missing", "eval.py", evaluate("ckpt_path={p.mcl_run}", "decoding=mcl_beam1",
+         "train_config={p.tmp}/nowhere.yaml"), "train_config=", watch=("data", "mcl_run")),
+    # ------------------------------------------------------------ scripts/reproduce.py
+    Case("reproduce_slurm_time_text", "scripts/reproduce.py", script("table=toy", "scale=demo", "paths.log_dir={p.logs}",
+         "slurm.time_train=tomorrow", "--dry-run"), "slurm.time_train must be a time limit as sbatch takes it"),
+    Case("reproduce_gpus_negative", "scripts/reproduce.py", script("table=toy", "paths.log_dir={p.logs}", "slurm.gpus=-1",
+         "--dry-run"), "slurm.gpus must be an integer >= 0, got -1"),
+    Case("reproduce_row_value_inf", "scripts/reproduce.py", script("table=toy", "scale=demo", "paths.log_dir={p.logs}",
+         "train_overrides=['lora.alpha=inf']", "--dry-run"), "row transition1: lora.alpha must be a finite number > 0"),
+    Case("reproduce_unknown_flag", "scripts/reproduce.py", script("table=toy", "--colect"), "unrecognized arguments: --colect"),
+    # ------------------------------------------------------------ the other scripts
+    Case("plan_memory_unknown_experiment", "scripts/plan_memory.py", script("experiment=clotho"),
+         "experiment=clotho is not an option of experiment/"),
+    Case("plan_memory_gpu_gb_negative", "scripts/plan_memory.py", script("experiment=demo_translation_mcl", "--gpu-gb", "-1"),
+         "--gpu-gb must be a finite number > 0, got -1"),
+    Case("plan_memory_devices_zero", "scripts/plan_memory.py", script("experiment=demo_translation_mcl", "--devices", "0"),
+         "--devices must be an integer >= 1, got 0"),
+    Case("analyse_batch_size_zero", "scripts/analyse_hypotheses.py", script("{p.empty}", "--batch-size", "0"),
+         "--batch-size must be an integer >= 1, got 0"),
+    Case("analyse_missing_path", "scripts/analyse_hypotheses.py", script("{p.tmp}/nowhere"), "does not exist"),
+    Case("prepare_zero_items", "scripts/prepare_data.py", script("synthetic-translation", "--out", "{p.tmp}/new_data",
+         "--train", "0"), "--train must be an integer >= 1, got 0"),
+    Case("prepare_fraction_above_one", "scripts/prepare_data.py", script("bilingual", "--images", "{p.empty}", "--captions",
+         "{p.a_file}", "--second-captions", "{p.a_file}", "--out", "{p.tmp}/bi", "--fraction", "1.5"),
+         "--fraction must be a finite number in [0, 1], got 1.5", watch=("data", "a_file_folder")),
+    Case("export_negative_hypothesis", "scripts/export_peft.py", script("{p.mcl_run}", "--out", "{p.tmp}/export_d",
+         "--hypotheses", "-1"), "--hypotheses must be an integer >= 0, got -1", watch=("data", "mcl_run")),
+    Case("pretrain_unknown_backbone", "scripts/pretrain_tiny_base.py", script("gpt5"), "backbone invalid choice: 'gpt5'"),
+    Case("toy_recovery_bad_seeds", "scripts/toy_recovery.py", script("--seeds", "one"), "--seeds must be an integer in [0, 4294967295], got one"),
+    Case("toy_report_unknown_flag", "scripts/toy_report.py", script("{p.empty}", "--frobnicate"),
+         "unrecognized arguments: --frobnicate"),
+    Case("collect_results_no_experiment", "scripts/collect_results.py", script("--out", "{p.tmp}/results_x"),
+         "one of the arguments --experiment --all is required"),
+]
+CASES = CASES + CASES_21
 
 
 # ------------------------------------------------------------------------------------ fixtures
@@ -217,6 +341,10 @@ def paths(translation_assets, tmp_path_factory):
     p.corrupt.mkdir()
     for split in ("train", "val", "test"):
         (p.corrupt / f"synth_en_de_{split}.hdf5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"cut short" * 40)
+    p.earlier_eval = tmp / "earlier_eval"  # what an evaluation leaves: never written into again
+    p.earlier_eval.mkdir()
+    (p.earlier_eval / "predictions.jsonl").write_text('{"id": 0, "candidates": []}\n')
+    (p.earlier_eval / "metrics.json").write_text('{"oracle_bleu": 12.5}\n')
     p.export_full = tmp / "export_full"
     (p.export_full / "hyp_0").mkdir(parents=True)
     (p.export_full / "hyp_0" / "adapter_config.json").write_text('{"r": 8}\n')
@@ -239,6 +367,11 @@ def add_runs(p: SimpleNamespace, runs: dict) -> None:
     shutil.copytree(p.mcl_run, p.truncated_run)
     for ckpt in (p.truncated_run / "checkpoints" / "K3").glob("*.ckpt"):
         truncate(ckpt)
+    p.resume_copy = p.tmp / "resume_copy"  # a run to resume (with other model values: refused)
+    shutil.copytree(p.mcl_run, p.resume_copy)
+    p.broken_yaml_run = p.tmp / "broken_yaml_run"
+    shutil.copytree(p.mcl_run, p.broken_yaml_run)
+    (p.broken_yaml_run / ".hydra" / "config.yaml").write_text("mcl: [num_hypotheses: 3\nlora: {r: 8\n")
 
 
 def uses_runs(case: Case, p: SimpleNamespace) -> bool:
@@ -303,6 +436,10 @@ def results(paths, request) -> dict:
 
 
 def test_the_battery_is_large_enough():
+    assert len(CASES_21) >= 60 and {c.script for c in CASES_21} >= {
+        "train.py", "eval.py", "scripts/reproduce.py", "scripts/plan_memory.py", "scripts/analyse_hypotheses.py",
+        "scripts/prepare_data.py", "scripts/export_peft.py", "scripts/pretrain_tiny_base.py", "scripts/toy_recovery.py",
+        "scripts/toy_report.py", "scripts/collect_results.py"}
     assert len(CASES) >= 30 and len({c.id for c in CASES}) == len(CASES)
     assert {c.script for c in CASES} >= {"train.py", "eval.py", "scripts/export_peft.py", "scripts/prepare_data.py",
                                          "scripts/collect_results.py"}

@@ -57,7 +57,14 @@ class RunFolder:
     def config(self) -> DictConfig:
         """The run's training config; a `paths.root_dir` that would resolve relative to the current
         folder (PROJECT_ROOT unset) is the project root instead."""
-        cfg = OmegaConf.load(self.root / CONFIG_FILE)
+        try:
+            cfg = OmegaConf.load(self.root / CONFIG_FILE)
+        except Exception as err:  # broken YAML, unreadable file
+            detail = " ".join(str(err).split())[:200]
+            raise ConfigError(f"{self.root / CONFIG_FILE} cannot be read as the run's config ({detail}): restore it "
+                              f"(its copy is in the run's MLflow params), or give train_config=<a config.yaml>") from None
+        if not isinstance(cfg, DictConfig) or "mcl" not in cfg:
+            raise ConfigError(f"{self.root / CONFIG_FILE} is not a train.py config (no mcl group)")
         try:
             root = OmegaConf.select(cfg, "paths.root_dir")
         except Exception:  # an interpolation that cannot resolve outside Hydra: left as it is
