@@ -25,14 +25,18 @@ from omegaconf import DictConfig  # noqa: E402
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> dict:
     from loramcl.errors import ConfigError, MissingResource
-    from loramcl.evaluation.main import run_eval
+    from loramcl.evaluation.main import left_behind, run_eval
+    from loramcl.interrupts import stop_on_signals
 
-    try:
-        return run_eval(cfg)
-    except (ConfigError, MissingResource) as err:  # raised before anything is decoded
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        sys.exit(f"error: {err}")
+    # Ctrl+C / SIGTERM: one line naming what was left, exit status 130 / 143; the handlers stay for
+    # the next jobs of a multirun (in this process), so a signal anywhere in it ends the whole sweep
+    with stop_on_signals(outcome=lambda: left_behind(cfg), restore=False):
+        try:
+            return run_eval(cfg)
+        except (ConfigError, MissingResource) as err:  # raised before anything is decoded
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from loramcl.errors import MissingResource
     from loramcl.evaluation import hypotheses as H
+    from loramcl.interrupts import doing
     from loramcl.metrics.semantic import DEFAULT_MODEL, load_embedder
 
     try:  # every input is read before the model loads: a bad path fails in a second
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = []
     for unit in units:
+        doing(f"analysing {unit.source}")
         result = H.analyse(unit, embedder, args.batch_size, args.seed)
         files = H.write_report(result, unit.folder)
         run = None if args.no_mlflow else H.log_to_mlflow(unit.source, result, files)
@@ -65,4 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from loramcl.interrupts import stop_on_signals
+
+    with stop_on_signals():  # Ctrl+C / SIGTERM: one `error:` line, exit status 130 / 143
+        sys.exit(main())

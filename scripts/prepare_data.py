@@ -36,6 +36,7 @@ import h5py
 
 from loramcl.data import prepare, synthetic
 from loramcl.data.hdf5 import SPLITS, check_split_files, human_size
+from loramcl.interrupts import doing
 
 ROOT = Path(os.environ.get("PROJECT_ROOT") or Path(__file__).resolve().parents[1])  # as train.py's paths.root_dir
 
@@ -128,6 +129,7 @@ def main(argv=None) -> int:
 
     args = parser.parse_args(argv)
     common = {"overwrite": getattr(args, "overwrite", False), "progress": True}
+    doing(f"running `{args.command}`")
     try:
         written: list[Path] = []
         if args.command == "clotho":
@@ -186,4 +188,8 @@ def _need_split(parser, args) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from loramcl.interrupts import stop_on_signals
+
+    # Ctrl+C / SIGTERM: one `error:` line, exit status 130 / 143
+    with stop_on_signals(outcome="no partial file is left under a final name"):
+        sys.exit(main())

@@ -49,4 +49,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from loramcl.interrupts import stop_on_signals
+
+    with stop_on_signals():  # Ctrl+C / SIGTERM: one `error:` line, exit status 130 / 143
+        sys.exit(main())

@@ -138,6 +138,8 @@ def main() -> int:
 
     import torch
 
+    from loramcl.interrupts import doing
+
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     rows, begin = [], time.perf_counter()
@@ -147,6 +149,7 @@ def main() -> int:
             if result.is_file():
                 rows.append(json.loads(result.read_text()))
                 continue
+            doing(f"training {name} seed {seed}")
             row = run_one(args.experiment, name, seed, args.overrides, result.with_suffix(""), args.tolerance)
             result.parent.mkdir(parents=True, exist_ok=True)
             result.write_text(json.dumps(row, indent=1))
@@ -169,4 +172,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from loramcl.interrupts import stop_on_signals
+
+    # Ctrl+C / SIGTERM: one `error:` line, exit status 130 / 143
+    with stop_on_signals(outcome="finished runs keep their runs/<config>/seed<s>.json: the same command "
+                                 "continues with the rest"):
+        sys.exit(main())

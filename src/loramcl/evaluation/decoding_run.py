@@ -10,7 +10,8 @@ Order of work, cheapest checks first (nothing is decoded before all of them pass
    records as one process: batches are the same and batch b is seeded with seed + b);
 5. the task's metrics (captioning or translation, diversity, win rates) and the oracle NLL go to
    metrics.json and to MLflow (`report`). `decoding=test_loss` skips step 4 and scores the oracle
-   NLL only.
+   NLL only. The MLflow run is opened before step 4: Ctrl+C / SIGTERM closes it as KILLED (an
+   error as FAILED), and eval.py ends with one line (`loramcl.interrupts`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from loramcl.decoding.methods import Decoder, DecodingSpec
 from loramcl.decoding.tta import TTAConfig, augment_audio_batch, augment_image_items
 from loramcl.errors import ConfigError, UnsuitedDecoding
 from loramcl.evaluation.checks import check_compatibility, check_data, num_candidates, select_checkpoint, skip_unsuited
-from loramcl.evaluation.report import log_to_mlflow, write_outputs
+from loramcl.evaluation.report import evaluation_run, log_to_mlflow, write_outputs
+from loramcl.interrupts import doing
 from loramcl.metrics.tasks import score, task_for
 from loramcl.preflight import output_dir, preflight
 from loramcl.runs import checkpoint_config, load_model
@@ -61,6 +63,7 @@ def decode_split(decoder: Decoder, datamodule: Any, spec: DecodingSpec, K: int, 
     total = len(dataset) if not limit else min(int(limit), len(dataset))
     desc = f"decoding ({spec.name})" + (f", process {rank} of {world}" if world > 1 else "")
     with tqdm(total=total if world == 1 else None, desc=desc, unit="item", disable=rank > 0) as bar:
+        doing(lambda: f"decoding ({spec.name}, {len(records)} of {total} items done)")
         for number, items in batches(dataset, batch_size, limit, rank, world):
             n = len(items)
             torch.manual_seed(seed + number)
@@ -75,7 +78,8 @@ def decode_split(decoder: Decoder, datamodule: Any, spec: DecodingSpec, K: int, 
             candidates = decoder.decode(inputs, n)
             for item, cands in zip(items, candidates):
                 if len(cands) != K:
-                    raise RuntimeError(f"decoding {spec.name} gave {len(cands)} candidates for item {item['id']}, not K={K}")
+                    raise RuntimeError(f"decoding {spec.name} gave {len(cands)} candidates for item {item['id']}, "
+                                       f"not K={K}")
                 refs = item.get("captions", item.get("references"))
                 record = {"id": item["id"], "references": list(refs), "candidates": [asdict(c) for c in cands],
                           "_batch": number}
@@ -210,6 +214,7 @@ def plan(cfg: DictConfig) -> Optional[Plan]:
 
 
 def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
+    doing(f"checking the run and its data ({cfg.decoding.get('name', 'decoding')})")
     p = plan(cfg)
     if p is None:
         return {}
@@ -223,6 +228,7 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
         check_reference_language(datamodule, str(language))
 
     torch.manual_seed(int(cfg.seed))
+    doing(f"loading the model ({spec.name})")
     device = fabric.device if fabric else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(checkpoint, train_cfg).to(device).eval()
     tokenizer = getattr(datamodule.processor, "tokenizer", datamodule.processor)
@@ -237,45 +243,50 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
         log.info(f"evaluating {scheme.label} ({name}: {checkpoint.path}) with {method_label}: K={K} candidates per item"
                  + (f", {world} processes" if world > 1 else ""))
 
-    start = time.perf_counter()
-    decodes = spec.method != "teacher_forced"  # test_loss: the references' NLL only, nothing decoded
-    records = decode_split(decoder, datamodule, spec, K, batch_size, limit, device, int(cfg.seed), rank, world) \
-        if decodes else []
-    oracle = None
-    if cfg.metrics.get("oracle_nll", True):
-        oracle = oracle_nll_sums(model, datamodule, batch_size, limit, device, rank, world)
-    if fabric is not None:  # rank 0 gathers the candidates and scores them once
-        records = gather_records(fabric, records)
+    # opened before decoding: an interrupted or failed evaluation is closed as KILLED / FAILED
+    with evaluation_run(cfg, train_cfg, scheme.label, spec.name, enabled=rank == 0) as run:
+        start = time.perf_counter()
+        decodes = spec.method != "teacher_forced"  # test_loss: the references' NLL only, nothing decoded
+        records = decode_split(decoder, datamodule, spec, K, batch_size, limit, device, int(cfg.seed), rank, world) \
+            if decodes else []
+        oracle = None
+        if cfg.metrics.get("oracle_nll", True):
+            doing(f"computing the oracle NLL ({spec.name})")
+            oracle = oracle_nll_sums(model, datamodule, batch_size, limit, device, rank, world)
+        if fabric is not None:  # rank 0 gathers the candidates and scores them once
+            records = gather_records(fabric, records)
+            if oracle is not None:
+                sums = fabric.all_reduce(torch.tensor(oracle, dtype=torch.float64, device=device), reduce_op="sum")
+                oracle = (float(sums[0]), int(sums[1]))
+            if rank > 0:
+                return {}
+        decode_seconds = time.perf_counter() - start
+        for record in records:
+            record.pop("_batch")
+
+        if language:
+            records = only_language(records, str(language))
+        candidates = [[c["text"] for c in r["candidates"]] for r in records]
+        doing(f"scoring the candidates ({spec.name})")
+        metrics, sentence, notes = score(task, candidates, [r["references"] for r in records], cfg.metrics) \
+            if decodes else ({}, {}, [])
         if oracle is not None:
-            sums = fabric.all_reduce(torch.tensor(oracle, dtype=torch.float64, device=device), reduce_op="sum")
-            oracle = (float(sums[0]), int(sums[1]))
-        if rank > 0:
-            return {}
-    decode_seconds = time.perf_counter() - start
-    for record in records:
-        record.pop("_batch")
+            metrics["oracle_nll"] = oracle[0] / max(oracle[1], 1)
+        if decodes:
+            metrics["forward_passes"] = float(spec.forward_passes(K))
+        metrics["decode_seconds"] = decode_seconds
+        for i, record in enumerate(records):  # sentence-level scores kept beside each candidate
+            for j, cand in enumerate(record["candidates"]):
+                cand["metrics"] = {k: float(v[i][j]) for k, v in sentence.items()}
 
-    if language:
-        records = only_language(records, str(language))
-    candidates = [[c["text"] for c in r["candidates"]] for r in records]
-    metrics, sentence, notes = score(task, candidates, [r["references"] for r in records], cfg.metrics) \
-        if decodes else ({}, {}, [])
-    if oracle is not None:
-        metrics["oracle_nll"] = oracle[0] / max(oracle[1], 1)
-    if decodes:
-        metrics["forward_passes"] = float(spec.forward_passes(K))
-    metrics["decode_seconds"] = decode_seconds
-    for i, record in enumerate(records):  # sentence-level scores kept beside each candidate
-        for j, cand in enumerate(record["candidates"]):
-            cand["metrics"] = {k: float(v[i][j]) for k, v in sentence.items()}
-
-    info = {"scheme": scheme.label, "scheme_kind": scheme.kind, "decoding": spec.name, "method": method_label,
-            "num_hypotheses": K, "task_type": task.name, "train_run": str(checkpoint.path), "model_name": name,
-            "items": len(records), "notes": notes}
-    if language:
-        info["references_language"] = str(language)
-    out = output_dir(cfg)
-    files = write_outputs(out, records, metrics, info) if out is not None else []
-    log_to_mlflow(cfg, train_cfg, metrics, info, files, out)
-    log.info(f"{scheme.label} / {method_label}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    return metrics
+        info = {"scheme": scheme.label, "scheme_kind": scheme.kind, "decoding": spec.name, "method": method_label,
+                "num_hypotheses": K, "task_type": task.name, "train_run": str(checkpoint.path), "model_name": name,
+                "items": len(records), "notes": notes}
+        if language:
+            info["references_language"] = str(language)
+        out = output_dir(cfg)
+        doing(f"writing and logging the results ({spec.name})")
+        files = write_outputs(out, records, metrics, info) if out is not None else []
+        log_to_mlflow(run, cfg, train_cfg, metrics, info, files, out)
+        log.info(f"{scheme.label} / {method_label}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        return metrics

@@ -1,12 +1,17 @@
 """`run_eval(cfg)`: what `python eval.py ...` runs (configs/eval.yaml).
 
 With `decoding=<name>` the test split is decoded and scored (`decoding_run`); without it the
-validation losses of the run's checkpoints are recomputed (`validation`).
+validation losses of the run's checkpoints are recomputed (`validation`). `left_behind(cfg)` says
+what an interrupted evaluation left in its run folder (eval.py's one line on Ctrl+C / SIGTERM).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig
+
+RESULT_FILES = ("predictions.jsonl", "metrics.json", "eval_metrics.json")
 
 
 def check_eval_values(cfg: DictConfig) -> None:
@@ -38,3 +43,22 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     from loramcl.evaluation.validation import run_validation
 
     return run_validation(cfg)
+
+
+def left_behind(cfg: DictConfig) -> str:
+    """What an interrupted evaluation left in its run folder (its results files appear only when
+    complete, `report.write_outputs`; `report.evaluation_run` adds what it did to the MLflow run)."""
+    try:
+        out = Path(cfg.paths.output_dir)
+    except Exception:  # composed outside a Hydra run
+        return "no results were written"
+    sweep = ""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+        sweep = f" (job {HydraConfig.get().job.num} of a multirun: the jobs after it were not run)"
+    written = [name for name in RESULT_FILES if (out / name).is_file()]
+    if not written:
+        return f"no results were written to {out}{sweep}"
+    logged = ", logged to MLflow" if (out / "mlflow_run.json").is_file() else ""
+    return f"{out} holds {', '.join(written)}{logged}{sweep}"

@@ -2,57 +2,98 @@
 MLflow run (params = the evaluation's info, its config and the trained run's config; metrics; the
 two files as artifacts) tagged `loramcl.kind = eval`, which `collect` reads. `mlflow_run.json` in the
 run folder names that MLflow run (store, experiment, run id), so that later analyses of the folder
-(scripts/analyse_hypotheses.py) add their results to the same run."""
+(scripts/analyse_hypotheses.py) add their results to the same run.
+
+Each file is written beside its final name and renamed into place when complete (metrics.json
+last), so an interrupted evaluation leaves no half-written file. The MLflow run is opened before
+decoding (`evaluation_run`): an evaluation stopped by Ctrl+C / SIGTERM is closed as KILLED, one
+that failed as FAILED (`collect` and scripts/reproduce.py only read FINISHED runs)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Callable, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from loramcl.interrupts import note
 from loramcl.utils.mlflow_store import MLflowRun, flatten
 
 log = logging.getLogger(__name__)
 
 
+def write_whole(path: Path, write: Callable[[IO[str]], None]) -> Path:
+    """`write(handle)` into `.<name>.tmp-<pid>` beside `path`, then rename it to `path`: the file
+    appears only when complete (the temporary one is removed on any error or interruption)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_outputs(out: Path, records: list[dict], metrics: dict[str, float], info: dict) -> list[Path]:
-    predictions = out / "predictions.jsonl"
-    with open(predictions, "w") as handle:
+    def jsonl(handle: IO[str]) -> None:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    summary = out / "metrics.json"
-    summary.write_text(json.dumps({**info, "metrics": metrics}, indent=2, ensure_ascii=False))
+
+    predictions = write_whole(out / "predictions.jsonl", jsonl)
+    summary = write_whole(out / "metrics.json", lambda handle: handle.write(
+        json.dumps({**info, "metrics": metrics}, indent=2, ensure_ascii=False)))
     log.info(f"wrote {predictions} and {summary}")
     return [predictions, summary]
 
 
-def log_to_mlflow(cfg: DictConfig, train_cfg: DictConfig, metrics: dict[str, float], info: dict,
-                  files: list[Path], out: Path | None = None) -> None:
+@contextmanager
+def evaluation_run(cfg: DictConfig, train_cfg: DictConfig, scheme: str, decoding: str,
+                   enabled: bool = True) -> Iterator[Optional[MLflowRun]]:
+    """The evaluation's MLflow run (None without MLflow, or when not `enabled`: ranks > 0), opened
+    before decoding: one that does not reach `log_to_mlflow` is closed as KILLED on Ctrl+C /
+    SIGTERM (a KeyboardInterrupt), FAILED on an error, never left RUNNING."""
     ml = cfg.get("mlflow")
-    if not ml or not ml.get("enabled", True):
+    if not enabled or not ml or not ml.get("enabled", True):
+        yield None
         return
     experiment = ml.get("experiment") or f"eval_{train_cfg.data.get('name', 'data')}"
     tags = {str(k): str(v) for k, v in (ml.get("tags") or {}).items()}  # e.g. scripts/reproduce.py's keys
-    run = MLflowRun(ml.tracking_uri, experiment, ml.artifact_location, f"{info['scheme']} / {info['decoding']}",
+    run = MLflowRun(ml.tracking_uri, experiment, ml.artifact_location, f"{scheme} / {decoding}",
                     tags={**tags, "loramcl.kind": "eval", "task": "eval"})
+    run.experiment_name = experiment
     try:
-        params = {f"eval.{k}": v for k, v in info.items() if k != "notes"}
-        params.update(flatten(OmegaConf.to_container(cfg, resolve=True), "cfg."))
-        params.update(flatten(resolvable_config(train_cfg), "train."))
-        run.log_params(params)
-        run.log_metrics(metrics)
-        for path in files:
-            run.log_artifact(path)
-        run.finish()
-    except Exception:
-        run.finish("FAILED")
+        yield run
+    except BaseException as err:
+        if run.client.get_run(run.run_id).info.status == "RUNNING":
+            status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+            run.finish(status)
+            note(f"its MLflow run {run.run_id} was closed as {status}")
         raise
-    log.info(f"logged to MLflow experiment {experiment!r} (run {run.run_id})")
+
+
+def log_to_mlflow(run: Optional[MLflowRun], cfg: DictConfig, train_cfg: DictConfig, metrics: dict[str, float],
+                  info: dict, files: list[Path], out: Path | None = None) -> None:
+    """Params, metrics and files into `run` (from `evaluation_run`), which is then FINISHED."""
+    if run is None:
+        return
+    params = {f"eval.{k}": v for k, v in info.items() if k != "notes"}
+    params.update(flatten(OmegaConf.to_container(cfg, resolve=True), "cfg."))
+    params.update(flatten(resolvable_config(train_cfg), "train."))
+    run.log_params(params)
+    run.log_metrics(metrics)
+    for path in files:
+        run.log_artifact(path)
+    run.finish()
+    log.info(f"logged to MLflow experiment {run.experiment_name!r} (run {run.run_id})")
     if out is not None:
-        (out / "mlflow_run.json").write_text(json.dumps({"tracking_uri": str(ml.tracking_uri), "experiment": experiment,
-                                                         "run_id": run.run_id}, indent=2))
+        record = {"tracking_uri": str(run.tracking_uri), "experiment": run.experiment_name, "run_id": run.run_id}
+        write_whole(out / "mlflow_run.json", lambda handle: handle.write(json.dumps(record, indent=2)))
 
 
 def resolvable_config(train_cfg: DictConfig) -> dict:

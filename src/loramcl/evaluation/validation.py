@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from loramcl.checkpoints import Checkpoint
 from loramcl.errors import ConfigError
+from loramcl.interrupts import doing
 from loramcl.preflight import output_dir, preflight
 from loramcl.runs import checkpoint_config, find_checkpoints, load_model
 
@@ -34,6 +35,7 @@ def run_validation(cfg: DictConfig) -> dict[str, float]:
 
     results: dict[str, float] = {}
     for name, path, checkpoint, train_cfg, datamodule in plans:
+        doing(f"recomputing the validation losses of {name} ({path})")
         L.seed_everything(train_cfg.seed, verbose=False)
         module = MCLLitModule(load_model(checkpoint, train_cfg), None, None, optimizer=None)
         trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="auto",
@@ -43,5 +45,7 @@ def run_validation(cfg: DictConfig) -> dict[str, float]:
         log.info(f"{name} ({path}): " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     out = output_dir(cfg)
     if out is not None:
-        (out / "eval_metrics.json").write_text(json.dumps(results, indent=2))
+        from loramcl.evaluation.report import write_whole
+
+        write_whole(out / "eval_metrics.json", lambda handle: handle.write(json.dumps(results, indent=2)))
     return results

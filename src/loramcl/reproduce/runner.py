@@ -8,6 +8,12 @@ interpreter starts once), tagged with their group so that the table finds them i
 
 Every job writes its output to a log file under logs/reproduce/<experiment>/; a failed job is
 reported with the tail of its log and does not stop the others (its evaluations are skipped).
+
+Ctrl+C / SIGTERM stop the table: the running job is passed the signal (`loramcl.interrupts.run_child`:
+train.py saves a checkpoint at the next step and closes its MLflow run as KILLED, eval.py closes
+its run as KILLED), waited for, and `Interrupted` is raised naming it, its exit status and its log;
+running the same command again continues from there. A second Ctrl+C is passed on too (train.py
+then stops at once), a third kills the job.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from loramcl.interrupts import Interrupted, doing, run_child
 from loramcl.reproduce.plan import Evaluation, Table, Training
 from loramcl.reproduce.state import GROUP_TAG, TABLE_TAG, RunIndex, evaluation_done, finished_evaluations
 
@@ -69,6 +76,19 @@ def quoted(command: list[str]) -> str:
     return " ".join(shlex.quote(part) for part in command)
 
 
+def job_ended(stop: Interrupted, log_file: Path) -> str:
+    """How an interrupted job ended: `stop`'s detail and the job's own last `error:` line (train.py:
+    the step and checkpoint it stopped at)."""
+    last = ""
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()
+        last = next((line[len("error: "):] for line in reversed(lines) if line.startswith("error: ")), "")
+    except OSError:
+        pass
+    last = last.split("; resume with:", 1)[0]  # the runner resumes it itself
+    return f"{stop.detail}" + (f" ({last})" if last else "")
+
+
 @dataclass
 class Outcome:
     """What one local pass did."""
@@ -99,7 +119,13 @@ class LocalRunner:
             handle.write(f"\n$ {quoted(command)}\n")
             handle.flush()
             env = dict(os.environ, PROJECT_ROOT=str(self.root))
-            code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, cwd=self.root, env=env)
+            doing(f"running the {what} job (log: {log_file})")
+            try:
+                code = run_child(command, echo=self.echo, stdout=handle, stderr=subprocess.STDOUT, cwd=self.root,
+                                 env=env)
+            except Interrupted as stop:
+                raise Interrupted(stop.signum, job_ended(stop, log_file)) from None
+            doing(None)
         seconds = time.monotonic() - start
         if code == 0:
             self.echo(f"  {what}: done in {seconds:.0f} s")
