@@ -21,8 +21,11 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from loramcl.cli import entry_point, run_hydra  # noqa: E402
+
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+@entry_point  # any failure: one `error:` line (loramcl.cli)
 def main(cfg: DictConfig) -> dict:
     from loramcl.errors import ConfigError, MissingResource
     from loramcl.evaluation.main import left_behind, run_eval
@@ -40,4 +43,4 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main)  # every failure ends in one `error:` line (loramcl.cli)

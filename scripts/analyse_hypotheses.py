@@ -24,13 +24,16 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    from loramcl.cli import ArgumentParser, arg  # one-line errors
+    from loramcl.schema.fields import Int
+
+    parser = ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("paths", nargs="+", type=Path, help="eval.py run folders, predictions files, or folders holding them")
     parser.add_argument("--embedding-model", default=None,
                         help="sentence-embedding model (default: the semantic metrics' all-MiniLM-L6-v2)")
-    parser.add_argument("--batch-size", type=int, default=64, help="sentences per embedding batch")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the bootstrap interval and the projection")
+    parser.add_argument("--batch-size", type=arg(Int(1)), default=64, help="sentences per embedding batch")
+    parser.add_argument("--seed", type=arg(Int(0, 2**32 - 1)), default=0, help="seeds the bootstrap interval and the projection")
     parser.add_argument("--out", type=Path, default=None, help="also write the comparison table to OUT/comparison.md")
     parser.add_argument("--no-mlflow", action="store_true", help="do not add the report to the evaluations' MLflow runs")
     args = parser.parse_args(argv)
@@ -67,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from loramcl.cli import run_script
     from loramcl.interrupts import stop_on_signals
 
     with stop_on_signals():  # Ctrl+C / SIGTERM: one `error:` line, exit status 130 / 143
-        sys.exit(main())
+        sys.exit(run_script(main))

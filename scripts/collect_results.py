@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(os.environ.get("PROJECT_ROOT") or Path(__file__).resolve().parents[1])  # as train.py's paths.root_dir
 
+from loramcl.cli import ArgumentParser  # one-line errors
 from loramcl.metrics.registry import METRICS  # noqa: E402
 from loramcl.evaluation.collect import (CollectError, best_rows, check_outputs, collect,  # noqa: E402
                                         format_value, group_by_experiment, metric_columns, output_paths,
@@ -56,7 +57,7 @@ def print_table(experiment: str, rows: list[dict], console) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
                         help=f"MLflow store (default {DEFAULT_TRACKING_URI})")
     which = parser.add_mutually_exclusive_group(required=True)
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from loramcl.cli import run_script
     from loramcl.interrupts import stop_on_signals
 
     with stop_on_signals():  # Ctrl+C / SIGTERM: one `error:` line, exit status 130 / 143
-        sys.exit(main())
+        sys.exit(run_script(main))

@@ -28,6 +28,8 @@ from typing import Any, Optional, Sequence
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))  # run configs resolve data paths from it
 
+from loramcl.cli import ArgumentParser, arg  # one-line errors
+from loramcl.schema.fields import Int
 from loramcl.checkpoints import Checkpoint  # noqa: E402
 from loramcl.errors import ConfigError, MissingResource  # noqa: E402
 from loramcl.peft_io import check_export_folder, export_all  # noqa: E402
@@ -98,11 +100,11 @@ def load_run_model(ckpt: Path, save_base: Optional[Path] = None, overwrite: bool
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path, help="train.py run folder or a .ckpt file")
     parser.add_argument("--out", type=Path, required=True, help="export folder (gets hyp_0 ... hyp_{K-1})")
     parser.add_argument("--model", default=None, help="which model of the run (checkpoints/<model>/), e.g. mcl")
-    parser.add_argument("--hypotheses", type=int, nargs="+", default=None, help="indices to export (default all)")
+    parser.add_argument("--hypotheses", type=arg(Int(0)), nargs="+", default=None, help="indices to export (default all)")
     parser.add_argument("--base", default=None, help="base_model_name_or_path written to adapter_config.json")
     parser.add_argument("--save-base", type=Path, default=None,
                         help="also save the rebuilt backbone here (for random from-config backbones)")
@@ -136,7 +138,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    from loramcl.cli import run_script
     from loramcl.interrupts import stop_on_signals
 
     with stop_on_signals():  # Ctrl+C / SIGTERM: one `error:` line, exit status 130 / 143
-        sys.exit(main())
+        sys.exit(run_script(main))

@@ -23,14 +23,17 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from loramcl.cli import ArgumentParser, arg  # one-line errors
+    from loramcl.schema.fields import Float, Int
+
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. experiment=clotho_mcl5")
-    parser.add_argument("--gpu-gb", type=float, default=80.0, help="memory of one GPU in GiB (default 80: A100 / H100)")
-    parser.add_argument("--devices", type=int, default=None, help="devices of the run (default: trainer.devices)")
+    parser.add_argument("--gpu-gb", type=arg(Float(0, low_open=True)), default=80.0, help="memory of one GPU in GiB (default 80: A100 / H100)")
+    parser.add_argument("--devices", type=arg(Int(1)), default=None, help="devices of the run (default: trainer.devices)")
     parser.add_argument("--device", default=None, help="where the probe runs (default: cuda if present, else cpu)")
-    parser.add_argument("--seconds", type=float, default=None, help="audio per clip (default: the dataset's longest)")
-    parser.add_argument("--image", type=int, default=None, help="image side in pixels (default 672: a 2 x 2 tile set)")
-    parser.add_argument("--text-tokens", type=int, default=None, help="target tokens per item (source too, for MT)")
+    parser.add_argument("--seconds", type=arg(Float(0, low_open=True)), default=None, help="audio per clip (default: the dataset's longest)")
+    parser.add_argument("--image", type=arg(Int(1)), default=None, help="image side in pixels (default 672: a 2 x 2 tile set)")
+    parser.add_argument("--text-tokens", type=arg(Int(1)), default=None, help="target tokens per item (source too, for MT)")
     parser.add_argument("--no-cache", action="store_true", help="measure the probe again")
     parser.add_argument("--probe-exact-dtype", action="store_true",
                         help="on a CPU, probe in the run's dtype (bf16) instead of fp32: exact, but ~5x slower")
@@ -59,7 +62,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from loramcl.cli import run_script
     from loramcl.interrupts import stop_on_signals
 
     with stop_on_signals():  # Ctrl+C / SIGTERM: one `error:` line, exit status 130 / 143
-        sys.exit(main())
+        sys.exit(run_script(main))

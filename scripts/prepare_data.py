@@ -34,6 +34,8 @@ from pathlib import Path
 
 import h5py
 
+from loramcl.cli import ArgumentParser, arg  # one-line errors
+from loramcl.schema.fields import Float, Int
 from loramcl.data import prepare, synthetic
 from loramcl.data.hdf5 import SPLITS, check_split_files, human_size
 from loramcl.interrupts import doing
@@ -56,7 +58,7 @@ def sizes(args) -> tuple[int, int, int]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n", 2)[2])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -73,12 +75,12 @@ def main(argv=None) -> int:
     p.add_argument("--root", type=Path, help="extracted Clotho download: all three splits")
     p.add_argument("--audio-dir", type=Path)
     p.add_argument("--captions", type=Path, help="caption CSV (file_name,caption_1..caption_5)")
-    p.add_argument("--max-seconds", type=float, default=prepare.MAX_SECONDS["clotho"])
+    p.add_argument("--max-seconds", type=arg(Float(0, low_open=True)), default=prepare.MAX_SECONDS["clotho"])
 
     p = command("audiocaps", "AudioCaps: CSV (audiocap_id,youtube_id,start_time,caption) + audio folder", name_default="audiocaps")
     p.add_argument("--audio-dir", type=Path, required=True, help="files <youtube_id>.wav, Y<youtube_id>.wav or <youtube_id>_<start>.wav")
     p.add_argument("--csv", type=Path, required=True)
-    p.add_argument("--max-seconds", type=float, default=prepare.MAX_SECONDS["audiocaps"])
+    p.add_argument("--max-seconds", type=arg(Float(0, low_open=True)), default=prepare.MAX_SECONDS["audiocaps"])
     p.add_argument("--skip-missing", action="store_true", help="drop clips whose audio is missing instead of failing")
 
     for fmt in ("textcaps", "coco"):
@@ -93,8 +95,8 @@ def main(argv=None) -> int:
     p.add_argument("--second-captions", type=Path, required=True, help="same images, second language")
     p.add_argument("--format", default="auto", choices=["auto", "coco", "textcaps"])
     p.add_argument("--languages", nargs=2, default=["en", "fr"])
-    p.add_argument("--fraction", type=float, default=0.5, help="share of ALL captions taken from the second file")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fraction", type=arg(Float(0, 1)), default=0.5, help="share of ALL captions taken from the second file")
+    p.add_argument("--seed", type=arg(Int(0, 2**32 - 1)), default=0)
 
     p = command("translation", "parallel files (--src/--tgt) or an Ott et al. multi-reference file (--ott)")
     p.add_argument("--src", type=Path)
@@ -111,13 +113,13 @@ def main(argv=None) -> int:
         p = sub.add_parser(name, help=f"generate the synthetic set into {out}")
         p.add_argument("--out", type=Path, default=ROOT / out)
         p.add_argument("--name", default=default_name)
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=arg(Int(0, 2**32 - 1)), default=0)
         p.add_argument("--overwrite", action="store_true")
         for split, k in zip(SPLITS, n):
-            p.add_argument(f"--{split}", type=int, default=k, help=f"items in {split} (default {k})")
+            p.add_argument(f"--{split}", type=arg(Int(1)), default=k, help=f"items in {split} (default {k})")
     p = sub.choices["synthetic-shapes"]
     p.add_argument("--bilingual", action="store_true", help="a random half of all captions in French")
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--image-size", type=arg(Int(8)), default=64)
     p.add_argument("--phrasing", default="varied", choices=["varied", "canonical"],
                    help="varied: different phrasings per image; canonical: one fixed phrasing per language")
     p.add_argument("--export-coco", type=Path, help="also write images + captions_en/fr.json (COCO) per split here")
@@ -188,8 +190,9 @@ def _need_split(parser, args) -> str:
 
 
 if __name__ == "__main__":
+    from loramcl.cli import run_script
     from loramcl.interrupts import stop_on_signals
 
     # Ctrl+C / SIGTERM: one `error:` line, exit status 130 / 143
     with stop_on_signals(outcome="no partial file is left under a final name"):
-        sys.exit(main())
+        sys.exit(run_script(main))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from loramcl.cli import ArgumentParser, arg  # one-line errors
+from loramcl.schema.fields import Int
 from loramcl import tiny_base
 
 ROOT = Path(os.environ.get("PROJECT_ROOT") or Path(__file__).resolve().parents[1])  # as train.py's paths.root_dir
@@ -26,13 +28,13 @@ DEFAULTS = {  # backbone: (synthetic data folder, dataset name, output folder), 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("backbone", choices=list(DEFAULTS))
     parser.add_argument("--data", type=Path, help="synthetic data folder (default: the demo's)")
     parser.add_argument("--name", help="dataset name (file prefix)")
     parser.add_argument("--out", type=Path, help="output folder (default: the demo's)")
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=arg(Int(1)), default=600)
+    parser.add_argument("--seed", type=arg(Int(0, 2**32 - 1)), default=0)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -49,7 +51,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from loramcl.cli import run_script
     from loramcl.interrupts import stop_on_signals
 
     with stop_on_signals():  # Ctrl+C / SIGTERM: one `error:` line, exit status 130 / 143
-        sys.exit(main())
+        sys.exit(run_script(main))

@@ -23,8 +23,9 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 from loramcl.reproduce.main import main  # noqa: E402
 
 if __name__ == "__main__":
+    from loramcl.cli import run_script
     from loramcl.interrupts import stop_on_signals
 
     # Ctrl+C / SIGTERM: one `error:` line, exit status 130 / 143
     with stop_on_signals(outcome="what is done is kept: the same command continues with the rest"):
-        sys.exit(main(root=ROOT))
+        sys.exit(run_script(main, root=ROOT))

@@ -125,11 +125,14 @@ def table(rows: list[dict], names: list[str], seeds: list[int], tolerance: float
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from loramcl.cli import ArgumentParser, arg  # one-line errors
+    from loramcl.schema.fields import Float, Int
+
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="collapse3")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=arg(Int(0, 2**32 - 1)), nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--tolerance", type=float, default=0.05, help="max abs matrix error of a recovered chain")
+    parser.add_argument("--tolerance", type=arg(Float(0, low_open=True)), default=0.05, help="max abs matrix error of a recovered chain")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "toy_recovery")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     args = parser.parse_args()
@@ -172,9 +175,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from loramcl.cli import run_script
     from loramcl.interrupts import stop_on_signals
 
     # Ctrl+C / SIGTERM: one `error:` line, exit status 130 / 143
     with stop_on_signals(outcome="finished runs keep their runs/<config>/seed<s>.json: the same command "
                                  "continues with the rest"):
-        sys.exit(main())
+        sys.exit(run_script(main))

@@ -8,11 +8,12 @@ import json
 import sys
 from pathlib import Path
 
+from loramcl.cli import ArgumentParser  # one-line errors
 from loramcl.toy.acceptance import check_summary
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", type=Path, help="summary.json files or folders to search")
     args = parser.parse_args()
     files = [p for path in args.paths for p in ([path] if path.is_file() else sorted(path.rglob("summary.json")))]
@@ -39,7 +40,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from loramcl.cli import run_script
     from loramcl.interrupts import stop_on_signals
 
     with stop_on_signals():  # Ctrl+C / SIGTERM: one `error:` line, exit status 130 / 143
-        sys.exit(main())
+        sys.exit(run_script(main))

@@ -199,3 +199,14 @@ def arg(rule: Any, parse: Callable[[str], Any] = parse_value) -> Callable[[str],
 
     convert.__name__ = "value"
     return convert
+
+
+def run_script(main: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+    """A script's `main(...)`; an exception that escapes it is its one line (see `report`), and its
+    exit status is returned. Signals are `loramcl.interrupts.stop_on_signals`' business."""
+    try:
+        return main(*args, **kwargs)
+    except Exception as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" and os.environ.get(OURS) != "1":
+            raise
+        return report(err)

@@ -16,12 +16,9 @@ RESULT_FILES = ("predictions.jsonl", "metrics.json", "eval_metrics.json")
 
 def check_eval_values(cfg: DictConfig) -> None:
     """eval.py's own numbers, before anything is read."""
-    from loramcl.preflight import require_int
+    from loramcl.schema import validate_eval
 
-    require_int(cfg, "max_items", 1, nullable=True, hint=" (null: the whole test split)")
-    require_int(cfg, "batch_size", 1, nullable=True, hint=" (null: the run's data.val_batch_size)")
-    require_int(cfg, "num_candidates", 1, nullable=True)
-    require_int(cfg, "devices", 1)
+    validate_eval(cfg)  # every value of configs/eval.yaml and the decoding (loramcl.schema.evaluation)
     if int(cfg.get("devices") or 1) > 1:
         from hydra.core.hydra_config import HydraConfig
 
@@ -30,8 +27,6 @@ def check_eval_values(cfg: DictConfig) -> None:
 
             raise ConfigError(f"devices={cfg.devices} decodes one method on several processes: run it without -m "
                               f"(one eval.py per method; a multirun's jobs are already separate runs)")
-    require_int(cfg, "num_hypotheses", 1, nullable=True)
-    require_int(cfg, "generation.max_new_tokens", 1)
 
 
 def run_eval(cfg: DictConfig) -> dict[str, float]:

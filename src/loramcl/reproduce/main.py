@@ -188,7 +188,9 @@ def print_lines(table: Table, lines: list, echo=print) -> None:
 def main(argv: Optional[list[str]] = None, root: Optional[Path] = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="scripts/reproduce.py", description=__doc__,
+    from loramcl.cli import ArgumentParser
+
+    parser = ArgumentParser(prog="scripts/reproduce.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="table=<name>, scale=demo, and any key of configs/reproduce.yaml")
     mode = parser.add_mutually_exclusive_group()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from typing import Any, Iterable, Optional
 
 from pydantic import BaseModel, ValidationError
@@ -33,14 +34,18 @@ def dotted(prefix: str, loc: Iterable[Any]) -> str:
 
 def known_keys(model: Optional[type], loc: tuple) -> list[str]:
     """The field names of the model found at `loc` (a nested model), for an unknown-key message."""
+    def as_model(annotation: Any) -> Optional[type]:  # Optional[Model] / Model | None -> Model
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+        return next((a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+
+    model = as_model(model)
     for part in loc:
-        if model is None or not isinstance(model, type) or not issubclass(model, BaseModel):
+        if model is None:
             return []
         info = model.model_fields.get(str(part))
-        model = getattr(info, "annotation", None) if info is not None else None
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return []
+        model = as_model(info.annotation) if info is not None else None
+    return list(model.model_fields) if model is not None else []
 
 
 def one_line(err: ValidationError, prefix: str = "", model: Optional[type] = None) -> str:
