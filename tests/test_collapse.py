@@ -106,12 +106,12 @@ def test_a_separating_pair_is_no_duplicate():
     assert alarm.hypotheses == [1, 2]
 
 
-@pytest.mark.parametrize("kwargs,match", [({"window": 0}, "window must be >= 1"),
+@pytest.mark.parametrize("kwargs,match", [({"window": 0}, "window must be an integer >= 1"),
                                           ({"action": "halt"}, "action must be one of warn, stop"),
-                                          ({"min_share": 1.5}, r"min_share must be in \[0, 1\)"),
-                                          ({"duplicate_tolerance": -1}, "duplicate_tolerance must be >= 0"),
-                                          ({"max_temperature": 0}, "max_temperature must be > 0"),
-                                          ({"duplicate_growth": -0.1}, "duplicate_growth must be >= 0")])
+                                          ({"min_share": 1.5}, r"min_share must be a finite number in \[0, 1\)"),
+                                          ({"duplicate_tolerance": -1}, "duplicate_tolerance must be a finite number >= 0"),
+                                          ({"max_temperature": 0}, "max_temperature must be a finite number > 0"),
+                                          ({"duplicate_growth": -0.1}, "duplicate_growth must be a finite number >= 0")])
 def test_bad_options(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         CollapseMonitor(**kwargs)

@@ -52,8 +52,15 @@ def test_registry_and_config_group_name_the_same_methods():
 
 
 def test_unknown_decoding_key_is_an_error():
-    with pytest.raises(ConfigError, match=r"decoding 'x' has unknown key\(s\) num_beam; known: "):
+    with pytest.raises(ConfigError, match=r"decoding has no key 'num_beam' \(did you mean num_beams\?\)"):
         DecodingSpec.from_config({"name": "x", "method": "beam", "num_beam": 3})
+
+
+def test_the_schema_knows_every_decoding_method():
+    from loramcl.decoding.methods import SAMPLERS
+    from loramcl.schema import evaluation
+
+    assert set(evaluation.METHODS) == set(METHODS) and set(evaluation.SAMPLERS) == set(SAMPLERS)
 
 
 def test_slurm_launcher_takes_cluster_defaults_from_configs_local(tmp_path):

@@ -51,10 +51,10 @@ def test_slurm_launcher_composes():
 def test_bad_value_fails_before_any_model(tmp_path):
     proc = run_train("mcl.mode=relaxed-wta", "mcl.epsilon=1.5", log_dir=tmp_path)
     assert proc.returncode != 0
-    assert "epsilon must be in [0, 1), got 1.5" in proc.stderr
+    assert "epsilon must be a finite number in [0, 1), got 1.5" in proc.stderr
     assert "adapted layers" not in proc.stdout + proc.stderr  # no backbone was built
     proc = run_train("mcl.num_hypotheses=0", log_dir=tmp_path)
-    assert "num_hypotheses must be >= 1, got 0" in proc.stderr
+    assert "num_hypotheses must be an integer >= 1, got 0" in proc.stderr
 
 
 def test_fast_dev_run(tmp_path):

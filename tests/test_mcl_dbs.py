@@ -143,7 +143,7 @@ def test_spec_cost_label_and_checks(tok, inputs):
     assert method.forward_passes(5) == 10 == spec(method="hypotheses", num_beams=2).forward_passes(5)
     assert method.describe(5) == "Hypothesis DBS (B=2, lambda=0.5)"
     assert spec(method="mcl_dbs", num_beams="K").forward_passes(3) == 9
-    with pytest.raises(ConfigError, match="diversity_penalty must be >= 0"):
+    with pytest.raises(ConfigError, match="diversity_penalty must be a finite number >= 0"):
         spec(method="mcl_dbs", diversity_penalty=-0.1)
     with pytest.raises(ConfigError, match="num_beam_groups must be K"):
         _decode(_model(), tok, inputs, method="mcl_dbs", num_beams=2, num_beam_groups=1)

@@ -118,7 +118,7 @@ TRAIN = {
     "trainer.gradient_clip_val": Flt(0, low_open=True, nullable=True),
     "trainer.enable_model_summary": BOOL,
     "callbacks.collapse.window": Int(1, nullable=True),
-    "callbacks.collapse.min_share": Flt(0, 1, True, True, nullable=True),
+    "callbacks.collapse.min_share": Flt(0, 1, high_open=True, nullable=True),
     "callbacks.collapse.duplicate_tolerance": Flt(0, nullable=True),
     "callbacks.collapse.duplicate_growth": Flt(0),
     "callbacks.collapse.max_temperature": Flt(0, low_open=True),

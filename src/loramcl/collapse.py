@@ -205,19 +205,12 @@ class CollapseMonitor(Callback):
     def __init__(self, window: Optional[int] = None, min_share: Optional[float] = None,
                  duplicate_tolerance: Optional[float] = 0.15, action: str = "warn", plot: bool = True,
                  dirpath: Optional[str] = None, max_temperature: float = 0.01, duplicate_growth: float = 0.25):
-        if window is not None and int(window) < 1:
-            raise ConfigError(f"callbacks.collapse.window must be >= 1 step or null (automatic), got {window}")
-        if min_share is not None and not 0.0 <= float(min_share) < 1.0:
-            raise ConfigError(f"callbacks.collapse.min_share must be in [0, 1) or null (1 / (4K)), got {min_share}")
-        if duplicate_tolerance is not None and not float(duplicate_tolerance) >= 0.0:
-            raise ConfigError(f"callbacks.collapse.duplicate_tolerance must be >= 0 or null (not checked), "
-                              f"got {duplicate_tolerance}")
-        if not float(max_temperature) > 0.0:
-            raise ConfigError(f"callbacks.collapse.max_temperature must be > 0, got {max_temperature}")
-        if not float(duplicate_growth) >= 0.0:
-            raise ConfigError(f"callbacks.collapse.duplicate_growth must be >= 0, got {duplicate_growth}")
-        if action not in ACTIONS:
-            raise ConfigError(f"callbacks.collapse.action must be one of {', '.join(ACTIONS)}, got {action!r}")
+        from loramcl.schema.errors import validate
+        from loramcl.schema.groups import CollapseSchema
+
+        validate(CollapseSchema, dict(window=window, min_share=min_share, duplicate_tolerance=duplicate_tolerance,
+                                      action=action, plot=plot, dirpath=dirpath, max_temperature=max_temperature,
+                                      duplicate_growth=duplicate_growth), "callbacks.collapse")  # the rules
         self.window_option = None if window is None else int(window)
         self.window = self.window_option or AUTO_WINDOW  # the automatic one is fixed when the fit starts
         self.min_share_option = None if min_share is None else float(min_share)

@@ -120,11 +120,13 @@ def check_config(cfg: DictConfig, training: bool = True) -> tuple[MCLConfig, LoR
     return validated_configs(cfg)
 
 
-def check_libraries(cfg: DictConfig) -> None:
-    """The values Lightning, torch and transformers own, judged by them (no model built)."""
+def check_libraries(cfg: DictConfig, trainer: bool = True) -> None:
+    """The values Lightning, torch and transformers own, judged by them (no model built).
+    `trainer=False`: the Trainer is not constructed (its accelerator is judged after the data and
+    weights checks, which name what a paper experiment needs before "this machine has no GPU")."""
     from loramcl.schema import check_train_libraries, validate_train
 
-    check_train_libraries(validate_train(cfg))
+    check_train_libraries(validate_train(cfg), trainer=trainer)
 
 
 def train_batches(cfg: DictConfig) -> Optional[int]:
@@ -190,7 +192,7 @@ def check_before_build(cfg: DictConfig) -> tuple[MCLConfig, LoRAConfig]:
     mcl, lora = check_config(cfg)
     check_validation_interval(cfg)
     if cfg.get("trainer") is not None:
-        check_libraries(cfg)
+        check_libraries(cfg, trainer=False)
     if cfg.get("model") is not None:
         check_targets(cfg, mcl, lora)
     return mcl, lora
@@ -216,8 +218,6 @@ def preflight(cfg: DictConfig, resume: Optional[str] = None, training: bool = Tr
     from loramcl.cluster import is_main_process
 
     mcl, lora = check_config(cfg, training)
-    if training:
-        check_libraries(cfg)
     datamodule = _instantiate_data(cfg)
     main = is_main_process()
     if not main:  # rank 0 generates what is missing; the others wait for it (srun starts all at once)
@@ -229,6 +229,7 @@ def preflight(cfg: DictConfig, resume: Optional[str] = None, training: bool = Tr
     if problems:
         raise MissingResource(" | ".join(problems))
     if training:
+        check_libraries(cfg)  # the Trainer constructed without a model: precision, accelerator, devices, strategy
         check_validation_interval(cfg)
     if weights_ok:
         check_targets(cfg, mcl, lora)

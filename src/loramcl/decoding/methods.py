@@ -31,7 +31,7 @@ configs/decoding/.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
@@ -103,24 +103,26 @@ class DecodingSpec:
     batched: bool = True  # hypotheses: all K in one generate call (False: K separate calls)
     tta: dict = field(default_factory=dict)  # tta options (decoding.tta.TTAConfig fields)
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"decoding.method must be one of {', '.join(METHODS)}, got {self.method!r}")
+    def __post_init__(self) -> None:  # the rules live in the schema (loramcl.schema.evaluation.DecodingSchema)
+        from loramcl.schema.errors import validate
+        from loramcl.schema.evaluation import DecodingSchema
+
+        checked = validate(DecodingSchema, asdict(self), "decoding")
+        # numbers as floats: `decoding.temperature=10` arrives as an int, which transformers refuses
+        self.temperature, self.diversity_penalty = checked.temperature, checked.diversity_penalty
         if self.method == "sample" and self.sampler not in SAMPLERS:
-            raise ConfigError(f"decoding.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        if self.method in ("dbs", "mcl_dbs") and self.diversity_penalty < 0:
-            raise ConfigError(f"decoding.diversity_penalty must be >= 0, got {self.diversity_penalty}")
+            raise ConfigError(f"decoding.sampler must be one of {', '.join(SAMPLERS)} for decoding.method=sample, "
+                              f"got {self.sampler!r}")
 
     @classmethod
     def from_config(cls, cfg: Any) -> "DecodingSpec":
         from omegaconf import OmegaConf
 
+        from loramcl.schema.errors import validate
+        from loramcl.schema.evaluation import DecodingSchema
+
         data = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"decoding {data.get('name', '?')!r} has unknown key(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(known))}")
+        validate(DecodingSchema, data, "decoding")  # unknown keys named with the nearest known one
         return cls(**data)
 
     @property

@@ -134,9 +134,10 @@ def _train_relations(s: TrainSettings) -> None:
         pass  # a last checkpoint is still written at the end (save_last), which is enough to resume
 
 
-def check_train_libraries(s: TrainSettings) -> None:
-    """Ask the libraries: every `_target_` node's keys against its signature, then the Trainer,
-    the optimizer and scheduler, and the bilingual runner's generation values."""
+def check_train_libraries(s: TrainSettings, trainer: bool = True) -> None:
+    """Ask the libraries: every `_target_` node's keys against its signature, then the Trainer
+    (`trainer=False`: not constructed), the optimizer and scheduler, and the bilingual runner's
+    generation values."""
     from loramcl.schema import library
 
     raw = s.raw
@@ -153,12 +154,13 @@ def check_train_libraries(s: TrainSettings) -> None:
     for key in ("optimizer", "scheduler"):
         if isinstance(optim.get(key), dict):
             library.check_signature(optim[key], f"optim.{key}")
-    trainer = raw.get("trainer")
+    probe_trainer, trainer = trainer, raw.get("trainer")
     if isinstance(trainer, dict):
         library.check_signature(trainer, "trainer")
         if isinstance(trainer.get("strategy"), dict):
             library.check_signature(trainer["strategy"], "trainer.strategy")
-        library.probe_trainer(trainer)
+        if probe_trainer:
+            library.probe_trainer(trainer)
     library.probe_optimizer(optim)
     task = raw.get("task") or {}
     library.probe_generation(task.get("generation"), "task.generation")

@@ -17,7 +17,7 @@ from loramcl.schema.errors import validate
 from loramcl.schema.fields import Anything, Bool, Choice, Float, Int, Mapping, Text, is_int, rule
 from loramcl.schema.groups import SEED, GenerationSchema, Group, PathsSchema
 
-METHODS = ("hypotheses", "beam", "dbs", "mcl_dbs", "sample", "tta", "moe_standard", "moe_sample", "forced_expert",
+METHODS = ("hypotheses", "beam", "dbs", "mcl_dbs", "sample", "tta", "moe_sample", "forced_expert",
            "teacher_forced")
 SAMPLERS = ("top_k", "nucleus", "typical", "ancestral")
 COUNT = rule("an integer >= 1 or K, 2K, K^2", lambda v: (is_int(v) and v >= 1)

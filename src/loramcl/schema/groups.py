@@ -214,7 +214,7 @@ class TrainerSchema(Target):
 # ---------------------------------------------------------------------------------------- callbacks and loggers
 class CollapseSchema(Target):
     window: Int(1, nullable=True, note="null: 100 steps, a third of a fit under 300 steps") = None
-    min_share: Float(0, 1, low_open=True, high_open=True, nullable=True, note="null: 1 / (4K)") = None
+    min_share: Float(0, 1, high_open=True, nullable=True, note="null: 1 / (4K); 0: never") = None
     duplicate_tolerance: Float(0, nullable=True, note="null: not checked") = None
     duplicate_growth: Float(0) = None
     max_temperature: Float(0, low_open=True) = None
