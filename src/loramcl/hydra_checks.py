@@ -96,9 +96,16 @@ def is_eval(config: DictConfig) -> bool:
 def check_job(config: DictConfig) -> None:
     """The config checks of one job (train.py or eval.py), before any model is built."""
     if is_train(config):
-        from loramcl.preflight import check_before_build
+        from loramcl.preflight import check_before_build, check_libraries, missing_resources
 
-        check_before_build(config)  # schema, chains, libraries, LoRA targets on the meta device
+        check_before_build(config)  # schema, chains, library signatures, LoRA targets on the meta device
+        try:
+            check_libraries(config)  # and the Trainer, constructed without a model
+        except ConfigError:
+            missing = missing_resources(config)  # a paper experiment on a CPU: its missing data come first
+            if missing:
+                raise MissingResource(" | ".join(missing)) from None
+            raise
     elif is_eval(config):
         from loramcl.schema import validate_eval
 
