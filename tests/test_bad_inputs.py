@@ -466,18 +466,18 @@ def test_bad_input(case, results, paths):
 # ------------------------------------------------------------------------------------ more values, in process
 DEMO = ["experiment=demo_translation_mcl", *TRANSLATION_ASSETS]
 MORE_VALUES = [  # the same check_config as the command lines above (where each mechanism runs once)
-    (DEMO + ["+lora.rank=4"], "lora has unknown key(s) rank; known: r, alpha"),
-    (DEMO + ["lora.exclude_modules='[a-'"], "lora.exclude_modules='[a-' is not a valid regular expression"),
-    (DEMO + ["mcl=moe", "mcl.num_hypotheses=1"], "mcl.mode 'moe' mixes num_hypotheses >= 2"),
+    (DEMO + ["+lora.rank=4"], "lora has no key 'rank' (known: r, alpha"),
+    (DEMO + ["lora.exclude_modules='[a-'"], "lora.exclude_modules must be null, a list of module-name suffixes or a valid regular expression, got '[a-'"),
+    (DEMO + ["mcl=moe", "mcl.num_hypotheses=1"], "mcl.mode=moe mixes mcl.num_hypotheses >= 2"),
     (DEMO + ["data.val_batch_size=0"], "data.val_batch_size must be an integer >= 1, got 0"),
-    (DEMO + ["data.max_train_items=0"], "data.max_train_items must be an integer >= 1 or null, got 0"),
+    (DEMO + ["data.max_train_items=0"], "data.max_train_items must be an integer >= 1 or null (null: every item), got 0"),
     (DEMO + ["data.references=longest"], "data.references must be one of random, all, first, got 'longest'"),
-    (DEMO + ["trainer.max_epochs=0"], "trainer.max_epochs must be -1 (no limit), null or >= 1, got 0"),
-    (DEMO + ["trainer.val_check_interval=1.5"], "trainer.val_check_interval must be a fraction of an epoch in (0, 1]"),
+    (DEMO + ["trainer.max_epochs=0"], "trainer.max_epochs must be an integer >= 1 or -1 or null (-1: no limit), got 0"),
+    (DEMO + ["trainer.val_check_interval=1.5"], "trainer.val_check_interval must be a number of training steps >= 1 or a fraction of an epoch in (0, 1], got 1.5"),
     (DEMO + ["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches must be an integer >= 1"),
-    (DEMO + ["optim.scheduler.warmup_ratio=1.0"], "optim.scheduler.warmup_ratio must be in [0, 1), got 1.0"),
+    (DEMO + ["optim.scheduler.warmup_ratio=1.0"], "optim.scheduler.warmup_ratio must be a finite number in [0, 1), got 1.0"),
     (DEMO + ["model.dtype=fp8"], "model.dtype must be one of fp32"),
-    (["data.seq_len=1"], "data.seq_len must be an integer >= 2, got 1"),
+    (["data.seq_len=1"], "data.seq_len must be an integer >= 2 (the first token is never scored), got 1"),
     (["data.weights=[0.5,0.6]"], "data: weights"),
 ]
 

@@ -315,13 +315,12 @@ def test_unknown_keys_are_refused_in_every_group(train_bases, data):
         node = node[part]
     assume(name not in node)
     node[name] = 1
-    from loramcl.schema import check_train_libraries, validate_train
+    from loramcl.preflight import check_before_build
 
-    with pytest.raises(ConfigError) as info:  # the schema's groups, then the libraries' signatures
-        check_train(values)
-        cfg = OmegaConf.create(values)
-        cfg.paths.output_dir = None
-        check_train_libraries(validate_train(cfg))
+    cfg = OmegaConf.create(values)
+    cfg.paths.output_dir = None
+    with pytest.raises(ConfigError) as info:  # the schema's groups, the libraries' signatures, the meta model
+        check_before_build(cfg)
     assert name in str(info.value), str(info.value)
 
 

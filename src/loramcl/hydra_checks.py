@@ -41,8 +41,12 @@ def _stop(err: Exception) -> None:
     release_claim()  # a SLURM run folder claimed for this refused run goes again
     if os.environ.get("HYDRA_FULL_ERROR") == "1" and os.environ.get(OURS) != "1":
         traceback.print_exception(err)
-    print(f"error: {fold(err)}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    if isinstance(err, (ConfigError, MissingResource)):
+        print(f"error: {fold(err)}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    from loramcl.cli import report
+
+    sys.exit(report(err))  # a bug in a check: one line, its traceback saved to a file
 
 
 def _rank() -> int:
@@ -129,13 +133,13 @@ class PreflightCallback(Callback):
                     run_folders.keep_previous_config(folder)
             elif is_eval(config):
                 run_folders.check_eval_folder(folder)
-        except (ConfigError, MissingResource) as err:
+        except Exception as err:  # Hydra would turn it into a warning and go on
             _stop(err)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             check_output_folder(config, "hydra.sweep.dir")
-        except (ConfigError, MissingResource) as err:
+        except Exception as err:  # Hydra would turn it into a warning and go on
             _stop(err)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -145,5 +149,5 @@ class PreflightCallback(Callback):
             return
         try:
             check_job(config)
-        except (ConfigError, MissingResource) as err:
+        except Exception as err:  # Hydra would turn it into a warning and go on
             _stop(err)

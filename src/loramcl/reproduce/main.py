@@ -47,12 +47,13 @@ def compose_all(root: Path, overrides: list[str]) -> tuple[DictConfig, Table]:
             from loramcl.cli import fold
 
             raise ConfigError(f"cannot compose the reproduce config: {fold(err)}") from None
-        for key in ("slurm",):  # a scale may change SLURM resources (the rehearsal asks for no GPU)
-            if cfg.scale.get(key):
-                cfg[key] = OmegaConf.merge(cfg[key], cfg.scale[key])
         from loramcl.schema import validate_reproduce, validate_train
 
         validate_reproduce(cfg)  # every value of configs/reproduce.yaml, the table and the scale
+        for key in ("slurm",):  # a scale may change SLURM resources (the rehearsal asks for no GPU) ...
+            if cfg.scale.get(key):
+                cfg[key] = OmegaConf.merge(cfg[key], cfg.scale[key], given_on_the_command_line(overrides, key))
+        validate_reproduce(cfg)
         table = plan_table(cfg, compose, decodings)
         for key, train_cfg in table.configs.items():  # every row's train.py values, before anything runs
             try:
@@ -61,6 +62,18 @@ def compose_all(root: Path, overrides: list[str]) -> tuple[DictConfig, Table]:
                 rows = ", ".join(r.id for r in table.rows if r.training.key == key)
                 raise ConfigError(f"row {rows}: {err}") from None
     return cfg, table
+
+
+def given_on_the_command_line(overrides: list[str], group: str) -> DictConfig:
+    """... but what the command line sets in `group` (slurm.time_train=...) wins over the scale."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given = OmegaConf.create({})
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if key.startswith(f"{group}.") and not override.is_delete():
+            OmegaConf.update(given, key[len(group) + 1:], override.value())
+    return given
 
 
 def pending_configs(table: Table, index: RunIndex, finished: dict) -> dict[str, DictConfig]:
