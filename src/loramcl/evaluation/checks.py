@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -22,14 +23,15 @@ from loramcl.schemes import Scheme
 log = logging.getLogger(__name__)
 
 
-def select_checkpoint(cfg: DictConfig, spec: DecodingSpec) -> Checkpoint:
-    """The checkpoint `cfg.ckpt_path` designates for this decoding (loaded once)."""
-    path = Path(str(cfg.ckpt_path)).expanduser()
+def select_checkpoint(top: Any, spec: DecodingSpec) -> Checkpoint:
+    """The checkpoint `top.ckpt_path` designates for this decoding (loaded once); `top`: eval.py's
+    validated values (`loramcl.schema.evaluation.EvalTop`)."""
+    path = Path(str(top.ckpt_path)).expanduser()
     try:
         found = find_checkpoints(path)
     except MissingResource as err:
         raise ConfigError(str(err)) from None
-    name = cfg.get("model_name")
+    name = top.model_name
     if name:
         if name not in found:
             raise ConfigError(f"model_name={name} is not in {path}: it holds {', '.join(found)}")
@@ -49,9 +51,9 @@ def select_checkpoint(cfg: DictConfig, spec: DecodingSpec) -> Checkpoint:
     raise ConfigError(f"{path} holds several models ({', '.join(found)}): choose one with model_name=<name>")
 
 
-def num_candidates(cfg: DictConfig, train_cfg: DictConfig) -> int:
+def num_candidates(top: Any, train_cfg: DictConfig) -> int:
     """K of the comparison: eval's `num_candidates`, else the run's, else the model's K (if > 1)."""
-    for value in (cfg.get("num_candidates"), train_cfg.get("num_candidates")):
+    for value in (top.num_candidates, train_cfg.get("num_candidates")):
         if value is not None:
             if int(value) < 1:
                 raise ConfigError(f"num_candidates must be >= 1, got {value}")
@@ -63,15 +65,15 @@ def num_candidates(cfg: DictConfig, train_cfg: DictConfig) -> int:
                       "(the K of the MCL runs it is compared with)")
 
 
-def check_compatibility(cfg: DictConfig, train_cfg: DictConfig, checkpoint: Checkpoint, spec: DecodingSpec) -> None:
+def check_compatibility(top: Any, train_cfg: DictConfig, checkpoint: Checkpoint, spec: DecodingSpec) -> None:
     """Refuse, before anything is built, an expectation the run does not meet or a decoding that does
     not suit it (`train_cfg` was checked against the checkpoint by `runs.checkpoint_config`)."""
     ckpt = checkpoint.path
     K_run = int(train_cfg.mcl.num_hypotheses)
-    expect_k = cfg.get("num_hypotheses")
+    expect_k = top.num_hypotheses
     if expect_k is not None and int(expect_k) != K_run:
         raise ConfigError(f"num_hypotheses={expect_k} but {ckpt} was trained with K={K_run} hypotheses")
-    expect_backbone = cfg.get("backbone")
+    expect_backbone = top.backbone
     run_backbone = str(train_cfg.model.get("name_or_path") or train_cfg.model.get("_target_"))
     if expect_backbone and str(expect_backbone) not in (run_backbone, Path(run_backbone).name):
         raise ConfigError(f"backbone={expect_backbone} but {ckpt} was trained on {run_backbone}")
@@ -82,9 +84,9 @@ def check_compatibility(cfg: DictConfig, train_cfg: DictConfig, checkpoint: Chec
             "use a decoding for one-output models (beam, dbs, sampling, tta)" if scheme.kind == "mle" else \
             "use moe_standard / moe_sampled_expert / moe_forced, or a one-output decoding"
         raise UnsuitedDecoding(f"decoding={spec.name} {method.purpose}; this {scheme.label} run has K={K_run}: {hint}")
-    if method.per_adapter and cfg.get("num_candidates") not in (None, K_run):
+    if method.per_adapter and top.num_candidates not in (None, K_run):
         raise ConfigError(f"decoding={spec.name} gives one candidate per adapter (K={K_run}); "
-                          f"num_candidates={cfg.num_candidates} cannot hold")
+                          f"num_candidates={top.num_candidates} cannot hold")
 
 
 def check_data(spec: DecodingSpec, data_kind: str) -> None:
@@ -96,10 +98,9 @@ def check_data(spec: DecodingSpec, data_kind: str) -> None:
                                f"this run's data is {data_kind}")
 
 
-def skip_unsuited(cfg: DictConfig, err: UnsuitedDecoding) -> bool:
+def skip_unsuited(setting: Any, err: UnsuitedDecoding) -> bool:
     """In a multirun (`eval.py -m ... decoding=a,b,c`), a method that does not suit this run is
     skipped with one warning and the sweep goes on (`skip_unsuited=false` makes it an error)."""
-    setting = cfg.get("skip_unsuited", "auto")
     if setting == "auto":
         try:
             from hydra.core.hydra_config import HydraConfig

@@ -32,8 +32,9 @@ from loramcl.evaluation.checks import check_compatibility, check_data, num_candi
 from loramcl.evaluation.report import evaluation_run, log_to_mlflow, write_outputs
 from loramcl.interrupts import doing
 from loramcl.metrics.tasks import score, task_for
-from loramcl.preflight import output_dir, preflight
+from loramcl.preflight import preflight
 from loramcl.runs import checkpoint_config, load_model
+from loramcl.schema.evaluation import EvalSettings
 from loramcl.schemes import Scheme
 
 log = logging.getLogger(__name__)
@@ -106,18 +107,17 @@ def oracle_nll_sums(model: Any, datamodule: Any, batch_size: int, limit: Optiona
     return total, count
 
 
-def launch_processes(cfg: DictConfig) -> Any:
+def launch_processes(devices: int, accelerator: str) -> Any:
     """With `devices` > 1: Lightning Fabric's DDP launcher (it starts the other processes, each
     running eval.py again in the same run folder; under `srun`, SLURM started them); returns the
     Fabric, or None for one process."""
-    devices = int(cfg.get("devices") or 1)
     if devices == 1:
         return None
     from lightning.fabric import Fabric
 
     from loramcl.cluster import cluster_plugins
 
-    fabric = Fabric(accelerator=cfg.get("accelerator") or "auto", devices=devices, strategy="ddp",
+    fabric = Fabric(accelerator=accelerator or "auto", devices=devices, strategy="ddp",
                     plugins=cluster_plugins() or None)
     fabric.launch()
     return fabric
@@ -180,63 +180,77 @@ class Plan:
     task: Any  # loramcl.metrics.tasks.Task
 
 
-def plan(cfg: DictConfig) -> Optional[Plan]:
+def plan(settings: EvalSettings) -> Optional[Plan]:
     """The checks of steps 1 and 2, cheapest first; None when a multirun skips an unsuited method."""
-    spec = DecodingSpec.from_config(cfg.decoding)
-    checkpoint = select_checkpoint(cfg, spec)
-    train_cfg = checkpoint_config(checkpoint, OmegaConf.load(cfg.train_config) if cfg.get("train_config") else None)
+    top = settings.top
+    spec = DecodingSpec.from_config(settings.raw["decoding"])
+    checkpoint = select_checkpoint(top, spec)
+    train_cfg = checkpoint_config(checkpoint, load_train_config(top.train_config) if top.train_config else None)
     try:
-        check_compatibility(cfg, train_cfg, checkpoint, spec)
+        check_compatibility(top, train_cfg, checkpoint, spec)
     except UnsuitedDecoding as err:
-        if not skip_unsuited(cfg, err):
+        if not skip_unsuited(top.skip_unsuited, err):
             raise
         return None
     scheme = Scheme.of_config(train_cfg)
-    K = int(train_cfg.mcl.num_hypotheses) if scheme.kind == "mcl" else num_candidates(cfg, train_cfg)
+    K = int(train_cfg.mcl.num_hypotheses) if scheme.kind == "mcl" else num_candidates(top, train_cfg)
     spec.beams(K), spec.forward_passes(K)  # resolve "K", "2K", ... now: a bad value fails here
-    if spec.method == "teacher_forced" and not cfg.metrics.get("oracle_nll", True):
+    if spec.method == "teacher_forced" and not top.metrics.oracle_nll:
         raise ConfigError(f"decoding={spec.name} computes the oracle NLL only: it needs metrics.oracle_nll=true")
-    if cfg.get("references_language") and cfg.metrics.get("oracle_nll", True):
+    if top.references_language and top.metrics.oracle_nll:
         raise ConfigError("references_language scores the candidates against one language's references; the oracle "
                           "NLL covers every reference: add metrics.oracle_nll=false")
 
-    check_semantic(cfg.metrics)
+    check_semantic(settings.metrics)
     datamodule = preflight(train_cfg, training=False)  # data files and backbone weights exist (or fail in one message)
     if not hasattr(datamodule, "sets") or "test" not in getattr(datamodule, "splits", {}):
         raise ConfigError(f"the run's data ({train_cfg.data.get('name')}) has no test split to decode")
     try:
         check_data(spec, datamodule.kind)
     except UnsuitedDecoding as err:
-        if not skip_unsuited(cfg, err):
+        if not skip_unsuited(top.skip_unsuited, err):
             raise
         return None
     return Plan(spec, checkpoint, train_cfg, scheme, K, datamodule, task_for(datamodule.kind))
 
 
-def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
-    doing(f"checking the run and its data ({cfg.decoding.get('name', 'decoding')})")
-    p = plan(cfg)
+def load_train_config(path: str) -> DictConfig:
+    """`train_config=<file>`: a train.py config to rebuild the run with (one line if it cannot be read)."""
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:
+        raise ConfigError(f"train_config={path} cannot be read as a config ({' '.join(str(err).split())[:200]})") from None
+    if not isinstance(cfg, DictConfig) or "mcl" not in cfg:
+        raise ConfigError(f"train_config={path} is not a train.py config (no mcl group)")
+    return cfg
+
+
+def run_decoding_eval(settings: EvalSettings) -> dict[str, float]:
+    """Steps 1-5 of the module docstring, from eval.py's validated settings."""
+    top = settings.top
+    doing(f"checking the run and its data ({top.decoding.name})")
+    p = plan(settings)
     if p is None:
         return {}
     spec, checkpoint, train_cfg, scheme, K, datamodule, task = (p.spec, p.checkpoint, p.train_cfg, p.scheme, p.K,
                                                                  p.datamodule, p.task)
-    fabric = launch_processes(cfg)  # devices > 1: each process decodes a share of the batches
+    fabric = launch_processes(top.devices, top.accelerator)  # devices > 1: each process decodes a share of the batches
     rank, world = (fabric.global_rank, fabric.world_size) if fabric else (0, 1)
     datamodule.setup("test")
-    language = cfg.get("references_language")
+    language = top.references_language
     if language:
         check_reference_language(datamodule, str(language))
 
-    torch.manual_seed(int(cfg.seed))
+    torch.manual_seed(top.seed)
     doing(f"loading the model ({spec.name})")
     device = fabric.device if fabric else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(checkpoint, train_cfg).to(device).eval()
     tokenizer = getattr(datamodule.processor, "tokenizer", datamodule.processor)
-    gen = cfg.generation
+    gen = top.generation
     decoder = Decoder(model, tokenizer, spec, K, max_new_tokens=gen.max_new_tokens,
-                      repetition_penalty=gen.get("repetition_penalty"), length_penalty=gen.get("length_penalty", 1.0))
-    batch_size = int(cfg.get("batch_size") or train_cfg.data.get("val_batch_size") or 8)
-    limit = cfg.get("max_items")
+                      repetition_penalty=gen.repetition_penalty, length_penalty=gen.length_penalty)
+    batch_size = int(top.batch_size or train_cfg.data.get("val_batch_size") or 8)
+    limit = top.max_items
     method_label = spec.describe(K)
     name = checkpoint.path.parent.name
     if rank == 0:
@@ -244,13 +258,13 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
                  + (f", {world} processes" if world > 1 else ""))
 
     # opened before decoding: an interrupted or failed evaluation is closed as KILLED / FAILED
-    with evaluation_run(cfg, train_cfg, scheme.label, spec.name, enabled=rank == 0) as run:
+    with evaluation_run(top.mlflow, train_cfg, scheme.label, spec.name, enabled=rank == 0) as run:
         start = time.perf_counter()
         decodes = spec.method != "teacher_forced"  # test_loss: the references' NLL only, nothing decoded
-        records = decode_split(decoder, datamodule, spec, K, batch_size, limit, device, int(cfg.seed), rank, world) \
+        records = decode_split(decoder, datamodule, spec, K, batch_size, limit, device, top.seed, rank, world) \
             if decodes else []
         oracle = None
-        if cfg.metrics.get("oracle_nll", True):
+        if top.metrics.oracle_nll:
             doing(f"computing the oracle NLL ({spec.name})")
             oracle = oracle_nll_sums(model, datamodule, batch_size, limit, device, rank, world)
         if fabric is not None:  # rank 0 gathers the candidates and scores them once
@@ -268,7 +282,7 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
             records = only_language(records, str(language))
         candidates = [[c["text"] for c in r["candidates"]] for r in records]
         doing(f"scoring the candidates ({spec.name})")
-        metrics, sentence, notes = score(task, candidates, [r["references"] for r in records], cfg.metrics) \
+        metrics, sentence, notes = score(task, candidates, [r["references"] for r in records], settings.metrics) \
             if decodes else ({}, {}, [])
         if oracle is not None:
             metrics["oracle_nll"] = oracle[0] / max(oracle[1], 1)
@@ -284,9 +298,9 @@ def run_decoding_eval(cfg: DictConfig) -> dict[str, float]:
                 "items": len(records), "notes": notes}
         if language:
             info["references_language"] = str(language)
-        out = output_dir(cfg)
+        out = settings.output_dir
         doing(f"writing and logging the results ({spec.name})")
         files = write_outputs(out, records, metrics, info) if out is not None else []
-        log_to_mlflow(run, cfg, train_cfg, metrics, info, files, out)
+        log_to_mlflow(run, settings.raw, train_cfg, metrics, info, files, out)
         log.info(f"{scheme.label} / {method_label}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         return metrics

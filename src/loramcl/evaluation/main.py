@@ -9,35 +9,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from loramcl.schema.evaluation import EvalSettings
 
 RESULT_FILES = ("predictions.jsonl", "metrics.json", "eval_metrics.json")
 
 
-def check_eval_values(cfg: DictConfig) -> None:
-    """eval.py's own numbers, before anything is read."""
+def check_eval_values(cfg: DictConfig) -> "EvalSettings":
+    """eval.py's own values, before anything is read: the validated settings the evaluation receives."""
     from loramcl.schema import validate_eval
 
-    validate_eval(cfg)  # every value of configs/eval.yaml and the decoding (loramcl.schema.evaluation)
-    if int(cfg.get("devices") or 1) > 1:
+    settings = validate_eval(cfg)  # every value of configs/eval.yaml and the decoding (loramcl.schema.evaluation)
+    if settings.top.devices > 1:
         from hydra.core.hydra_config import HydraConfig
 
         if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
             from loramcl.errors import ConfigError
 
-            raise ConfigError(f"devices={cfg.devices} decodes one method on several processes: run it without -m "
-                              f"(one eval.py per method; a multirun's jobs are already separate runs)")
+            raise ConfigError(f"devices={settings.top.devices} decodes one method on several processes: run it "
+                              f"without -m (one eval.py per method; a multirun's jobs are already separate runs)")
+    return settings
 
 
 def run_eval(cfg: DictConfig) -> dict[str, float]:
-    check_eval_values(cfg)
-    if cfg.get("decoding"):
+    """Validate once, then hand the typed settings (not the raw config) to the evaluation."""
+    settings = check_eval_values(cfg)
+    if settings.top.decoding is not None:
         from loramcl.evaluation.decoding_run import run_decoding_eval
 
-        return run_decoding_eval(cfg)
+        return run_decoding_eval(settings)
     from loramcl.evaluation.validation import run_validation
 
-    return run_validation(cfg)
+    return run_validation(settings)
 
 
 def left_behind(cfg: DictConfig) -> str:

@@ -16,7 +16,7 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Callable, Iterator, Optional
+from typing import IO, Any, Callable, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -53,17 +53,17 @@ def write_outputs(out: Path, records: list[dict], metrics: dict[str, float], inf
 
 
 @contextmanager
-def evaluation_run(cfg: DictConfig, train_cfg: DictConfig, scheme: str, decoding: str,
+def evaluation_run(ml: Any, train_cfg: DictConfig, scheme: str, decoding: str,
                    enabled: bool = True) -> Iterator[Optional[MLflowRun]]:
     """The evaluation's MLflow run (None without MLflow, or when not `enabled`: ranks > 0), opened
     before decoding: one that does not reach `log_to_mlflow` is closed as KILLED on Ctrl+C /
-    SIGTERM (a KeyboardInterrupt), FAILED on an error, never left RUNNING."""
-    ml = cfg.get("mlflow")
-    if not enabled or not ml or not ml.get("enabled", True):
+    SIGTERM (a KeyboardInterrupt), FAILED on an error, never left RUNNING. `ml`: eval.py's validated
+    `mlflow` group (`loramcl.schema.evaluation.MLflowSchema`)."""
+    if not enabled or ml is None or not ml.enabled:
         yield None
         return
-    experiment = ml.get("experiment") or f"eval_{train_cfg.data.get('name', 'data')}"
-    tags = {str(k): str(v) for k, v in (ml.get("tags") or {}).items()}  # e.g. scripts/reproduce.py's keys
+    experiment = ml.experiment or f"eval_{train_cfg.data.get('name', 'data')}"
+    tags = {str(k): str(v) for k, v in (ml.tags or {}).items()}  # e.g. scripts/reproduce.py's keys
     run = MLflowRun(ml.tracking_uri, experiment, ml.artifact_location, f"{scheme} / {decoding}",
                     tags={**tags, "loramcl.kind": "eval", "task": "eval"})
     run.experiment_name = experiment
@@ -77,13 +77,14 @@ def evaluation_run(cfg: DictConfig, train_cfg: DictConfig, scheme: str, decoding
         raise
 
 
-def log_to_mlflow(run: Optional[MLflowRun], cfg: DictConfig, train_cfg: DictConfig, metrics: dict[str, float],
+def log_to_mlflow(run: Optional[MLflowRun], config: dict, train_cfg: DictConfig, metrics: dict[str, float],
                   info: dict, files: list[Path], out: Path | None = None) -> None:
-    """Params, metrics and files into `run` (from `evaluation_run`), which is then FINISHED."""
+    """Params, metrics and files into `run` (from `evaluation_run`), which is then FINISHED; `config`:
+    the evaluation's resolved values."""
     if run is None:
         return
     params = {f"eval.{k}": v for k, v in info.items() if k != "notes"}
-    params.update(flatten(OmegaConf.to_container(cfg, resolve=True), "cfg."))
+    params.update(flatten(config, "cfg."))
     params.update(flatten(resolvable_config(train_cfg), "train."))
     run.log_params(params)
     run.log_metrics(metrics)

@@ -6,23 +6,23 @@ from __future__ import annotations
 import json
 import logging
 
-from omegaconf import DictConfig
-
 from loramcl.checkpoints import Checkpoint
 from loramcl.errors import ConfigError
 from loramcl.interrupts import doing
-from loramcl.preflight import output_dir, preflight
+from loramcl.preflight import preflight
 from loramcl.runs import checkpoint_config, find_checkpoints, load_model
+from loramcl.schema.evaluation import EvalSettings
 
 log = logging.getLogger(__name__)
 
 
-def run_validation(cfg: DictConfig) -> dict[str, float]:
-    checkpoints = find_checkpoints(cfg.ckpt_path)
-    if cfg.get("model_name"):
-        if cfg.model_name not in checkpoints:
-            raise ConfigError(f"model_name={cfg.model_name} is not in {cfg.ckpt_path}: it holds {', '.join(checkpoints)}")
-        checkpoints = {cfg.model_name: checkpoints[cfg.model_name]}
+def run_validation(settings: EvalSettings) -> dict[str, float]:
+    top = settings.top
+    checkpoints = find_checkpoints(top.ckpt_path)
+    if top.model_name:
+        if top.model_name not in checkpoints:
+            raise ConfigError(f"model_name={top.model_name} is not in {top.ckpt_path}: it holds {', '.join(checkpoints)}")
+        checkpoints = {top.model_name: checkpoints[top.model_name]}
     # every checkpoint, config, data file and backbone is checked before Lightning is even imported
     plans = []
     for name, path in checkpoints.items():
@@ -43,7 +43,7 @@ def run_validation(cfg: DictConfig) -> dict[str, float]:
         metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
         results.update({f"{name}/{k}": float(v) for k, v in metrics.items()})
         log.info(f"{name} ({path}): " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    out = output_dir(cfg)
+    out = settings.output_dir
     if out is not None:
         from loramcl.evaluation.report import write_whole
 

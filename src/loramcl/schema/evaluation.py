@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig
@@ -95,8 +96,16 @@ class EvalTop(Group):
 
 @dataclass(frozen=True)
 class EvalSettings:
+    """An eval.py config, validated: what the evaluation modules receive instead of the raw config."""
+
     top: EvalTop
-    raw: dict = field(default_factory=dict, repr=False)
+    raw: dict = field(default_factory=dict, repr=False)  # the resolved values (logged as MLflow params)
+    output_dir: Optional[Path] = None  # the evaluation's run folder (None outside a Hydra run)
+
+    @property
+    def metrics(self) -> dict:
+        """`metrics` as the metric functions take it (a mapping)."""
+        return self.top.metrics.model_dump()
 
 
 def validate_eval(cfg: Any, libraries: bool = False) -> EvalSettings:
@@ -109,8 +118,6 @@ def validate_eval(cfg: Any, libraries: bool = False) -> EvalSettings:
         raise ConfigError("ckpt_path is missing: give a train.py run folder or a checkpoint, ckpt_path=<path>")
     top = validate(EvalTop, values)
     if top.train_config is not None:
-        from pathlib import Path
-
         from loramcl.errors import MissingResource
 
         if not Path(top.train_config).expanduser().is_file():
@@ -120,4 +127,14 @@ def validate_eval(cfg: Any, libraries: bool = False) -> EvalSettings:
         from loramcl.schema.library import probe_generation
 
         probe_generation(values.get("generation"), "generation")
-    return EvalSettings(top=top, raw=values)
+    return EvalSettings(top=top, raw=values, output_dir=_output_dir(values))
+
+
+def _output_dir(values: dict) -> Optional[Path]:
+    """The run folder Hydra made for this job (created if missing), or None outside a Hydra run."""
+    folder = (values.get("paths") or {}).get("output_dir")
+    if not folder:
+        return None
+    path = Path(str(folder))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
