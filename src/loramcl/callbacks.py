@@ -34,6 +34,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from loramcl.errors import NonFiniteError, StopRequested
+from loramcl.utils.atomic import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,6 @@ TMP_MARK = ".tmp-"  # temporary checkpoint files: .<name>.tmp-<host>-<pid>
 # ---------------------------------------------------------------------------------------------- files
 def temp_path(target: Path) -> Path:
     return target.parent / f".{target.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:
@@ -65,7 +56,7 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     for path in folder.glob(f".*{TMP_MARK}*"):
         owner = path.name.rsplit(TMP_MARK, 1)[1]
         owner_host, _, pid = owner.rpartition("-")
-        if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+        if owner_host == host and pid.isdigit() and not pid_alive(int(pid)):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

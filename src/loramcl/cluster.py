@@ -63,16 +63,6 @@ def _identity() -> dict:
             "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError, ValueError, TypeError):
-        return True
-    return True
-
-
 def _shares(claim: dict, me: dict) -> bool:
     """Whether the run folder claimed by `claim` is this process's too: the same command of the same
     job, and either a requeue of it (a higher restart count: it continues its own run) or another
@@ -82,7 +72,9 @@ def _shares(claim: dict, me: dict) -> bool:
     if int(claim.get("restart", 0)) < me["restart"]:
         return True
     same_launch = claim.get("step") == me["step"] and int(claim.get("restart", 0)) == me["restart"]
-    return same_launch and (claim.get("host") != me["host"] or _alive(claim.get("pid", -1)))
+    from loramcl.utils.atomic import pid_alive
+
+    return same_launch and (claim.get("host") != me["host"] or pid_alive(claim.get("pid", -1)))
 
 
 def _claim(parent: str, base: str) -> str:

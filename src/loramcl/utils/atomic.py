@@ -48,10 +48,11 @@ def partial_path(final: PathLike) -> Path:
     return final.with_name(f"{final.name}{PARTIAL}{_host()}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (loramcl.callbacks and loramcl.cluster ask it too)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError, OverflowError):
         return False
     except PermissionError:  # someone else's live process
         return True
@@ -80,7 +81,7 @@ def remove_stale_partials(final: PathLike) -> list[Path]:
         if match is None or match["name"] != final.name or match["host"] != host:
             continue
         pid = int(match["pid"])
-        if pid == os.getpid() or _alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         discard(path)
         log.warning("removed %s, left by process %d which no longer runs (an interrupted build)", path, pid)
