@@ -65,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "comparison.md").write_text(table + "\n")
+        from loramcl.utils.atomic import publish_files
+
+        def write(stage: Path) -> list[Path]:  # a comparison.md it replaces is kept in previous/<time>/
+            (stage / "comparison.md").write_text(table + "\n")
+            return [stage / "comparison.md"]
+
+        publish_files(args.out, write, "comparison.md")
     return 0
 
 

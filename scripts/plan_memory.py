@@ -57,8 +57,17 @@ def main(argv=None) -> int:
         return 2
     print(format_plan(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result.as_dict(), indent=2, default=str))
+        from loramcl.utils.atomic import publish_files
+
+        target = Path(args.json)  # written whole; a file it replaces is kept in previous/<time>/ beside it
+        publish_files(target.parent, lambda stage: [_write(stage / target.name, json.dumps(result.as_dict(), indent=2,
+                                                                                           default=str))], target.name)
     return 0
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
 
 
 if __name__ == "__main__":

@@ -134,8 +134,18 @@ def main() -> int:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--tolerance", type=arg(Float(0, low_open=True)), default=0.05, help="max abs matrix error of a recovered chain")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "toy_recovery")
+    parser.add_argument("--force", action="store_true",
+                        help="replace recovery.csv / .md even by a table with fewer lines (the old ones are kept in previous/)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     args = parser.parse_args()
+
+    from loramcl.utils.atomic import guard_results
+
+    # results are never replaced by fewer, checked before any training: a narrower run (--seeds 0)
+    # beside a full table is refused (FewerResults: one line), unless --force
+    planned = len(args.configs) * len(args.seeds)
+    guard_results(args.out / "recovery.csv", planned, planned, lambda row: True, args.force,
+                  " (a narrower --seeds / --configs than the table it would replace)")
 
     import logging
 
@@ -154,21 +164,29 @@ def main() -> int:
                 continue
             doing(f"training {name} seed {seed}")
             row = run_one(args.experiment, name, seed, args.overrides, result.with_suffix(""), args.tolerance)
-            result.parent.mkdir(parents=True, exist_ok=True)
-            result.write_text(json.dumps(row, indent=1))
+            from loramcl.utils.atomic import write_text_atomic
+
+            write_text_atomic(result, json.dumps(row, indent=1))  # a run's result appears only when complete
             rows.append(row)
             print(f"{name} seed {seed}: recovered={row['recovered']} errors={row['max_abs_errors']} "
                   f"win rates={row['win_rates']} alarms: share@{row['share_alarm_step']} duplicate@"
                   f"{row['duplicate_alarm_step']} {row['alarm_pair']} closest={row['final_closest_distance']} gap={row['loss_gap']:+.4f} ({row['seconds']} s)",
                   flush=True)
-    with open(args.out / "recovery.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
+    from loramcl.utils.atomic import publish_files
+
     text = table(rows, args.configs, args.seeds, args.tolerance)
-    (args.out / "recovery.md").write_text(
-        f"{args.experiment}, seeds {args.seeds}, tolerance {args.tolerance}, extra overrides {args.overrides}\n\n{text}\n")
+
+    def write(stage: Path) -> list[Path]:
+        with open(stage / "recovery.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=FIELDS)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
+        (stage / "recovery.md").write_text(f"{args.experiment}, seeds {args.seeds}, tolerance {args.tolerance}, "
+                                           f"extra overrides {args.overrides}\n\n{text}\n")
+        return [stage / "recovery.md", stage / "recovery.csv"]
+
+    publish_files(args.out, write, "recovery.csv")  # replaced files are kept in previous/<time>/
     print(text)
     print(f"total {sum(r['seconds'] for r in rows):.0f} s of training; this invocation {time.perf_counter() - begin:.0f} s")
     return 0

@@ -90,6 +90,11 @@ def report(err: BaseException) -> int:
     if isinstance(err, (ConfigError, MissingResource)):
         print(f"error: {fold(err)}", file=sys.stderr, flush=True)
         return 1
+    from loramcl.utils.atomic import FewerResults
+
+    if isinstance(err, FewerResults):  # results would be replaced by fewer: refused, nothing written
+        print(f"error: {fold(err)}", file=sys.stderr, flush=True)
+        return 2
     if _is_library_config_error(err):
         message = fold(err)
         cause = err.__cause__
