@@ -70,6 +70,13 @@ def check_request(checkpoint: Checkpoint, out: Path, hypotheses: Optional[Sequen
                          f"routers have no peft equivalent): export single experts with --hypotheses k ...")
     if not ks or len(set(ks)) != len(ks) or any(not 0 <= k < K for k in ks):
         raise ValueError(f"--hypotheses must be distinct indices in [0, {K - 1}] (the run has K={K}), got {ks}")
+    from loramcl.run_folders import run_markers
+
+    for folder in (out, out.parent if out.name.startswith("hyp_") else None):
+        markers = run_markers(folder) if folder is not None else []
+        if markers:  # an export never writes into a training run or an evaluation, even with --overwrite
+            raise FileExistsError(f"--out {out} is a run folder ({', '.join(markers)}): exports go into a folder of "
+                                  f"their own, e.g. --out {out / 'export'}")
     for k in ks:
         check_export_folder(out / f"hyp_{k}", overwrite, flag="--overwrite")
 

@@ -48,6 +48,9 @@ def main(argv=None) -> int:
     try:
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3", job_name="plan_memory"):
             cfg = compose("train", overrides=args.overrides)
+        from loramcl.schema import validate_train
+
+        validate_train(cfg)  # every value named by its key, before anything is measured
         result = plan(cfg, gpu_gb=args.gpu_gb, device=args.device, devices=args.devices, seconds=args.seconds,
                       image=args.image, text_tokens=args.text_tokens, use_cache=not args.no_cache,
                       probe_dtype_exact=args.probe_exact_dtype,

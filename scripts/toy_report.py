@@ -12,6 +12,22 @@ from loramcl.cli import ArgumentParser  # one-line errors
 from loramcl.toy.acceptance import check_summary
 
 
+def read_summary(path: Path) -> dict:
+    """A toy run's summary.json, or MissingResource naming the file and what is wrong with it."""
+    from loramcl.errors import MissingResource
+
+    try:
+        summary = json.loads(path.read_text())
+        summary["theory"]["mcl_band"], summary["models"]["mle"], summary["models"]["mcl"]["assignment"]
+        summary["experiment"], summary["seed"]
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise MissingResource(f"{path} cannot be read as a toy run's summary.json ({' '.join(str(err).split())[:120]})") from None
+    except (KeyError, TypeError) as err:
+        raise MissingResource(f"{path} is not a toy run's summary.json (no {err}): is it from train.py "
+                              f"task=toy_markov?") from None
+    return summary
+
+
 def main() -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", type=Path, help="summary.json files or folders to search")
@@ -20,12 +36,12 @@ def main() -> int:
     if not files:
         print("error: no summary.json found under " + ", ".join(map(str, args.paths)), file=sys.stderr)
         return 1
+    summaries = [(f, read_summary(f)) for f in files]  # every file is read (and judged) before the table starts
     failed = 0
     print("| run | mode | seed | MCL loss | band | true chains on val set | MLE loss | MLE opt (RF opt) | "
           "Bayes on val set | MCL matrix err | MLE matrix err | pass |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for f in files:
-        s = json.loads(f.read_text())
+    for f, s in summaries:
         checks = check_summary(s)
         ok = all(passed for passed, _ in checks.values())
         failed += not ok

@@ -80,6 +80,28 @@ def _is_library_config_error(err: BaseException) -> bool:
     return bool(names & {"hydra", "omegaconf"})
 
 
+def library_message(err: BaseException) -> str:
+    """A Hydra / OmegaConf composition error as one line that names the key or option the user typed."""
+    message = fold(err)
+    cause = err.__cause__
+    if cause is not None and _is_library_config_error(cause) and fold(cause) not in message:
+        message += f" ({fold(cause)})"
+    message = re.sub(r"^Error merging override ", "cannot apply the override ", message)
+    if getattr(err, "override", None) and str(err.override) not in message:  # a syntax error
+        message = f"cannot parse the override {err.override!r}: {message}"
+    message = re.sub(r";? ?Config search path:.*$", "", message)
+    missing_key = re.match(r"Could not override '([^']+)'.*not in struct", message)
+    if missing_key:  # a key that does not exist (a typo, or a key of another group option)
+        key = missing_key.group(1)
+        given = re.search(r"use \+(\S+)", message)
+        message = (f"{key} is not a key of this config: check its spelling (a new key is added with "
+                   f"+{given.group(1) if given else key + '=...'})")
+    option = re.match(r"In '[^']+': Could not find '([^']+)/([^']+)'; Available options in '[^']+': (.*)$", message)
+    if option:  # an unknown option of a config group (mcl=nonexistent)
+        message = f"{option.group(1)}={option.group(2)} is not an option of {option.group(1)}/ (available: {option.group(3)})"
+    return message
+
+
 def report(err: BaseException) -> int:
     """Print the one line for `err`; returns the exit status."""
     from loramcl.errors import ConfigError, MissingResource, RunStopped
@@ -96,24 +118,7 @@ def report(err: BaseException) -> int:
         print(f"error: {fold(err)}", file=sys.stderr, flush=True)
         return 2
     if _is_library_config_error(err):
-        message = fold(err)
-        cause = err.__cause__
-        if cause is not None and _is_library_config_error(cause) and fold(cause) not in message:
-            message += f" ({fold(cause)})"
-        message = re.sub(r"^Error merging override ", "cannot apply the override ", message)
-        if getattr(err, "override", None) and str(err.override) not in message:  # a syntax error
-            message = f"cannot parse the override {err.override!r}: {message}"
-        message = re.sub(r";? ?Config search path:.*$", "", message)
-        missing_key = re.match(r"Could not override '([^']+)'.*not in struct", message)
-        if missing_key:  # a key that does not exist (a typo, or a key of another group option)
-            key = missing_key.group(1)
-            given = re.search(r"use \+(\S+)", message)
-            message = (f"{key} is not a key of this config: check its spelling (a new key is added with "
-                       f"+{given.group(1) if given else key + '=...'})")
-        option = re.match(r"In '[^']+': Could not find '([^']+)/([^']+)'; Available options in '[^']+': (.*)$", message)
-        if option:  # an unknown option of a config group (mcl=nonexistent)
-            message = f"{option.group(1)}={option.group(2)} is not an option of {option.group(1)}/ (available: {option.group(3)})"
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        print(f"error: {library_message(err)}", file=sys.stderr, flush=True)
         return 1
     saved = _traceback_file(err)
     where = f"the traceback is in {saved}" if saved else "no traceback could be saved"

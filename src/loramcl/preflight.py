@@ -248,6 +248,11 @@ def _check_files(cfg: DictConfig, datamodule: Any, main: bool) -> tuple[list[str
             datamodule.check()
         except (FileNotFoundError, ValueError) as err:
             problems.append(str(err))
+    processor = cfg.data.get("processor") if isinstance(cfg.get("data"), DictConfig) else None
+    if processor and str(processor) != str(cfg.model.get("name_or_path")) and _looks_like_a_path(str(processor)) \
+            and not Path(str(processor)).expanduser().is_dir():
+        problems.append(f"data.processor={processor} does not exist: give the folder of the model's processor / "
+                        f"tokenizer (by default the model's own, model.name_or_path)")
     weights_ok = True
     if str(cfg.model.get("_target_", "")).endswith("from_pretrained"):
         from loramcl.backbones import check_available
@@ -258,6 +263,11 @@ def _check_files(cfg: DictConfig, datamodule: Any, main: bool) -> tuple[list[str
             problems.append(str(err))
             weights_ok = False
     return problems, weights_ok
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A local path rather than a Hub name (`org/model`): absolute, relative with ./ or ../, or ~."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep + os.sep in name
 
 
 def missing_resources(cfg: DictConfig) -> list[str]:

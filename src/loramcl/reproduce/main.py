@@ -44,9 +44,9 @@ def compose_all(root: Path, overrides: list[str]) -> tuple[DictConfig, Table]:
         try:
             cfg = compose("reproduce", overrides=overrides)
         except Exception as err:  # hydra's override / composition errors
-            from loramcl.cli import fold
+            from loramcl.cli import library_message
 
-            raise ConfigError(f"cannot compose the reproduce config: {fold(err)}") from None
+            raise ConfigError(library_message(err)) from None
         from loramcl.schema import validate_reproduce, validate_train
 
         validate_reproduce(cfg)  # every value of configs/reproduce.yaml, the table and the scale

@@ -103,8 +103,9 @@ def validate_train(cfg: Any, training: bool = True, libraries: bool = False) -> 
         top = validate(g.TrainTop, {k: v for k, v in values.items() if k not in TRAIN_GROUPS}, "")
     mcl = validate(g.MCLSchema, _group(values, "mcl") or {}, "mcl")
     lora = validate(g.LoRASchema, _group(values, "lora") or {}, "lora")
-    data = validate(g.DataSchema, _group(values, "data"), "data") if values.get("data") is not None else None
+    # the model before the data: data.processor interpolates model.name_or_path, so a bad one is named as it was given
     model = validate(g.ModelSchema, _group(values, "model"), "model") if values.get("model") is not None else None
+    data = validate(g.DataSchema, _group(values, "data"), "data") if values.get("data") is not None else None
     if not training:
         return TrainSettings(top=g.TrainTop(), mcl=mcl, lora=lora, data=data, model=model, raw=values)
     task = validate(g.TaskSchema, _group(values, "task"), "task") if values.get("task") is not None else None
