@@ -20,6 +20,9 @@ from mlflow.tracking import MlflowClient
 from helpers import run_eval, run_train
 
 GLOBAL_BATCH, STEPS = 8, 6
+# adapters of N processes against one: up to 8.6e-6 apart after 6 steps on a 2-core x86 machine (with the
+# code before issue 21 as well; the logged losses agree to 1e-6): the all-reduce sums in another order
+ADAM_NOISE = 2e-5
 TOY = ["task=finetune", "data.num_val_sequences=32", "extras.print_config=false", "optim.scheduler=null",
        "trainer.val_check_interval=3", "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=1",
        f"data.num_train_batches={STEPS}"]
@@ -71,8 +74,8 @@ def test_two_processes_train_as_one_with_the_doubled_batch(runs):
     assert len(one["train/loss"]) == STEPS and len(one["val/wta_loss"]) == 2
     a, b = adapters(runs["one"]), adapters(runs["two"])
     assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    for k in a:  # ADAM_NOISE: the float32 summation order of the all-reduce, amplified by Adam's 1 / sqrt(v)
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=ADAM_NOISE, msg=k)
     # rank 1 ran in the same run folder (Hydra's log only) and wrote nothing else
     assert (runs["two"] / "train_ddp_process_1.log").exists()
     listing = lambda run: sorted(p.name for p in (run / "checkpoints" / "K2").iterdir())  # noqa: E731
@@ -85,7 +88,7 @@ def assert_resumes_across(runs: dict, tmp_path: Path, first: int, then: int) -> 
     resumed = train(tmp_path, "resumed", then, STEPS, f"ckpt_path={start}")
     a, b = adapters(runs["one" if then == 1 else "two"]), adapters(resumed)
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=ADAM_NOISE, msg=k)
 
 
 def test_checkpoint_of_two_processes_resumes_on_one(runs, tmp_path):

@@ -204,7 +204,7 @@ def test_moe_routings_need_a_router():
 
 
 def test_moe_config_needs_two_experts():
-    with pytest.raises(ConfigError, match=r"mode 'moe' mixes num_hypotheses >= 2 LoRA experts, got 1"):
+    with pytest.raises(ConfigError, match=r"mode=moe mixes num_hypotheses >= 2 LoRA experts, got 1"):
         MCLConfig(mode="moe", num_hypotheses=1)
     assert MCLConfig(mode="moe", num_hypotheses=2).is_moe
 

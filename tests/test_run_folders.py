@@ -113,7 +113,7 @@ def test_a_resumed_run_keeps_its_previous_config(translation_assets, tmp_path):
     run = tmp_path / "run"
     base = ["experiment=demo_translation_mcl", *TRANSLATION_ASSETS, f"paths.data_dir={translation_assets}",
             f"paths.log_dir={tmp_path}", "logger=none", "callbacks=model_checkpoint", "extras.print_config=false",
-            "data.max_train_items=8", "trainer.max_epochs=-1", f"hydra.run.dir={run}"]
+            "data.max_train_items=8", "data.batch_size=2", "trainer.max_epochs=-1", f"hydra.run.dir={run}"]
     first = train(*base, "trainer.max_steps=2", "trainer.val_check_interval=2", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     config = (run / ".hydra" / "config.yaml").read_bytes()

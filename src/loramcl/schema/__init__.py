@@ -25,35 +25,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from loramcl.errors import ConfigError
 from loramcl.schema import groups as g
 from loramcl.schema.errors import show, validate
+from loramcl.schema.values import plain
 
 __all__ = ["TrainSettings", "plain", "validate_train", "validate_eval", "validate_reproduce", "check_train_libraries"]
 
 TRAIN_GROUPS = ("task", "data", "model", "mcl", "lora", "optim", "trainer", "logger", "callbacks", "paths", "extras")
-
-
-def plain(node: Any, key: str = "", skip: tuple[str, ...] = ("hydra",)) -> Any:
-    """`node` as plain Python values, interpolations resolved. A value that can be resolved only
-    inside a running Hydra job (`${hydra:...}`) is left out; any other that cannot is an error."""
-    if isinstance(node, DictConfig):
-        out = {}
-        for name in node.keys():
-            if not key and name in skip:  # Hydra's own node: Hydra checks it
-                continue
-            try:
-                value = node[name]
-            except Exception as err:  # an interpolation that does not resolve, or a missing (???) value
-                raw = OmegaConf.to_container(node, resolve=False).get(name)
-                if raw == "???":
-                    continue
-                if (isinstance(raw, str) and "${hydra:" in raw) or "HydraConfig was not set" in str(err):
-                    continue  # resolved once Hydra runs the job
-                sub = f"{key}.{name}" if key else str(name)
-                raise ConfigError(f"{sub}={raw} cannot be resolved: {' '.join(str(err).split())[:200]}") from None
-            out[str(name)] = plain(value, f"{key}.{name}" if key else str(name))
-        return out
-    if isinstance(node, ListConfig):
-        return [plain(node[i], f"{key}[{i}]") for i in range(len(node))]
-    return node
 
 
 def _group(values: dict, name: str) -> Any:

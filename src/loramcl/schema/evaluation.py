@@ -110,7 +110,7 @@ class EvalSettings:
 
 def validate_eval(cfg: Any, libraries: bool = False) -> EvalSettings:
     """Every value of an eval.py config; `libraries=True`: transformers judges `generation` too."""
-    from loramcl.schema import plain
+    from loramcl.schema.values import plain
 
     values = plain(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
     values.pop("hydra", None)

@@ -40,7 +40,10 @@ def accepted_arguments(obj: Any) -> tuple[set[str], bool]:
     """(named arguments of `obj`'s constructor or call, whether it takes any keyword); for a class
     whose __init__ passes **kwargs on to its base classes, their arguments count too."""
     names: set[str] = set()
-    chain = [c for c in inspect.getmro(obj) if c is not object] if inspect.isclass(obj) else [obj]
+    # the base classes count only for our own classes, whose **kwargs go to their base (a library class's
+    # **kwargs may go elsewhere: Lightning's DDPStrategy passes them to torch's DistributedDataParallel)
+    ours = inspect.isclass(obj) and obj.__module__.split(".")[0] == "loramcl"
+    chain = [c for c in inspect.getmro(obj) if c is not object] if ours else [obj]
     for item in chain:
         try:
             signature = inspect.signature(item.__init__ if inspect.isclass(item) else item)
@@ -50,7 +53,7 @@ def accepted_arguments(obj: Any) -> tuple[set[str], bool]:
         names.update(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             return names, False
-        if not inspect.isclass(obj):
+        if not ours:
             return names, True
     return names, True
 

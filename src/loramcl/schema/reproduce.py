@@ -70,7 +70,7 @@ class ReproduceSchema(Group):
 
 
 def validate_reproduce(cfg: Any) -> ReproduceSchema:
-    from loramcl.schema import plain
+    from loramcl.schema.values import plain
 
     values = plain(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
     values.pop("hydra", None)
