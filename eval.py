@@ -18,6 +18,10 @@ from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
+from loramcl.interrupts import install  # noqa: E402  (a light module: no torch)
+
+install()  # Ctrl+C / SIGTERM from the first moment, before Hydra and torch are imported: one line, 130 / 143
+
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 

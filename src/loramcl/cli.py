@@ -6,7 +6,8 @@
     parser = ArgumentParser(description=...)                         # a script's arguments
     parser.add_argument("--gpu-gb", type=arg(Float(0, low_open=True)), default=80.0)
 
-- `run_hydra` lets Hydra raise instead of printing its own report (HYDRA_FULL_ERROR, set for this
+- `run_hydra` ends a Ctrl+C / SIGTERM at any moment with one line (`loramcl.interrupts`) and lets
+  Hydra raise instead of printing its own report (HYDRA_FULL_ERROR, set for this
   process only when the user did not set it), then writes one line per kind: our `ConfigError` /
   `MissingResource` as they are; Hydra's and OmegaConf's composition errors (an unknown group
   option, an override of a key that does not exist, a bad override syntax) folded into one line;
@@ -161,8 +162,13 @@ def run_hydra(main: Callable[[], Any]) -> None:
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises; we report
     os.environ[OURS] = "1"
+    from loramcl.interrupts import stop_on_signals
+
     try:
-        main()
+        # Ctrl+C / SIGTERM from the first moment (Hydra's start, the checks, the imports): one line and
+        # 130 / 143; a training's own stop (GracefulStop, checkpoint saved) prints its line inside
+        with stop_on_signals(restore=False):
+            main()
     except SystemExit:
         raise
     except KeyboardInterrupt as err:  # a Ctrl+C that nothing inside turned into its line
