@@ -50,7 +50,7 @@ def main(argv=None) -> int:
             cfg = compose("train", overrides=args.overrides)
         from loramcl.schema import validate_train
 
-        validate_train(cfg)  # every value named by its key, before anything is measured
+        validate_train(cfg, lenient=True)  # every value named by its key, before anything is measured
         result = plan(cfg, gpu_gb=args.gpu_gb, device=args.device, devices=args.devices, seconds=args.seconds,
                       image=args.image, text_tokens=args.text_tokens, use_cache=not args.no_cache,
                       probe_dtype_exact=args.probe_exact_dtype,

@@ -69,11 +69,12 @@ def _targets(values: Optional[dict], name: str, table: dict) -> dict[str, Any]:
     return out
 
 
-def validate_train(cfg: Any, training: bool = True, libraries: bool = False) -> TrainSettings:
+def validate_train(cfg: Any, training: bool = True, libraries: bool = False, lenient: bool = False) -> TrainSettings:
     """Every value of a train.py config. `training=False` (a run's config rebuilt for evaluation):
     the model and data groups only. `libraries=True`: also ask Lightning, torch and transformers
-    (`check_train_libraries`)."""
-    values = plain(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    (`check_train_libraries`). `lenient=True`: interpolations that do not resolve are left out
+    (scripts/plan_memory.py plans configs no run uses as they are)."""
+    values = plain(cfg, lenient=lenient) if isinstance(cfg, DictConfig) else dict(cfg)
     values.pop("hydra", None)
     if training:  # top-level values first: groups interpolate them (data.seed: ${seed})
         top = validate(g.TrainTop, {k: v for k, v in values.items() if k not in TRAIN_GROUPS}, "")

@@ -9,9 +9,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from loramcl.errors import ConfigError
 
 
-def plain(node: Any, key: str = "", skip: tuple[str, ...] = ("hydra",)) -> Any:
+def plain(node: Any, key: str = "", skip: tuple[str, ...] = ("hydra",), lenient: bool = False) -> Any:
     """`node` as plain Python values, interpolations resolved. A value that can be resolved only
-    inside a running Hydra job (`${hydra:...}`) is left out; any other that cannot is an error."""
+    inside a running Hydra job (`${hydra:...}`) is left out; any other that cannot is an error
+    (`lenient`: left out too, for tools that read a config no run will use as it is)."""
     if isinstance(node, DictConfig):
         out = {}
         for name in node.keys():
@@ -23,12 +24,12 @@ def plain(node: Any, key: str = "", skip: tuple[str, ...] = ("hydra",)) -> Any:
                 raw = OmegaConf.to_container(node, resolve=False).get(name)
                 if raw == "???":
                     continue
-                if (isinstance(raw, str) and "${hydra:" in raw) or "HydraConfig was not set" in str(err):
+                if lenient or (isinstance(raw, str) and "${hydra:" in raw) or "HydraConfig was not set" in str(err):
                     continue  # resolved once Hydra runs the job
                 sub = f"{key}.{name}" if key else str(name)
                 raise ConfigError(f"{sub}={raw} cannot be resolved: {' '.join(str(err).split())[:200]}") from None
-            out[str(name)] = plain(value, f"{key}.{name}" if key else str(name))
+            out[str(name)] = plain(value, f"{key}.{name}" if key else str(name), skip, lenient)
         return out
     if isinstance(node, ListConfig):
-        return [plain(node[i], f"{key}[{i}]") for i in range(len(node))]
+        return [plain(node[i], f"{key}[{i}]", skip, lenient) for i in range(len(node))]
     return node
