@@ -19,10 +19,6 @@ from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
-from loramcl.interrupts import install  # noqa: E402  (a light module: no torch)
-
-install()  # Ctrl+C / SIGTERM from the first moment, before Hydra and torch are imported: one line, 130 / 143
-
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
@@ -49,4 +45,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    run_hydra(main)  # every failure ends in one `error:` line (loramcl.cli)
+    # signals=False: a training handles SIGTERM / SIGINT / SIGUSR1 itself (callbacks.GracefulStop: save,
+    # requeue), and SLURM's SIGTERM after a requeue must find the default handler, not an exception
+    run_hydra(main, signals=False)  # every failure ends in one `error:` line (loramcl.cli)

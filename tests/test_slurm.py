@@ -36,10 +36,15 @@ def adapters(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "K2" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
 
 
-def assert_same(a: dict, b: dict, tol: float = 0.0) -> None:
+# adapters of N processes against one: the all-reduce sums in another order, which Adam's 1 / sqrt(v)
+# amplifies (up to 8.6e-6 after 6 steps on a 2-core x86 machine, with the code before issue 21 too)
+DDP_NOISE = 2e-5
+
+
+def assert_same(a: dict, b: dict, tol: float = 0.0, atol: float | None = None) -> None:
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=tol, atol=tol, msg=k)
+        torch.testing.assert_close(b[k], a[k], rtol=tol, atol=tol if atol is None else atol, msg=k)
 
 
 def mlflow_runs(log_dir: Path, experiment: str) -> list:
@@ -147,7 +152,7 @@ def test_two_task_srun_ddp_trains_as_one_process_with_the_doubled_batch(slurm, t
                                                  key=lambda m: m.step)]
     assert len(losses["one"]) == 6 and losses["two"] == pytest.approx(losses["one"], rel=1e-5)
     (one_run,) = (tmp_path / "one" / "runs").iterdir()
-    assert_same(adapters(one_run), adapters(tmp_path / "two" / "runs" / f"slurm-{job}"), tol=1e-6)
+    assert_same(adapters(one_run), adapters(tmp_path / "two" / "runs" / f"slurm-{job}"), tol=1e-5, atol=DDP_NOISE)
 
 
 @pytest.mark.slow
@@ -239,6 +244,6 @@ def test_ddp_job_requeued_before_its_limit_resumes_exactly(slurm, tmp_path):
     log = output(tmp_path, job)
     assert f"SLURM job {job} requeued: it resumes" in log and "restart 1: train.py" in log, log[-3000:]
     (ref_run,) = (tmp_path / "ref" / "one" / "runs").iterdir()
-    assert_same(adapters(ref_run), adapters(run_dir), tol=1e-6)
+    assert_same(adapters(ref_run), adapters(run_dir), tol=1e-5, atol=DDP_NOISE)
     (mlrun,) = mlflow_runs(logs, "two")
     assert mlrun.info.status == "FINISHED" and mlrun.data.tags["loramcl.resumes"] == "1"

@@ -155,8 +155,9 @@ def entry_point(task: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def run_hydra(main: Callable[[], Any]) -> None:
-    """Run a @hydra.main function; any failure ends in one `error:` line (see the module docstring)."""
+def run_hydra(main: Callable[[], Any], signals: bool = True) -> None:
+    """Run a @hydra.main function; any failure ends in one `error:` line (see the module docstring).
+    `signals=False`: Ctrl+C / SIGTERM keep Python's own handling (train.py: GracefulStop's during a fit)."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1" and os.environ.get(OURS) != "1":
         main()  # the user asked for tracebacks
         return
@@ -167,7 +168,10 @@ def run_hydra(main: Callable[[], Any]) -> None:
     try:
         # Ctrl+C / SIGTERM from the first moment (Hydra's start, the checks, the imports): one line and
         # 130 / 143; a training's own stop (GracefulStop, checkpoint saved) prints its line inside
-        with stop_on_signals(restore=False):
+        if signals:
+            with stop_on_signals(restore=False):
+                main()
+        else:
             main()
     except SystemExit:
         raise
