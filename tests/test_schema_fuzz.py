@@ -235,7 +235,7 @@ def assert_names(err: BaseException, key: str) -> None:
     assert key in message, f"the error does not name {key}: {message}"
 
 
-FUZZ = settings(max_examples=int(os.environ.get("LORAMCL_FUZZ_EXAMPLES", "150")), deadline=None,
+FUZZ = settings(max_examples=int(os.environ.get("LORAMCL_FUZZ_EXAMPLES", "200")), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much,
                                        HealthCheck.too_slow])
 
@@ -394,7 +394,7 @@ def finished_log_dir(tmp_path_factory) -> Path:
     return logs
 
 
-CLI_EXAMPLES = int(os.environ.get("LORAMCL_FUZZ_CLI_EXAMPLES", "3"))
+CLI_EXAMPLES = int(os.environ.get("LORAMCL_FUZZ_CLI_EXAMPLES", "8"))  # each refused in about a second
 
 
 def run_refused(script: str, args: list[str], key: str, logs: Path, cwd: Path) -> None:
