@@ -15,8 +15,7 @@ vocabulary follows: `vocab_size: ${loramcl.num_states:${data.transitions}}`).
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 from loramcl.errors import ConfigError

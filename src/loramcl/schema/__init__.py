@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 from loramcl.errors import ConfigError
 from loramcl.schema import groups as g
@@ -106,10 +106,6 @@ def _train_relations(s: TrainSettings) -> None:
     if s.trainer is not None and s.trainer.max_steps == -1 and s.trainer.max_epochs in (None, -1):
         raise ConfigError("trainer.max_steps=-1 and trainer.max_epochs="
                           f"{s.trainer.max_epochs} train forever: set one of them")
-    checkpoint = s.callbacks.get("model_checkpoint")
-    if checkpoint is not None and s.trainer is not None and checkpoint.every_n_train_steps and s.trainer.max_steps not in (None, -1) \
-            and checkpoint.every_n_train_steps > s.trainer.max_steps:
-        pass  # a last checkpoint is still written at the end (save_last), which is enough to resume
 
 
 def check_train_libraries(s: TrainSettings, trainer: bool = True) -> None:
