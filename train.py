@@ -31,9 +31,11 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.utils import get_method
 
     from loramcl.errors import ConfigError, MissingResource, RunStopped
+    from loramcl.schema import validate_train
 
     try:
-        metrics = get_method(cfg.task.runner)(cfg)
+        settings = validate_train(cfg)  # the typed settings are what the runner receives, not the raw config
+        metrics = get_method(settings.task.runner)(settings)
     except (ConfigError, MissingResource) as err:  # raised before any model is loaded
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -41,7 +43,8 @@ def main(cfg: DictConfig) -> float | None:
     except RunStopped as err:  # a NaN / inf (exit 1) or SIGTERM / SIGINT (exit 143 / 130), checkpoint saved
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(err.exit_code)
-    return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
+    metric = settings.top.optimized_metric
+    return metrics.get(metric) if metric else None
 
 
 if __name__ == "__main__":

@@ -65,18 +65,17 @@ def run_one(experiment: str, name: str, seed: int, overrides: list[str], run_dir
     import numpy as np
 
     from loramcl.collapse import DUPLICATE, LOW_SHARE, CollapseMonitor
-    from loramcl.toy.markov import MarkovMixture
-    from loramcl.toy.runner import match_chains, model_summary, validation_references
+    from loramcl.schema import validate_train
+    from loramcl.toy.runner import match_chains, model_summary, toy_mixture, validation_references
     from loramcl.training import apply_extras, fit_model
 
-    cfg = compose(experiment, seed, [*CONFIGS[name], *overrides], run_dir)
-    apply_extras(cfg)
+    settings = validate_train(compose(experiment, seed, [*CONFIGS[name], *overrides], run_dir))
+    apply_extras(settings)
     start = time.perf_counter()
-    fit = fit_model(cfg, "mcl")
-    mixture = MarkovMixture(transitions=list(cfg.data.transitions),
-                            weights=None if cfg.data.weights is None else list(cfg.data.weights), init=cfg.data.init)
+    fit = fit_model(settings, "mcl")
+    mixture = toy_mixture(settings)
     tokens = fit.datamodule.val_set.tokens
-    summary = model_summary(fit, tokens, mixture.num_states, str(cfg.mcl.mode))
+    summary = model_summary(fit, tokens, mixture.num_states, settings.mcl.mode)
     chains = np.stack([np.asarray(p, dtype=float) for p in mixture.transitions])
     assignment = match_chains(np.asarray(summary["matrices"]), chains)
     errors = [a["max_abs_error"] for a in assignment]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
 from loramcl.data.collate import AUDIO_PROMPT, AudioCaptionCollator, pick_references

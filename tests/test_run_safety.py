@@ -157,7 +157,7 @@ def run_folder(tmp_path_factory) -> Path:
 
 
 def test_ckpt_path_resolution(run_folder, tmp_path, caplog):
-    cfg = lambda value: OmegaConf.create({"ckpt_path": value})  # noqa: E731
+    cfg = lambda value: value  # noqa: E731  (ckpt_path=value)
     folder = run_folder / "checkpoints" / f"K{K}"
     assert resolve_ckpt_path(cfg(None), f"K{K}", tmp_path) is None
     assert resolve_ckpt_path(cfg(str(folder / "step2.ckpt")), f"K{K}", tmp_path) == folder / "step2.ckpt"
@@ -184,10 +184,10 @@ def test_ckpt_path_resolution(run_folder, tmp_path, caplog):
 
 def test_finished_checkpoints_are_recognised(run_folder):
     last = Checkpoint.load(run_folder / "checkpoints" / f"K{K}" / "last.ckpt")
-    trainer = lambda **kw: OmegaConf.create({"trainer": {"max_steps": -1, "max_epochs": 100, **kw}})  # noqa: E731
-    assert finished(last, trainer(max_steps=3)) == "it is at step 3 of trainer.max_steps=3"
-    assert finished(last, trainer(max_steps=4)) is None
-    assert finished(last, trainer()) is None  # 3 steps of an 8-item, 4-batch epoch
+    assert finished(last, 3, 100) == "it is at step 3 of trainer.max_steps=3"
+    assert finished(last, 4, 100) is None
+    assert finished(last, -1, 100) is None  # 3 steps of an 8-item, 4-batch epoch
+    assert finished(last, -1, 1) is None  # the first epoch is not complete yet
 
 
 def test_config_tree_text_is_not_empty():

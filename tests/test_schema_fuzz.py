@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from loramcl.data.collate import model_inputs
 from loramcl.language_id import language_shares
-from loramcl.preflight import output_dir
+from loramcl.preflight import preflight
+from loramcl.schema import train_settings
 from loramcl.training import FitResult, apply_extras, train_mle_and_mcl
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,14 @@ def evaluate_model(name: str, fit: FitResult, generation: dict, out: Path) -> tu
     return result, shares
 
 
-def run_bilingual(cfg: DictConfig) -> dict[str, float]:
-    apply_extras(cfg)  # (each fit runs the preflight checks before building anything)
-    out = output_dir(cfg) or Path.cwd()
-    generation = dict(cfg.task.generation)
+def run_bilingual(cfg: Any) -> dict[str, float]:
+    """Train MLE and MCL on the bilingual captions, decode the test images with every hypothesis and
+    write summary.json. `cfg`: the validated settings (train.py gives them) or a composed config."""
+    s = train_settings(cfg)
+    datamodule = preflight(s)  # every check, once for both models
+    apply_extras(s)
+    out = s.output_dir or Path.cwd()
+    generation = dict(s.node("task").get("generation") or {})
     results, metrics = {}, {}
     test_set: dict[str, Any] = {}
 
@@ -97,12 +101,12 @@ def run_bilingual(cfg: DictConfig) -> dict[str, float]:
         for h, s in enumerate(shares):
             metrics.update({f"{name}/hyp{h}_share_{lang}": v for lang, v in s.items()})
 
-    parent = train_mle_and_mcl(cfg, after_fit)
+    parent = train_mle_and_mcl(s, after_fit, datamodule)
     mcl = results["mcl"]
     specialised = (all(max(s["en"], s["fr"]) >= 0.9 for s in mcl["language_shares"])
                    and len(set(mcl["dominant_language"])) == len(mcl["dominant_language"]) == 2)
     refs = [c for caps in test_set["texts"] for c in caps]
-    summary = {"experiment": cfg.task_name, "seed": int(cfg.seed), "models": results,
+    summary = {"experiment": s.top.task_name, "seed": s.top.seed, "models": results,
                "reference_language_shares": language_shares(refs), "mcl_specialised": specialised,
                "criterion": "each MCL hypothesis writes >= 90 % of its greedy captions in one language, "
                             "and the two hypotheses use different languages"}

@@ -102,11 +102,11 @@ def check_job(config: DictConfig) -> None:
     if is_train(config):
         from loramcl.preflight import check_before_build, check_libraries, missing_resources
 
-        check_before_build(config)  # schema, chains, library signatures, LoRA targets on the meta device
+        settings = check_before_build(config)  # schema, chains, library signatures, LoRA targets on the meta device
         try:
-            check_libraries(config)  # and the Trainer, constructed without a model
+            check_libraries(settings)  # and the Trainer, constructed without a model
         except ConfigError:
-            missing = missing_resources(config)  # a paper experiment on a CPU: its missing data come first
+            missing = missing_resources(settings)  # a paper experiment on a CPU: its missing data come first
             if missing:
                 raise MissingResource(" | ".join(missing)) from None
             raise

@@ -20,8 +20,6 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import DictConfig
-
 from loramcl.checkpoints import Checkpoint
 from loramcl.errors import ConfigError, MissingResource
 
@@ -46,13 +44,12 @@ def newest_checkpoint(folder: Path) -> Optional[Path]:
     return best[2] if best else None
 
 
-def resolve_ckpt_path(cfg: DictConfig, model_folder: str, output_dir: Optional[Path]) -> Optional[Path]:
-    """The checkpoint file `cfg.ckpt_path` designates for the model `model_folder` (e.g. "K3"), or
-    None (no ckpt_path, or `auto` with nothing saved yet). Raises MissingResource / ConfigError with
-    one line otherwise."""
+def resolve_ckpt_path(value: Optional[str], model_folder: str, output_dir: Optional[Path]) -> Optional[Path]:
+    """The checkpoint file that `ckpt_path=value` designates for the model `model_folder` (e.g. "K3"),
+    or None (no ckpt_path, or `auto` with nothing saved yet). Raises MissingResource / ConfigError
+    with one line otherwise."""
     from loramcl.cluster import slurm_restart_count
 
-    value = cfg.get("ckpt_path")
     unset = value is None or str(value).strip() == ""
     if unset and slurm_restart_count() > 0 and output_dir is not None:
         log.info(f"SLURM restart {slurm_restart_count()} of this job: ckpt_path=auto")
@@ -90,13 +87,13 @@ def resolve_ckpt_path(cfg: DictConfig, model_folder: str, output_dir: Optional[P
     return found
 
 
-def finished(checkpoint: Checkpoint, cfg: DictConfig) -> Optional[str]:
-    """Why `checkpoint` needs no more training under `cfg.trainer` (a phrase), or None."""
+def finished(checkpoint: Checkpoint, max_steps: Optional[int], max_epochs: Optional[int]) -> Optional[str]:
+    """Why `checkpoint` needs no more training under `trainer.max_steps` / `trainer.max_epochs`
+    (a phrase), or None."""
     step = int(checkpoint.raw.get("global_step", 0))
-    max_steps = int(cfg.trainer.get("max_steps", -1) or -1)
+    max_steps = int(max_steps or -1)
     if max_steps > 0 and step >= max_steps:
         return f"it is at step {step} of trainer.max_steps={max_steps}"
-    max_epochs = cfg.trainer.get("max_epochs")
     loops = checkpoint.raw.get("loops", {}).get("fit_loop", {})
     epochs_done = loops.get("epoch_progress", {}).get("current", {}).get("completed")
     if max_epochs is not None and int(max_epochs) > 0 and epochs_done is not None:

@@ -20,16 +20,15 @@ from typing import Any, Callable, Optional
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
 from loramcl.callbacks import AtomicCheckpointIO, GracefulStop, NonFiniteGuard
 from loramcl.checkpoints import Checkpoint
-from loramcl.config import validated_configs
 from loramcl.cluster import cluster_plugins, is_main_process
 from loramcl.errors import ConfigError, RunStopped
 from loramcl.lit_module import MCLLitModule
-from loramcl.preflight import output_dir, preflight
+from loramcl.preflight import instantiate_data, preflight
 from loramcl.resume import finished, resolve_ckpt_path
+from loramcl.schema import TrainSettings, train_settings
 from loramcl.schemes import Scheme
 from loramcl.utils.mlflow_store import RUN_DIR_TAG, MLflowRun, close_abandoned_runs, flatten, get_experiment_id
 
@@ -48,24 +47,25 @@ KNOWN_NOISY_WARNINGS = [
 NOISY_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric")  # "GPU available: ..." chatter
 
 
-def apply_extras(cfg: DictConfig) -> None:
+def apply_extras(s: TrainSettings) -> None:
     """Known-noisy warnings, CPU tweaks and the config tree (printed and saved in the run folder)."""
-    extras = cfg.get("extras", {})
-    if extras.get("ignore_warnings"):
+    extras = s.extras
+    if extras.ignore_warnings:
         for message, category in KNOWN_NOISY_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category)
         for name in NOISY_INFO_LOGGERS:  # their warnings still show
             logging.getLogger(name).setLevel(logging.WARNING)
-    if extras.get("flush_denormal"):
+    if extras.flush_denormal:
         torch.set_flush_denormal(True)
-    if extras.get("num_threads"):
-        torch.set_num_threads(int(extras.num_threads))
-    if is_main_process() and (extras.get("print_config") or output_dir(cfg) is not None):
+    if extras.num_threads:
+        torch.set_num_threads(extras.num_threads)
+    out = s.output_dir
+    if is_main_process() and (extras.print_config or out is not None):
         from loramcl.utils.rich_config import config_tree
 
-        tree_text = config_tree(cfg, print_it=bool(extras.get("print_config")))
-        if output_dir(cfg) is not None:
-            (output_dir(cfg) / "config_tree.log").write_text(tree_text)
+        tree_text = config_tree(s.raw, print_it=extras.print_config)
+        if out is not None:
+            (out / "config_tree.log").write_text(tree_text)
 
 
 @dataclass
@@ -77,13 +77,13 @@ class FitResult:
     metrics: dict[str, float]
 
 
-def make_mlflow_run(cfg: DictConfig, run_name: str, parent_run_id: Optional[str] = None,
+def make_mlflow_run(s: TrainSettings, run_name: str, parent_run_id: Optional[str] = None,
                     resume: Optional[Checkpoint] = None) -> Optional[MLflowRun]:
     """A new MLflow run, or, when resuming a checkpoint whose run is in this store, that run again
     (RUNNING, tagged with the resume). When resuming (any `ckpt_path`), runs of this run folder or
     of the checkpoint's that are still RUNNING (jobs killed with SIGKILL) are closed as KILLED."""
-    mlcfg = cfg.get("logger", {}) and cfg.logger.get("mlflow")
-    if not mlcfg or cfg.trainer.get("fast_dev_run"):
+    mlcfg = s.loggers.get("mlflow")
+    if mlcfg is None or (s.trainer is not None and s.trainer.fast_dev_run):
         return None
     previous = resume.mlflow_run_id if resume is not None else None
     run = None
@@ -95,18 +95,18 @@ def make_mlflow_run(cfg: DictConfig, run_name: str, parent_run_id: Optional[str]
             run.set_tag("loramcl.resumes", count)
             run.set_tag(f"loramcl.resume{count}", f"{resume.path} (step {resume.raw.get('global_step')})")
             log.info(f"continuing MLflow run {run.run_id} of {resume.path}")
-    out = output_dir(cfg)
+    out = s.output_dir
     if run is not None and out is not None:
         run.set_tag(RUN_DIR_TAG, str(out.resolve()))
     if run is None:
-        tags = {"task": cfg.task.name}
+        tags = {"task": s.task.name}
         if out is not None:
             tags[RUN_DIR_TAG] = str(out.resolve())
         if previous:
             tags["loramcl.resumed_from_run"] = previous  # the checkpoint's run is in another store
         run = MLflowRun(mlcfg.tracking_uri, mlcfg.experiment_name, mlcfg.artifact_location, run_name,
                         parent_run_id=parent_run_id, tags=tags)
-    if cfg.get("ckpt_path"):
+    if s.top.ckpt_path:
         folders = ([str(out.resolve())] if out is not None else []) + (
             [str(resume.path.resolve().parents[2])] if resume is not None else [])  # <run>/checkpoints/K3/x.ckpt
         for run_id in close_abandoned_runs(run.tracking_uri, run.experiment_id, folders, keep=run.run_id):
@@ -114,7 +114,7 @@ def make_mlflow_run(cfg: DictConfig, run_name: str, parent_run_id: Optional[str]
     return run
 
 
-def resume_command(cfg: DictConfig) -> str:
+def resume_command(s: TrainSettings) -> str:
     """The command line that resumes this run (for stop messages): its own overrides, with
     `ckpt_path=auto` kept as is (a fixed run folder continues itself), else `ckpt_path=<run folder>`."""
     import shlex
@@ -126,25 +126,27 @@ def resume_command(cfg: DictConfig) -> str:
         given = [o for o in overrides.hydra if not o.startswith("hydra.mode=")] + list(overrides.task)
     except ValueError:  # not under Hydra
         given = []
-    out = output_dir(cfg)
-    auto = str(cfg.get("ckpt_path")) == "auto"
+    out = s.output_dir
+    auto = str(s.top.ckpt_path) == "auto"
     given = [o for o in given if not o.startswith("ckpt_path=")]
     target = "ckpt_path=auto" if auto else (f"ckpt_path={out}" if out else "ckpt_path=<checkpoint>")
     return " ".join(["python train.py", *map(shlex.quote, given), target])
 
 
-def build_loggers(cfg: DictConfig, name: str, mlflow_run: Optional[MLflowRun]) -> list:
+def build_loggers(s: TrainSettings, name: str, mlflow_run: Optional[MLflowRun]) -> list:
     """The configured loggers; MLflow's logs to `mlflow_run`. On ranks > 0 of a multi-process run,
     which never touch the MLflow store (rank 0 logs the reduced values), Lightning's DummyLogger
     holds its place."""
     from lightning.pytorch.loggers.logger import DummyLogger
 
     loggers = []
-    for key, conf in (cfg.get("logger") or {}).items():
+    for key, conf in (s.node("logger")).items():
+        if not isinstance(conf, dict):
+            continue
         if key == "mlflow":
             if mlflow_run is not None:
                 loggers.append(instantiate(conf, run_id=mlflow_run.run_id, run_name=name))
-            elif not is_main_process() and not cfg.trainer.get("fast_dev_run"):
+            elif not is_main_process() and not s.trainer.fast_dev_run:
                 loggers.append(DummyLogger())
         elif "_target_" in conf:
             extra = {"version": name} if key == "tensorboard" else {}
@@ -152,26 +154,28 @@ def build_loggers(cfg: DictConfig, name: str, mlflow_run: Optional[MLflowRun]) -
     return loggers
 
 
-def build_callbacks(cfg: DictConfig, name: Optional[str] = None, has_logger: bool = True) -> list:
+def build_callbacks(s: TrainSettings, name: Optional[str] = None, has_logger: bool = True) -> list:
     callbacks = []
-    for key, conf in (cfg.get("callbacks") or {}).items():
+    for key, conf in (s.node("callbacks")).items():
+        if not isinstance(conf, dict):
+            continue
         if not has_logger and str(conf.get("_target_", "")).endswith("LearningRateMonitor"):
             log.info(f"callbacks.{key} skipped: no logger to log the learning rate to (logger=none)")
             continue
         extra = {}
-        if key == "model_checkpoint" and name:
-            extra["dirpath"] = str(Path(conf.dirpath) / name)
+        if key == "model_checkpoint" and name and conf.get("dirpath"):
+            extra["dirpath"] = str(Path(conf["dirpath"]) / name)
         callbacks.append(instantiate(conf, **extra))
     return callbacks
 
 
-def trainer_plugins(cfg: DictConfig) -> list:
-    """`trainer.plugins` plus, unless given there, atomic checkpoint writes and (in a SLURM job) the
+def trainer_plugins(s: TrainSettings) -> list:
+    """The configured Trainer plugins, plus atomic checkpoint writes and, under SLURM, a cluster
     SLURM environment without Lightning's requeue handler (`loramcl.cluster.cluster_plugins`)."""
     from lightning.fabric.plugins import CheckpointIO
     from lightning.fabric.plugins.environments import ClusterEnvironment
 
-    plugins = [instantiate(p) if isinstance(p, (dict, DictConfig)) else p for p in cfg.trainer.get("plugins") or []]
+    plugins = [instantiate(p) if isinstance(p, dict) else p for p in s.node("trainer").get("plugins") or []]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
     if not any(isinstance(p, ClusterEnvironment) for p in plugins):
@@ -180,42 +184,45 @@ def trainer_plugins(cfg: DictConfig) -> list:
 
 
 def fit_model(
-    cfg: DictConfig,
+    s: TrainSettings,
     name: str,
     num_hypotheses: Optional[int] = None,
     parent_run_id: Optional[str] = None,
     ckpt_path: Optional[Path] = None,
     datamodule: Any = None,
 ) -> FitResult:
-    """Seed, build data (unless `datamodule`, from a preflight, is given), backbone, module, loggers
-    and trainer from `cfg`, then fit (resuming `ckpt_path` if given).
+    """Seed, build backbone, module, loggers and trainer from the validated settings `s`, then fit
+    `datamodule` (resuming `ckpt_path` if given). Without `datamodule`, the preflight checks run
+    first and give it (a runner runs them once per run and passes its DataModule).
 
     Every fit has the non-finite guard, SIGTERM / SIGINT handling and atomic checkpoint writes
     (`loramcl.callbacks`); a stopped fit raises `RunStopped` after closing its MLflow run (FAILED
     for a non-finite value, KILLED for a signal)."""
-    mcl_cfg, lora_cfg = validated_configs(cfg, num_hypotheses)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    mcl_cfg, lora_cfg = s.mcl_config(num_hypotheses), s.lora_config()
+    L.seed_everything(s.top.seed, workers=True, verbose=False)
     if datamodule is None:
-        datamodule = preflight(cfg)
-    backbone = instantiate(cfg.model)
-    module = MCLLitModule(backbone, mcl_cfg, lora_cfg, instantiate(cfg.optim.optimizer),
-                          instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None)
+        datamodule = preflight(s)
+    backbone = instantiate(s.node("model"))
+    optim = s.node("optim")
+    module = MCLLitModule(backbone, mcl_cfg, lora_cfg, instantiate(optim["optimizer"]),
+                          instantiate(optim["scheduler"]) if optim.get("scheduler") else None)
     trainable, total = module.model.parameter_counts()
     log.info(f"[{name}] K={mcl_cfg.num_hypotheses} mode={mcl_cfg.mode}: {len(module.model.target_names)} "
              f"adapted layers, {trainable:,} trainable / {total:,} parameters")
     resume = Checkpoint.load(ckpt_path) if ckpt_path else None
     # MLflow and run files: rank 0 only (other ranks are started by Lightning, srun or torchrun)
-    mlflow_run = make_mlflow_run(cfg, name, parent_run_id, resume=resume) if is_main_process() else None
+    mlflow_run = make_mlflow_run(s, name, parent_run_id, resume=resume) if is_main_process() else None
     if mlflow_run is not None:
-        params = flatten(cfg)
+        params = flatten(s.raw)
         params.update({f"mcl.{k}": str(v) for k, v in mcl_cfg.to_dict().items()})
         params["trainable_parameters"] = str(trainable)
         mlflow_run.log_params(params)
-    loggers = build_loggers(cfg, name, mlflow_run)
-    callbacks = [NonFiniteGuard(), GracefulStop(resume_command(cfg)), *build_callbacks(cfg, name, bool(loggers))]
+    loggers = build_loggers(s, name, mlflow_run)
+    callbacks = [NonFiniteGuard(), GracefulStop(resume_command(s)), *build_callbacks(s, name, bool(loggers))]
     # (a partial: Hydra would try to merge the logger and plugin objects into the config)
-    trainer: L.Trainer = instantiate(cfg.trainer, _partial_=True)(logger=loggers or False, callbacks=callbacks,
-                                                                  plugins=trainer_plugins(cfg))
+    trainer_node = {k: v for k, v in s.node("trainer").items() if k != "plugins"}
+    trainer: L.Trainer = instantiate(trainer_node, _partial_=True)(logger=loggers or False, callbacks=callbacks,
+                                                                   plugins=trainer_plugins(s))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except RunStopped as err:
@@ -230,44 +237,52 @@ def fit_model(
     return FitResult(module, trainer, datamodule, mlflow_run, metrics)
 
 
-def run_finetune(cfg: DictConfig) -> dict[str, float]:
+def run_finetune(cfg: Any) -> dict[str, float]:
     """`task=finetune`: train one model and write metrics.json to the run folder. `ckpt_path` (a
     checkpoint, a run folder or `auto`, see `loramcl.resume`) resumes; a checkpoint that already
-    reached the end of training is reported and nothing is trained."""
-    folder = Scheme.of_config(cfg).checkpoint_folder  # checkpoints/K{K}/, or moe{K}/ for LoRA-MoE
-    validated_configs(cfg)
-    ckpt_path = resolve_ckpt_path(cfg, folder, output_dir(cfg))
-    datamodule = preflight(cfg, resume=ckpt_path)
+    reached the end of training is reported and nothing is trained. `cfg`: the validated settings
+    (train.py gives them) or a composed config."""
+    s = train_settings(cfg)
+    folder = Scheme.of_config(s).checkpoint_folder  # checkpoints/K{K}/, or moe{K}/ for LoRA-MoE
+    ckpt_path = resolve_ckpt_path(s.top.ckpt_path, folder, s.output_dir)
+    datamodule = preflight(s, resume=ckpt_path)
     if ckpt_path is not None:
-        done = finished(Checkpoint.load(ckpt_path), cfg)
+        done = finished(Checkpoint.load(ckpt_path), s.trainer.max_steps, s.trainer.max_epochs)
         if done:
             log.warning(f"nothing to train: {ckpt_path} is finished ({done}); raise trainer.max_steps / "
                         f"trainer.max_epochs to train further")
             return {}
-    apply_extras(cfg)
-    result = fit_model(cfg, name=folder, ckpt_path=ckpt_path, datamodule=datamodule)
-    out = output_dir(cfg)
+    apply_extras(s)
+    result = fit_model(s, name=folder, ckpt_path=ckpt_path, datamodule=datamodule)
+    out = s.output_dir
     if out is not None and is_main_process():
         (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
     return result.metrics
 
 
-def train_mle_and_mcl(cfg: DictConfig, after_fit: Callable[[str, FitResult], None]) -> Optional[MLflowRun]:
+def train_mle_and_mcl(s: TrainSettings, after_fit: Callable[[str, FitResult], None],
+                      datamodule: Any = None) -> Optional[MLflowRun]:
     """The two-model runners' skeleton: an MLE baseline (K = 1, rank `task.mle_rank` when set; skipped
     with `task.train_mle=false`) and the MCL model (K = mcl.num_hypotheses), trained one after the
     other as child runs of one parent MLflow run (returned, still open, or None without MLflow).
-    `after_fit(name, fit)` runs after each fit ("mle", then "mcl")."""
-    if cfg.get("ckpt_path"):
-        raise ConfigError(f"task={cfg.task.name} trains two models from scratch and does not resume: drop ckpt_path "
+    `datamodule` (from the runner's preflight) feeds the first fit, a new one built from the same
+    settings the second. `after_fit(name, fit)` runs after each fit ("mle", then "mcl")."""
+    if s.top.ckpt_path:
+        raise ConfigError(f"task={s.task.name} trains two models from scratch and does not resume: drop ckpt_path "
                           f"(resuming is for task=finetune runs)")
-    parent = make_mlflow_run(cfg, f"{cfg.task_name}_seed{cfg.seed}")
-    models = ([("mle", 1)] if cfg.task.get("train_mle", True) else []) + [("mcl", int(cfg.mcl.num_hypotheses))]
+    if datamodule is None:
+        datamodule = preflight(s)
+    parent = make_mlflow_run(s, f"{s.top.task_name}_seed{s.top.seed}")
+    models = ([("mle", 1)] if s.task.train_mle is not False else []) + [("mcl", s.mcl.num_hypotheses)]
     try:
         for name, k in models:
-            run_cfg = cfg
-            if name == "mle" and cfg.task.get("mle_rank"):  # the paper's MLE baselines may use their own rank
-                run_cfg = OmegaConf.merge(cfg, {"lora": {"r": int(cfg.task.mle_rank)}})
-            after_fit(name, fit_model(run_cfg, name, num_hypotheses=k, parent_run_id=parent.run_id if parent else None))
+            run_settings = s
+            if name == "mle" and s.task.mle_rank:  # the paper's MLE baselines may use their own rank
+                run_settings = s.replace(lora={"r": s.task.mle_rank})
+            data = datamodule if datamodule is not None else instantiate_data(s)
+            datamodule = None  # each fit gets a DataModule of its own
+            after_fit(name, fit_model(run_settings, name, num_hypotheses=k, datamodule=data,
+                                      parent_run_id=parent.run_id if parent else None))
     except RunStopped as err:
         if parent is not None:
             parent.finish(err.mlflow_status)

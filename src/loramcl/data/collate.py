@@ -10,7 +10,7 @@ the first one ("first", deterministic validation).
 from __future__ import annotations
 
 import random
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch

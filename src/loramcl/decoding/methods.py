@@ -31,7 +31,7 @@ configs/decoding/.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch

@@ -18,6 +18,7 @@ folder; the runners run them again on configs composed outside Hydra.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig
@@ -27,7 +28,7 @@ from loramcl.schema import groups as g
 from loramcl.schema.errors import show, validate
 from loramcl.schema.values import plain
 
-__all__ = ["TrainSettings", "plain", "validate_train", "validate_eval", "validate_reproduce", "check_train_libraries"]
+__all__ = ["TrainSettings", "plain", "train_settings", "validate_train", "validate_eval", "validate_reproduce", "check_train_libraries"]
 
 TRAIN_GROUPS = ("task", "data", "model", "mcl", "lora", "optim", "trainer", "logger", "callbacks", "paths", "extras")
 
@@ -56,6 +57,51 @@ class TrainSettings:
     paths: Optional[g.PathsSchema] = None
     extras: Optional[g.ExtrasSchema] = None
     raw: dict = field(default_factory=dict, repr=False)  # the resolved values the objects came from
+    training: bool = True  # False: a run's config rebuilt for evaluation (model and data only)
+
+    # ---------------------------------------------------------------- what the runners ask of it
+    def node(self, group: str) -> dict:
+        """A group's resolved values as given (`_target_` nodes: what `hydra.utils.instantiate` builds)."""
+        value = self.raw.get(group)
+        return value if isinstance(value, dict) else {}
+
+    def mcl_config(self, num_hypotheses: Optional[int] = None) -> Any:
+        """The core's MCLConfig (K = `num_hypotheses` when given)."""
+        from loramcl.config import MCLConfig
+
+        values = dict(self.node("mcl"))
+        if num_hypotheses is not None:
+            values["num_hypotheses"] = num_hypotheses
+        validate(g.MCLSchema, values, "mcl")
+        return MCLConfig(**values)
+
+    def lora_config(self) -> Any:
+        """The core's LoRAConfig."""
+        from loramcl.config import LoRAConfig
+
+        return LoRAConfig(**self.node("lora"))
+
+    def replace(self, **groups: dict) -> "TrainSettings":
+        """A validated copy with some keys of some groups replaced: `replace(lora={"r": 4})`."""
+        values = {**self.raw}
+        for name, update in groups.items():
+            values[name] = {**self.node(name), **update} if isinstance(update, dict) else update
+        return validate_train(values, training=self.training)
+
+    @property
+    def output_dir(self) -> Optional[Path]:
+        """The job's run folder (created), or None for a config composed outside a Hydra run."""
+        folder = self.paths.output_dir if self.paths is not None else None
+        if not folder:
+            return None
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def train_settings(cfg: Any, training: bool = True) -> TrainSettings:
+    """`cfg` validated (a composed config or a plain dict), or `cfg` itself when it already is."""
+    return cfg if isinstance(cfg, TrainSettings) else validate_train(cfg, training=training)
 
 
 def _targets(values: Optional[dict], name: str, table: dict) -> dict[str, Any]:
@@ -84,7 +130,7 @@ def validate_train(cfg: Any, training: bool = True, libraries: bool = False, len
     model = validate(g.ModelSchema, _group(values, "model"), "model") if values.get("model") is not None else None
     data = validate(g.DataSchema, _group(values, "data"), "data") if values.get("data") is not None else None
     if not training:
-        return TrainSettings(top=g.TrainTop(), mcl=mcl, lora=lora, data=data, model=model, raw=values)
+        return TrainSettings(top=g.TrainTop(), mcl=mcl, lora=lora, data=data, model=model, raw=values, training=False)
     task = validate(g.TaskSchema, _group(values, "task"), "task") if values.get("task") is not None else None
     optim = validate(g.OptimSchema, _group(values, "optim"), "optim") if values.get("optim") is not None else None
     trainer = validate(g.TrainerSchema, _group(values, "trainer"), "trainer") if values.get("trainer") is not None else None

@@ -24,12 +24,11 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 from loramcl.backbones import receptive_field
-from loramcl.config import validated_configs
 from loramcl.model import MCLModel
-from loramcl.preflight import output_dir
+from loramcl.preflight import preflight
+from loramcl.schema import TrainSettings, train_settings
 from loramcl.toy.markov import (MarkovMixture, own_chain_loss, position_averaged_matrix, stationary_average_matrix,
                                  theory_summary, wta_entropy_bound)
 from loramcl.training import FitResult, apply_extras, train_mle_and_mcl
@@ -131,14 +130,15 @@ def match_chains(matrices: np.ndarray, chains: np.ndarray) -> list[dict[str, Any
     return [{"chain": int(c), "max_abs_error": float(err[k, c])} for k, c in enumerate(best)]
 
 
-def run_toy(cfg: DictConfig) -> dict[str, float]:
-    """Train MLE and MCL on the toy mixture and write summary.json and the figures."""
-    mcl_cfg, _ = validated_configs(cfg)
-    apply_extras(cfg)
-    out = output_dir(cfg) or Path.cwd()
-    mixture = MarkovMixture(transitions=list(cfg.data.transitions),
-                            weights=None if cfg.data.weights is None else list(cfg.data.weights), init=cfg.data.init)
-    seq_len, K = int(cfg.data.seq_len), mcl_cfg.num_hypotheses
+def run_toy(cfg: Any) -> dict[str, float]:
+    """Train MLE and MCL on the toy mixture and write summary.json and the figures. `cfg`: the
+    validated settings (train.py gives them) or a composed config."""
+    s = train_settings(cfg)
+    datamodule = preflight(s)  # every check, once for both models
+    apply_extras(s)
+    out = s.output_dir or Path.cwd()
+    mixture = toy_mixture(s)
+    seq_len, K, mode = s.data.seq_len, s.mcl.num_hypotheses, s.mcl.mode
     results: dict[str, Any] = {}
     histories: dict[str, list] = {}
     read_from: dict[str, Any] = {}  # the validation tokens and receptive field (same for both models)
@@ -147,15 +147,15 @@ def run_toy(cfg: DictConfig) -> dict[str, float]:
         read_from["window"] = receptive_field(fit.module.model.config)
         read_from["tokens"] = fit.datamodule.val_set.tokens
         read_from["chain_ids"] = fit.datamodule.val_set.chain_ids
-        results[name] = model_summary(fit, read_from["tokens"], mixture.num_states, mcl_cfg.mode)
+        results[name] = model_summary(fit, read_from["tokens"], mixture.num_states, mode)
         histories[name] = fit.module.val_history
         if fit.mlflow_run is not None:
             fit.mlflow_run.log_metrics({"eval_wta_loss": results[name]["eval_wta_loss"]})
 
-    parent = train_mle_and_mcl(cfg, after_fit)
+    parent = train_mle_and_mcl(s, after_fit, datamodule)
     window, val_tokens = read_from["window"], read_from["tokens"]
     on_validation = validation_references(mixture, val_tokens, read_from["chain_ids"])
-    if str(cfg.task.get("theory", "exact")) == "validation":
+    if s.task.theory == "validation":
         theory = validation_theory(mixture, seq_len, on_validation)
         lo = theory["mle_optimum"] - float(np.log(K)) / (seq_len - 1)
     else:
@@ -171,7 +171,7 @@ def run_toy(cfg: DictConfig) -> dict[str, float]:
         "mcl_band": [lo, theory["mcl_band"][1]],
         "mcl_true_chains_wta": theory["mcl_band"][0],
         "validation_set": on_validation,
-        "initial_distribution": cfg.data.init if isinstance(cfg.data.init, str) else list(cfg.data.init),
+        "initial_distribution": mixture_init(s),
     }
     chains = np.asarray(theory["chains"])
     average = np.asarray(theory["average"])
@@ -182,8 +182,8 @@ def run_toy(cfg: DictConfig) -> dict[str, float]:
         else:
             res["assignment"] = match_chains(mats, chains)
     summary = {
-        "experiment": cfg.task_name,
-        "seed": int(cfg.seed),
+        "experiment": s.top.task_name,
+        "seed": s.top.seed,
         "models": results,
         "targets": {"chains": theory["chains"], "average": theory["average"],
                     "stationary_average": theory["stationary_average"]},
@@ -195,11 +195,11 @@ def run_toy(cfg: DictConfig) -> dict[str, float]:
 
     from loramcl.toy.plots import plot_loss, plot_matrices
 
-    figures = {"loss.png": plot_loss(histories, results, theory_out, cfg.task_name),
-               "matrices.png": plot_matrices(results, summary["targets"], cfg.task_name)}
+    figures = {"loss.png": plot_loss(histories, results, theory_out, s.top.task_name),
+               "matrices.png": plot_matrices(results, summary["targets"], s.top.task_name)}
     for fname, fig in figures.items():
         fig.savefig(out / fname, dpi=120, bbox_inches="tight")
-    _log_summary(cfg, out, parent, summary, figures)
+    _log_summary(s, out, parent, summary, figures)
     log.info(_report(summary))
     return flat_metrics(summary)
 
@@ -222,21 +222,31 @@ def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and not math.isnan(v)}
 
 
-def _log_summary(cfg: DictConfig, out: Path, parent: Optional[Any], summary: dict, figures: dict) -> None:
+def toy_mixture(s: TrainSettings) -> MarkovMixture:
+    """The Markov mixture of the toy's `data` group."""
+    return MarkovMixture(transitions=s.data.transitions, weights=s.data.weights, init=mixture_init(s))
+
+
+def mixture_init(s: TrainSettings) -> Any:
+    return "uniform" if s.data.init is None else s.data.init
+
+
+def _log_summary(s: TrainSettings, out: Path, parent: Optional[Any], summary: dict, figures: dict) -> None:
     metrics = flat_metrics(summary)
     if parent is not None:
         from loramcl.utils.mlflow_store import flatten
 
-        parent.log_params(flatten(cfg))
+        parent.log_params(flatten(s.raw))
         parent.log_metrics(metrics)
         for fname in ("summary.json", "loss.png", "matrices.png", "config_tree.log"):
             if (out / fname).exists():
                 parent.log_artifact(out / fname)
         parent.finish()
-    if cfg.get("logger") and cfg.logger.get("tensorboard") and not cfg.trainer.get("fast_dev_run"):
+    tensorboard = s.loggers.get("tensorboard")
+    if tensorboard is not None and not s.trainer.fast_dev_run:
         from torch.utils.tensorboard import SummaryWriter
 
-        with SummaryWriter(str(Path(cfg.logger.tensorboard.save_dir) / "summary")) as writer:
+        with SummaryWriter(str(Path(tensorboard.save_dir) / "summary")) as writer:
             for key, value in metrics.items():
                 writer.add_scalar(key, value, 0)
             for fname, fig in figures.items():
