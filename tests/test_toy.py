@@ -73,3 +73,45 @@ def test_default_job_transition1_seed0(tmp_path):
 @pytest.mark.parametrize("experiment,mode,seed", MATRIX)
 def test_toy_matrix(tmp_path, experiment, mode, seed):
     _run_and_check(tmp_path, experiment, mode, seed)
+
+
+def test_runner_receives_settings_and_checks_once_per_run(tmp_path, monkeypatch):
+    """The runner gets the validated settings (not the raw config), and the preflight checks run
+    once for the run's two models; the MLE model gets K = 1 and the run's own numbers."""
+    import loramcl.preflight
+    import loramcl.toy.runner as runner
+    import loramcl.training as training
+    from helpers import compose_train
+    from loramcl.schema import TrainSettings, validate_train
+
+    cfg = compose_train("trainer.max_steps=3", "logger=none", "callbacks=none", "extras.print_config=false",
+                        f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}")
+    settings = validate_train(cfg)
+    calls = {"preflight": 0, "check_config": 0}
+    fits = []
+    original_preflight, original_check, original_fit = loramcl.preflight.preflight, loramcl.preflight.check_config, \
+        training.fit_model
+
+    def counted_preflight(*args, **kwargs):
+        calls["preflight"] += 1
+        return original_preflight(*args, **kwargs)
+
+    def counted_check(*args, **kwargs):
+        calls["check_config"] += 1
+        return original_check(*args, **kwargs)
+
+    def recorded_fit(s, name, num_hypotheses=None, **kwargs):
+        assert isinstance(s, TrainSettings)
+        fits.append((name, num_hypotheses, s.lora.r))
+        return original_fit(s, name, num_hypotheses=num_hypotheses, **kwargs)
+
+    monkeypatch.setattr(runner, "preflight", counted_preflight)
+    monkeypatch.setattr(training, "preflight", counted_preflight)
+    monkeypatch.setattr(loramcl.preflight, "check_config", counted_check)
+    monkeypatch.setattr(training, "fit_model", recorded_fit)
+    metrics = runner.run_toy(settings)
+    assert calls == {"preflight": 1, "check_config": 1}
+    assert fits == [("mle", 1, settings.lora.r), ("mcl", settings.mcl.num_hypotheses, settings.lora.r)]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["seed"] == settings.top.seed and [len(m["win_rates"]) for m in summary["models"].values()] == [1, 2]
+    assert metrics["val/wta_loss"] == summary["models"]["mcl"]["eval_wta_loss"]
