@@ -275,3 +275,37 @@ def test_run_child_third_signal_kills_the_whole_process_group(tmp_path):
         time.sleep(0.05)
     else:
         pytest.fail(f"the grandchild {grandchild} outlived its killed parent")
+
+
+GC_PROGRAM = """
+import os, signal, sys, time, weakref
+from loramcl.interrupts import stop_on_signals
+
+class Node:
+    pass
+
+def finalizer(ref):  # the signal arrives while Python runs a weakref callback (garbage collection)
+    os.kill(os.getpid(), signal.SIG{name})
+    time.sleep(0.01)
+
+with stop_on_signals(outcome="nothing was written"):
+    node = Node()
+    ref = weakref.ref(node, finalizer)
+    del node
+    for _ in range(300):
+        time.sleep(0.01)
+    print("went on after the signal")
+"""
+
+
+@pytest.mark.parametrize("name, code", [("TERM", 143), ("INT", 130)])
+def test_a_signal_during_garbage_collection_still_stops(tmp_path, name, code):
+    """Python drops an exception raised in a finalizer ("Exception ignored in ..."): the stop is
+    delivered again in the code that was running (seen as eval.py decoding on after SIGTERM when
+    SQLAlchemy's weakref callbacks ran at that moment)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run([sys.executable, "-c", GC_PROGRAM.format(name=name)], capture_output=True, text=True,
+                          env=env, timeout=timeout(60), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.returncode == code, proc.stderr
+    assert "went on" not in proc.stdout
+    assert visible_lines(proc.stderr) == [f"error: interrupted (SIG{name}); nothing was written"]

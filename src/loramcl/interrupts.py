@@ -146,9 +146,32 @@ def _handle(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def _unraisable(unraisable: Any) -> None:
+    """`sys.unraisablehook`: an `Interrupted` raised while Python ran a finalizer or a weakref
+    callback (a signal that arrived during garbage collection) is dropped by Python with an
+    "Exception ignored" traceback, and the process would go on; the signal is delivered again
+    instead, to be raised in the code that was running."""
+    if isinstance(unraisable.exc_value, Interrupted):
+        import _thread
+        import threading
+
+        # from another thread, a moment later: the handler then runs in the code that was running, not in this hook
+        timer = threading.Timer(0.05, _thread.interrupt_main, args=(unraisable.exc_value.signum,))
+        timer.daemon = True
+        timer.start()
+        return
+    _previous_unraisable(unraisable)
+
+
+_previous_unraisable = sys.unraisablehook
+
+
 def install() -> dict[int, Any]:
     """Handle SIGINT and SIGTERM with `_handle` (a SIGINT ignored by the parent, e.g. in a shell's
     background job, stays ignored); returns the previous handlers."""
+    global _previous_unraisable
+    if sys.unraisablehook is not _unraisable:
+        _previous_unraisable, sys.unraisablehook = sys.unraisablehook, _unraisable
     previous = {}
     for signum in STOP_SIGNALS:
         current = signal.getsignal(signum)
