@@ -208,3 +208,33 @@ def test_nan_loss_stops_with_one_line(tmp_path):
     assert Path(named).is_file()
     tree = next(tmp_path.glob("nanloss/runs/*/config_tree.log")).read_text()  # was written empty
     assert "num_hypotheses: 2" in tree and "lr: 1.0e+30" in tree
+
+
+def test_finished_run_without_metrics_gets_them_once(reference, tmp_path):
+    """A run killed after its last checkpoint but before metrics.json (or signalled in its last step)
+    would count as unfinished for ever (scripts/reproduce.py relaunched it at every call): continued
+    with ckpt_path=auto, it trains nothing, validates its checkpoint once and writes metrics.json,
+    equal to the uninterrupted run's, in the same MLflow run; after that, nothing at all happens."""
+    import json
+    import shutil
+
+    log_dir = tmp_path / "logs"
+    shutil.copytree(reference[0], log_dir)
+    run = log_dir / "run"
+    expected = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").unlink()
+    proc = run_train(*TOY, "task_name=ref", f"hydra.run.dir={run}", "ckpt_path=auto", log_dir=log_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "validating the checkpoint once" in proc.stdout + proc.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    val = [k for k in expected if k.startswith("val/")]
+    assert val and set(val) <= set(metrics)
+    for key in val:
+        assert abs(metrics[key] - expected[key]) <= 1e-6 * max(1.0, abs(expected[key])), (key, metrics, expected)
+    assert_same(reference[1], adapters(run / "checkpoints/K2/last.ckpt"))  # nothing trained
+    assert [r.info.status for r in mlflow_runs(log_dir)] == ["FINISHED"]
+
+    again = run_train(*TOY, "task_name=ref", f"hydra.run.dir={run}", "ckpt_path=auto", log_dir=log_dir)
+    said = again.stdout + again.stderr
+    assert again.returncode == 0 and "nothing to train" in said and "validating" not in said
+    assert json.loads((run / "metrics.json").read_text()) == metrics

@@ -335,3 +335,138 @@ def test_rehearsal_on_slurm_respects_the_dependencies(slurm, tmp_path, translati
     status = run_on_cluster(reproduce_args([*TINY_MT, "--status"], translation_assets, tmp_path), slurm)
     assert status.returncode == 0 and status.stdout.count("training done") == 2, status.stdout
     assert "1 done" in status.stdout and "2 done" in status.stdout
+
+
+def quoted_overrides_parse_back(args: list[str]) -> dict:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    return {o.key_or_group: o.value() for o in parser.parse_overrides([a for a in args if "=" in a])}
+
+
+def test_evaluation_tags_stay_text_whatever_the_hash_looks_like(tmp_path):
+    """A group hash of 12 hex digits may read as a number (12e345678901 is inf): eval.py must get it
+    as the text it is, or the table never finds that evaluation again and reruns it for ever."""
+    from types import SimpleNamespace
+
+    from loramcl.reproduce.plan import Evaluation, Training
+    from loramcl.reproduce.runner import eval_command
+    from loramcl.reproduce.state import GROUP_TAG, TABLE_TAG
+
+    class NumericGroup(Evaluation):
+        @property
+        def group(self) -> str:
+            return self.decoding.split(":")[1]
+
+    training = Training("0123456789ab", ("experiment=demo_translation_mcl",), "t", "finetune", "demo")
+    table = SimpleNamespace(name="1e5", experiment="rehearsal_mt_ende")  # what eval_command reads of a Table
+    for group in ("12e345678901", "000000000012", "1234567890ab", "true", "null"):
+        ev = NumericGroup(training, f"mcl_beam1:{group}", ())
+        args = eval_command([ev], tmp_path, table, ROOT, {"log_dir": str(tmp_path)}, "sqlite:///x.db", "python")
+        tags = quoted_overrides_parse_back([str(a) for a in args])["mlflow.tags"]
+        assert tags == {GROUP_TAG: group, TABLE_TAG: "1e5"}, (group, tags)
+
+
+SBATCH_LIMIT = """#!/bin/bash
+# the real sbatch until {limit} jobs were submitted, then refused as a QOS limit refuses them
+count=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 ))
+echo $count > {counter}
+if (( count > {limit} )); then
+    echo "sbatch: error: QOSMaxSubmitJobPerUserLimit" >&2
+    echo "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy" >&2
+    exit 1
+fi
+exec {sbatch} "$@"
+"""
+
+
+@pytest.mark.slurm
+def test_a_second_submission_skips_what_is_in_flight_and_a_refused_one_is_recorded(slurm, tmp_path,
+                                                                                   translation_assets):
+    """Jobs held in the queue (sbatch --hold): a submission refused after two jobs (a QOS limit)
+    records those two; the next call submits only the rest; a third submits nothing."""
+    import shutil
+
+    from slurm_cluster import job_info, run
+
+    held = [*TINY_MT, "--slurm", "slurm.partition=debug", "slurm.extra=[--hold]"]
+    limited = tmp_path / "bin"
+    limited.mkdir()
+    real = shutil.which("sbatch", path=slurm["PATH"])
+    (limited / "sbatch").write_text(SBATCH_LIMIT.format(limit=2, counter=tmp_path / "count", sbatch=real))
+    (limited / "sbatch").chmod(0o755)
+    jobs_json = tmp_path / "logs" / "reproduce" / "rehearsal_mt_ende" / "jobs.json"
+    ids: set[str] = set()
+    try:
+        first = run_on_cluster(reproduce_args(held, translation_assets, tmp_path),
+                               {**slurm, "PATH": f"{limited}:{slurm['PATH']}"})
+        assert first.returncode != 0
+        lines = [line for line in first.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: sbatch eval-") and "QOSMaxSubmitJobPerUserLimit" in lines[0]
+        assert "2 job(s) submitted before it are recorded" in lines[0], lines
+        recorded = json.loads(jobs_json.read_text())
+        assert len(recorded["trainings"]) == 2 and len(recorded["evaluation_jobs"]) == 1 and "collect" not in recorded
+        ids |= {*recorded["trainings"].values(), *recorded["evaluation_jobs"].values()}
+        assert {job_info(j, slurm)["JobState"] for j in ids} == {"PENDING"}
+
+        second = run_on_cluster(reproduce_args(held, translation_assets, tmp_path), slurm)
+        assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+        assert "2 training(s) already queued or running, not submitted again" in second.stdout
+        assert "training(s) as array job" not in second.stdout
+        again = json.loads(jobs_json.read_text())
+        assert again["trainings"] == recorded["trainings"]  # the same array tasks
+        assert len(again["evaluation_jobs"]) == 2 and set(recorded["evaluation_jobs"].items()) < set(again["evaluation_jobs"].items())
+        ids |= {*again["evaluation_jobs"].values(), again["collect"]}
+        new_eval = (set(again["evaluation_jobs"].values()) - set(recorded["evaluation_jobs"].values())).pop()
+        key = next(k for k, j in again["evaluation_jobs"].items() if j == new_eval)
+        assert again["trainings"][key] in job_info(new_eval, slurm)["Dependency"]  # after its queued training
+        collect_after = job_info(again["collect"], slurm)["Dependency"]
+        assert all(j.split("_")[0] in collect_after for j in again["evaluation_jobs"].values())
+
+        third = run_on_cluster(reproduce_args(held, translation_assets, tmp_path), slurm)
+        assert third.returncode == 0 and "nothing to submit: " in third.stdout, third.stdout[-2000:]
+        assert json.loads(jobs_json.read_text()) == again
+    finally:
+        for job in ids:
+            run(["scancel", job.split("_")[0]], slurm)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_failing_row_is_reported_and_only_it_is_submitted_again(slurm, tmp_path, translation_assets):
+    """Stock SLURM (no kill_invalid_depend): the MLE row's training fails (lr = 1e30: a NaN), its
+    evaluation job is cancelled (--kill-on-invalid-dep), the other row finishes, the collection
+    runs and reports the failure, --status shows it, and a second --slurm submits only that row."""
+    from slurm_cluster import job_info, run, wait_for
+
+    failing = [*TINY_MT, "slurm.partition=debug", '+table.rows.mle_r16.overrides=["optim.optimizer.lr=1e30"]']
+    proc = run_on_cluster(reproduce_args([*failing, "--slurm"], translation_assets, tmp_path), slurm)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs_json = tmp_path / "logs" / "reproduce" / "rehearsal_mt_ende" / "jobs.json"
+    jobs = json.loads(jobs_json.read_text())
+    assert wait_for(jobs["collect"], slurm, timeout=1800, poll=2) == "COMPLETED"
+    states = {key: job_info(job, slurm)["JobState"] for key, job in jobs["trainings"].items()}
+    assert sorted(states.values()) == ["COMPLETED", "FAILED"], states
+    bad = next(key for key, state in states.items() if state == "FAILED")
+    assert job_info(jobs["evaluation_jobs"][bad], slurm)["JobState"] == "CANCELLED"
+    good = next(key for key in states if key != bad)
+    assert job_info(jobs["evaluation_jobs"][good], slurm)["JobState"] == "COMPLETED"
+    rows = read_csv(tmp_path / "results" / "rehearsal_mt_ende" / "mt_ende.csv")
+    assert {r["row"]: r["status"] for r in rows if r["row"] == "mle_r16"} == {"mle_r16": "failed"}
+    assert {r["status"] for r in rows if r["row"] == "mcl"} == {"done"}
+
+    status = run_on_cluster(reproduce_args([*failing, "--status"], translation_assets, tmp_path), slurm)
+    line = next(li for li in status.stdout.splitlines() if li.strip().startswith("mle_r16"))
+    assert "training failed" in line, status.stdout
+
+    again = run_on_cluster(reproduce_args([*failing, "--slurm", "slurm.extra=[--hold]"], translation_assets, tmp_path),
+                           slurm)
+    try:
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert "submitted 1 training(s)" in again.stdout and again.stdout.count("evaluation(s) of") == 1
+        record = json.loads(jobs_json.read_text())
+        assert set(record["trainings"]) == {bad} and set(record["evaluation_jobs"]) == {bad}
+    finally:
+        record = json.loads(jobs_json.read_text())
+        for job in {*record["trainings"].values(), *record["evaluation_jobs"].values(), record.get("collect")} - {None}:
+            run(["scancel", job.split("_")[0]], slurm)

@@ -84,3 +84,38 @@ def test_checkpoint_of_another_k_or_rank_is_refused(tmp_path):
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ckpt_path ") and "holds K=2, r=64 adapters" in last and expected in last
         assert "adapted layers" not in proc.stdout + proc.stderr  # refused before building the model
+
+
+def test_signal_inside_a_gradient_accumulation_stops_at_the_optimizer_step(tmp_path):
+    """accumulate_grad_batches=2 (the ALMA experiments): a SIGTERM that arrives while the first batch
+    of an accumulation runs is taken after the second (the optimizer step), so the checkpoint is a
+    true resume point: resumed, the run ends with exactly the uninterrupted run's adapters."""
+    from helpers import compose_train
+    from loramcl.errors import StopRequested
+    from loramcl.schema import validate_train
+    from loramcl.training import run_finetune
+
+    common = ["task=finetune", "data.batch_size=8", "data.num_train_batches=12", "data.num_val_sequences=16", "trainer.max_steps=6",
+              "trainer.accumulate_grad_batches=2", "trainer.val_check_interval=12", "logger=none",
+              "callbacks=model_checkpoint", "callbacks.model_checkpoint.monitor=null", "extras.print_config=false",
+              "extras.num_threads=1"]
+
+    def settings(folder: Path, *extra: str):
+        return validate_train(compose_train(*common, f"paths.output_dir={folder}", f"paths.log_dir={tmp_path}",
+                                            f"callbacks.model_checkpoint.dirpath={folder}/checkpoints", *extra))
+
+    run_finetune(settings(tmp_path / "full"))
+    stop = ["+callbacks.signal_at._target_=signal_callbacks.SignalAt", "+callbacks.signal_at.batch=4"]
+    with pytest.raises(StopRequested, match="after step 3"):  # batches 4 and 5 make step 3
+        run_finetune(settings(tmp_path / "stopped", *stop))
+    last = tmp_path / "stopped" / "checkpoints" / "K2" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 3
+    batches = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"]
+    assert batches == 6, batches  # 2 batches a step: no half accumulation in the resume point
+    run_finetune(settings(tmp_path / "resumed", f"ckpt_path={last}"))
+    assert_same(final_adapters_at(tmp_path / "full"), final_adapters_at(tmp_path / "resumed"))
+
+
+def final_adapters_at(run_folder: Path, model: str = "K2") -> dict[str, torch.Tensor]:
+    return torch.load(run_folder / "checkpoints" / model / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]

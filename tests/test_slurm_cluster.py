@@ -82,14 +82,23 @@ def test_dependency_afterok_runs_after_the_first_job(slurm, tmp_path):
     assert float((tmp_path / "second_start").read_text()) >= float((tmp_path / "first_end").read_text())
 
 
-@pytest.mark.slow  # suite time: a SLURM feature itself (tests/test_slurm.py runs the project on it)
-def test_dependency_on_a_failed_job_is_cancelled(slurm):
-    # DependencyParameters=kill_invalid_depend: without it the second job would stay pending forever.
+def test_dependency_on_a_failed_job_stays_pending_unless_killed_on_invalid_dep(slurm):
+    """Stock semantics (no DependencyParameters=kill_invalid_depend): a job whose afterok dependency
+    failed stays PENDING for ever, unless submitted with --kill-on-invalid-dep=yes (as the project's
+    dependent jobs are)."""
     first = submit(["--wrap", "exit 3"], slurm, "-o", "/dev/null")
-    second = submit(["--wrap", "true"], slurm, "-o", "/dev/null", f"--dependency=afterok:{first}")
-    assert wait_for(first, slurm, 30) == "FAILED"
-    assert job_info(first, slurm)["ExitCode"] == "3:0"
-    assert wait_for(second, slurm, 30) == "CANCELLED"
+    stays = submit(["--wrap", "true"], slurm, "-o", "/dev/null", f"--dependency=afterok:{first}")
+    killed = submit(["--wrap", "true"], slurm, "-o", "/dev/null", f"--dependency=afterok:{first}",
+                    "--kill-on-invalid-dep=yes")
+    try:
+        assert wait_for(first, slurm, 30) == "FAILED"
+        assert job_info(first, slurm)["ExitCode"] == "3:0"
+        assert wait_for(killed, slurm, 30) == "CANCELLED"
+        wait_until(lambda: job_info(stays, slurm).get("Reason") == "DependencyNeverSatisfied", 30,
+                   what="DependencyNeverSatisfied")
+        assert job_info(stays, slurm)["JobState"] == "PENDING"
+    finally:
+        run(["scancel", stays], slurm)
 
 
 @pytest.mark.slow  # suite time: a SLURM feature itself (tests/test_slurm.py runs the project on it)

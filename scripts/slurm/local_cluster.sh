@@ -166,9 +166,11 @@ SelectTypeParameters=CR_Core
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-# Finished jobs stay visible to squeue (and the bin/sacct stand-in) for an hour.
+# Finished jobs stay visible to squeue (and the bin/sacct stand-in) for an hour: without slurmdbd
+# this is the only job history (a real cluster keeps it in its accounting database).
 MinJobAge=3600
-DependencyParameters=kill_invalid_depend
+# Otherwise stock semantics: no DependencyParameters (a job whose dependency failed stays PENDING,
+# DependencyNeverSatisfied, unless it was submitted with --kill-on-invalid-dep=yes).
 SchedulerParameters=bf_interval=1,sched_interval=2,batch_sched_delay=0
 JobRequeue=1
 KillWait=5

@@ -25,6 +25,6 @@ if [[ -e "$RUN_DIR" ]]; then
 fi
 train=$(sbatch --parsable ${TRAIN_SBATCH_ARGS:-} "$TRAIN_SCRIPT" "$@" "hydra.run.dir=$RUN_DIR")
 # shellcheck disable=SC2086  # EVAL_ARGS / EVAL_SBATCH_ARGS are word lists
-evaluation=$(sbatch --parsable ${EVAL_SBATCH_ARGS:-} --dependency="afterok:${train%%;*}" "$EVAL_SCRIPT" "$RUN_DIR" $EVAL_ARGS)
+evaluation=$(sbatch --parsable ${EVAL_SBATCH_ARGS:-} --dependency="afterok:${train%%;*}" --kill-on-invalid-dep=yes "$EVAL_SCRIPT" "$RUN_DIR" $EVAL_ARGS)
 echo "training job $train -> $RUN_DIR"
 echo "evaluation job $evaluation (starts after $train ends well)"

@@ -24,7 +24,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -232,6 +231,25 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
+def say(text: str) -> None:
+    """Write `text` to stderr from a signal handler: straight to the file descriptor (a handler that
+    runs while Python writes to sys.stderr would get "reentrant call" from its buffer), never raising."""
+    try:
+        os.write(2, text.encode("utf-8", "replace"))
+    except OSError:  # stderr closed: the stop message says it later
+        pass
+
+
+def optimizer_stepped(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether the batch `batch_idx` that just ended was the last of its gradient accumulation (the
+    optimizer stepped): only then is the state a resume point."""
+    accumulate = int(trainer.accumulate_grad_batches or 1)
+    if accumulate <= 1 or (batch_idx + 1) % accumulate == 0:
+        return True
+    batches = trainer.num_training_batches
+    return isinstance(batches, int) and batch_idx + 1 >= batches  # an epoch's last batch steps too
+
+
 class GracefulStop(Callback):
     """SIGTERM / SIGINT: finish the current step, save `last.ckpt`, raise `StopRequested`.
     SIGUSR1 / SIGUSR2 (SLURM's warning before a time limit or a preemption): the same, and the SLURM
@@ -255,14 +273,24 @@ class GracefulStop(Callback):
             return  # SLURM's SIGTERM after our own requeue request: the step boundary is near
         self.received = signum
         what = "requeue the job" if signum in REQUEUE_SIGNALS else "stop"
-        print(f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step, then {what}"
-              + (" (Ctrl+C again stops at once, without it)" if signum == signal.SIGINT else ""),
-              file=sys.stderr, flush=True)
+        say(f"\n{signal.Signals(signum).name} received: saving a checkpoint after this optimizer step, then {what}"
+            + (" (Ctrl+C again stops at once, without it)" if signum == signal.SIGINT else "") + "\n")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.received = None
+        self._install()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # again: Lightning registers its own SIGTERM notifier after on_fit_start (composed with ours),
+        # whose SIGTERMException (exit status 0) at the next batch would come before a stop that
+        # waits for the end of a gradient accumulation
+        self._install()
+
+    def _install(self) -> None:
         for signum in STOP_SIGNALS + REQUEUE_SIGNALS:
-            self._previous[signum] = signal.getsignal(signum)
+            current = signal.getsignal(signum)
+            if current is not self._handle and not (hasattr(current, "__self__") and current.__self__ is self):
+                self._previous.setdefault(signum, current)
             signal.signal(signum, self._handle)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -270,7 +298,10 @@ class GracefulStop(Callback):
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not optimizer_stepped(trainer, batch_idx):  # inside a gradient accumulation: not a resume point
+            return
         received = self.received is not None
         requeue = self.received in REQUEUE_SIGNALS
         if trainer.world_size > 1:  # every process stops at the same step

@@ -30,6 +30,7 @@ from loramcl.preflight import instantiate_data, preflight
 from loramcl.resume import finished, resolve_ckpt_path
 from loramcl.schema import TrainSettings, train_settings
 from loramcl.schemes import Scheme
+from loramcl.utils.atomic import write_text_atomic
 from loramcl.utils.mlflow_store import RUN_DIR_TAG, MLflowRun, close_abandoned_runs, flatten, get_experiment_id
 
 log = logging.getLogger(__name__)
@@ -190,10 +191,12 @@ def fit_model(
     parent_run_id: Optional[str] = None,
     ckpt_path: Optional[Path] = None,
     datamodule: Any = None,
+    validate_only: bool = False,
 ) -> FitResult:
     """Seed, build backbone, module, loggers and trainer from the validated settings `s`, then fit
     `datamodule` (resuming `ckpt_path` if given). Without `datamodule`, the preflight checks run
     first and give it (a runner runs them once per run and passes its DataModule).
+    `validate_only`: validate the checkpoint `ckpt_path` instead (a finished run's metrics).
 
     Every fit has the non-finite guard, SIGTERM / SIGINT handling and atomic checkpoint writes
     (`loramcl.callbacks`); a stopped fit raises `RunStopped` after closing its MLflow run (FAILED
@@ -224,7 +227,10 @@ def fit_model(
     trainer: L.Trainer = instantiate(trainer_node, _partial_=True)(logger=loggers or False, callbacks=callbacks,
                                                                    plugins=trainer_plugins(s))
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        if validate_only:
+            trainer.validate(module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False)
+        else:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except RunStopped as err:
         if mlflow_run is not None:
             mlflow_run.finish(err.mlflow_status)
@@ -246,17 +252,25 @@ def run_finetune(cfg: Any) -> dict[str, float]:
     folder = Scheme.of_config(s).checkpoint_folder  # checkpoints/K{K}/, or moe{K}/ for LoRA-MoE
     ckpt_path = resolve_ckpt_path(s.top.ckpt_path, folder, s.output_dir)
     datamodule = preflight(s, resume=ckpt_path)
+    out = s.output_dir
+    validate_only = False
     if ckpt_path is not None:
         done = finished(Checkpoint.load(ckpt_path), s.trainer.max_steps, s.trainer.max_epochs)
-        if done:
+        if done and out is not None and out.resolve() in Path(ckpt_path).resolve().parents \
+                and not (out / "metrics.json").is_file():
+            # this run folder's own training ended (killed after its last save, or signalled in its last
+            # step) before its metrics were written: without them it would count as unfinished for ever
+            log.warning(f"nothing to train: {ckpt_path} is finished ({done}); this run has no metrics.json yet: "
+                        f"validating the checkpoint once to write it")
+            validate_only = True
+        elif done:
             log.warning(f"nothing to train: {ckpt_path} is finished ({done}); raise trainer.max_steps / "
                         f"trainer.max_epochs to train further")
             return {}
     apply_extras(s)
-    result = fit_model(s, name=folder, ckpt_path=ckpt_path, datamodule=datamodule)
-    out = s.output_dir
+    result = fit_model(s, name=folder, ckpt_path=ckpt_path, datamodule=datamodule, validate_only=validate_only)
     if out is not None and is_main_process():
-        (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
+        write_text_atomic(out / "metrics.json", json.dumps(result.metrics, indent=2))
     return result.metrics
 
 

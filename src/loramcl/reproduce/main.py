@@ -166,7 +166,12 @@ def collect(table: Table, cfg: DictConfig, log_dir: Path, failed: Optional[dict]
     index = index or RunIndex(log_dir)
     states = {t.key: index.state(t) for t in table.trainings()}
     finished = finished_evaluations(str(cfg.mlflow_uri), table.experiment)
-    lines = gather(table, states, finished, set(failed or ()))
+    running: set = set()
+    if failed is None:  # after a --slurm submission: what its jobs say (a failed training, a cancelled evaluation)
+        from loramcl.reproduce.slurm import job_outcomes
+
+        failed, running = job_outcomes(log_dir, table)
+    lines = gather(table, states, finished, set(failed or ()), running)
     hint = f" (read from paths.log_dir={log_dir} and mlflow_uri={cfg.mlflow_uri}: are they right?)"
     written, previous = write_results(table, lines, force=force, hint=hint)
     done = sum(line.status == "done" for line in lines)

@@ -56,12 +56,18 @@ def eval_command(evaluations: list[Evaluation], run_dir: Path, table: Table, roo
                  tracking_uri: str, python: str) -> list[str]:
     """One eval.py multirun over the decodings of `evaluations` (one group: same training, same overrides)."""
     first = evaluations[0]
-    tags = f"{{{GROUP_TAG}:{first.group},{TABLE_TAG}:{table.name}}}"
+    # quoted: Hydra would read an unquoted hash such as 12e345678901 as a number (inf)
+    tags = f"{{{GROUP_TAG}:{hydra_string(first.group)},{TABLE_TAG}:{hydra_string(table.name)}}}"
     return [python, str(root / "eval.py"), "-m", f"ckpt_path={run_dir}",
             "decoding=" + ",".join(ev.decoding for ev in evaluations), *first.overrides,
             f"paths.log_dir={paths['log_dir']}",
             f"mlflow.experiment={table.experiment}", f"mlflow.tracking_uri={tracking_uri}", f"mlflow.tags={tags}",
             "skip_unsuited=false"]
+
+
+def hydra_string(value: str) -> str:
+    """`value` as a quoted string of Hydra's override grammar (never read as a number, bool or null)."""
+    return "'" + str(value).replace("'", "\\'") + "'"  # (a backslash is literal unless a quote follows)
 
 
 def groups_of(evaluations: list[Evaluation]) -> list[list[Evaluation]]:

@@ -44,92 +44,184 @@ def sbatch_header(slurm: DictConfig, name: str, output: str, time_limit: str, gp
     return lines
 
 
+class SubmissionError(ConfigError):
+    """sbatch refused a job (a QOS or partition limit): the jobs submitted before it are recorded."""
+
+
 def sbatch(script: Path, dependency: Optional[str] = None, array: Optional[str] = None) -> str:
-    """Submit `script`; its job id."""
+    """Submit `script`; its job id. A job with a dependency is cancelled by SLURM when the
+    dependency can no longer be satisfied (`--kill-on-invalid-dep=yes`: a stock cluster would
+    otherwise keep it PENDING for ever, and the `afterany` collection behind it would never run)."""
     if shutil.which("sbatch") is None:
         raise ConfigError("sbatch is not on PATH: --slurm needs a SLURM login node "
                           "(or a local cluster: bash scripts/slurm/local_cluster.sh start)")
     command = ["sbatch", "--parsable"]
     if dependency:
-        command.append(f"--dependency={dependency}")
+        command += [f"--dependency={dependency}", "--kill-on-invalid-dep=yes"]
     if array:
         command.append(f"--array={array}")
     result = subprocess.run(command + [str(script)], capture_output=True, text=True)
     if result.returncode != 0:
-        raise ConfigError(f"sbatch {script.name} failed: {result.stderr.strip() or result.stdout.strip()}")
+        said = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        raise SubmissionError(f"sbatch {script.name} failed: {'; '.join(said) or f'exit status {result.returncode}'}")
     return result.stdout.strip().split(";")[0]
+
+
+class Submission:
+    """The record of a table's submissions (jobs.json), written after every sbatch: a submission
+    stopped half-way (a QOS limit) still knows the jobs it did submit. Jobs of an earlier
+    submission that are still queued or running are carried over (and not submitted again)."""
+
+    def __init__(self, path: Path, table: Table, folder: Path, previous: dict[str, Any], active: set[str]) -> None:
+        self.path = path
+        self.record: dict[str, Any] = {
+            "table": table.name, "scale": table.scale, "folder": str(folder),
+            "submitted": time.strftime("%Y-%m-%d %H:%M:%S"), "trainings": {}, "evaluations": {},
+            "evaluation_jobs": {}}
+        for part in ("trainings", "evaluations", "evaluation_jobs"):  # still in flight: kept
+            self.record[part].update({k: j for k, j in (previous.get(part) or {}).items() if j in active})
+        if previous.get("collect") in active:
+            self.record["collect"] = previous["collect"]
+
+    def add(self, part: str, key: str, job: str) -> None:
+        self.record[part][key] = job
+        self.save()
+
+    def save(self) -> None:
+        from loramcl.utils.atomic import write_text_atomic
+
+        write_text_atomic(self.path, json.dumps(self.record, indent=2))
+
+
+def in_flight(previous: dict[str, Any]) -> set[str]:
+    """The jobs of an earlier submission that are queued or running now."""
+    ids = [*(previous.get("trainings") or {}).values(), *(previous.get("evaluations") or {}).values(),
+           *(previous.get("evaluation_jobs") or {}).values(), *([previous["collect"]] if previous.get("collect") else [])]
+    ids = list(dict.fromkeys(ids))
+    return {job for job, state in job_states(ids).items() if state in ACTIVE}
 
 
 def submit(table: Table, cfg: DictConfig, root: Path, paths: dict[str, str], tracking_uri: str, python: str,
            collect_command: list[str], echo=print) -> dict[str, Any]:
-    """Submit the missing work of `table`; returns (and writes to jobs.json) the job ids."""
-    slurm = cfg.slurm
-    log_dir = Path(paths["log_dir"])
-    folder = Path(log_dir) / "reproduce" / table.experiment / time.strftime("slurm-%Y%m%d-%H%M%S")
-    folder.mkdir(parents=True, exist_ok=True)
-    index = RunIndex(log_dir)
-    finished = finished_evaluations(tracking_uri, table.experiment)
-    setup = [f"cd {shlex.quote(str(root))}", f"export PROJECT_ROOT={shlex.quote(str(root))}"]
+    """Submit the missing work of `table` that is not queued or running already; returns (and
+    writes to jobs.json, job by job) the job ids."""
+    return TableSubmission(table, cfg.slurm, root, paths, tracking_uri, python, collect_command, echo).run()
 
-    trainings = table.trainings()
-    states = {t.key: index.state(t) for t in trainings}
-    to_train = [t for t in trainings if states[t.key].status != "done"]
-    for training in to_train:
-        if states[training.key].status == "partial" and not training.resumes:
-            echo(f"{training.runner} runs cannot resume; the interrupted one is kept as "
-                 f"{set_aside(states[training.key].run_dir)}")
-    record: dict[str, Any] = {"table": table.name, "scale": table.scale, "folder": str(folder),
-                              "submitted": time.strftime("%Y-%m-%d %H:%M:%S"), "trainings": {}, "evaluations": {}, "evaluation_jobs": {}}
-    array_id = None
-    if to_train:
-        commands = folder / "train_commands.txt"
-        commands.write_text("".join(quoted(train_command(t, root, paths, python)) + "\n" for t in to_train))
-        script = folder / "train_array.sh"
-        header = sbatch_header(slurm, f"{table.name}-train", str(folder / "train-%A_%a.out"), slurm.time_train)
+
+class TableSubmission:
+    """One `--slurm` call: what is missing and not in flight, submitted as a training array, one
+    evaluation job per training and one collection job."""
+
+    def __init__(self, table: Table, slurm: DictConfig, root: Path, paths: dict[str, str], tracking_uri: str,
+                 python: str, collect_command: list[str], echo=print) -> None:
+        self.table, self.slurm, self.root, self.paths = table, slurm, Path(root), paths
+        self.tracking_uri, self.python, self.collect_command, self.echo = tracking_uri, python, collect_command, echo
+        self.log_dir = Path(paths["log_dir"])
+        self.path = jobs_file(self.log_dir, table)
+        self.previous = submitted_jobs(self.log_dir, table)
+        self.active = in_flight(self.previous) if self.previous else set()
+        self.folder = self.log_dir / "reproduce" / table.experiment / time.strftime("slurm-%Y%m%d-%H%M%S")
+        self.setup = [f"cd {shlex.quote(str(root))}", f"export PROJECT_ROOT={shlex.quote(str(root))}",
+                      *(slurm.get("setup") or [])]  # the cluster's environment: module load, conda activate, ...
+        index = RunIndex(self.log_dir)
+        finished = finished_evaluations(tracking_uri, table.experiment)
+        self.trainings = table.trainings()
+        self.states = {t.key: index.state(t) for t in self.trainings}
+        previous_trainings = self.previous.get("trainings") or {}
+        self.running = {t.key: previous_trainings[t.key] for t in self.trainings
+                        if previous_trainings.get(t.key) in self.active}
+        self.to_train = [t for t in self.trainings if self.states[t.key].status != "done" and t.key not in self.running]
+        queued = {key for key, job in (self.previous.get("evaluations") or {}).items() if job in self.active}
+        self.pending = {t.key: [ev for ev in table.evaluations(t) if not evaluation_done(ev, finished)
+                                and f"{ev.group}/{ev.decoding}" not in queued] for t in self.trainings}
+
+    def run(self) -> dict[str, Any]:
+        if not self.to_train and not any(self.pending.values()):
+            self.echo(f"nothing to submit: {len(self.active)} job(s) of the last submission are queued or running"
+                      if self.active else "nothing to submit: every training and evaluation is done")
+            return self.previous
+        if self.running:
+            self.echo(f"{len(self.running)} training(s) already queued or running, not submitted again: "
+                      + ", ".join(f"{k} ({j})" for k, j in self.running.items()))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.record = Submission(self.path, self.table, self.folder, self.previous, self.active)
+        try:
+            array_id = self._submit_trainings()
+            new_evaluations = self._submit_evaluations()
+            self._submit_collection([*([array_id] if array_id else []), *new_evaluations])
+        except SubmissionError as err:
+            done = {j.split("_")[0] for part in ("trainings", "evaluation_jobs")  # an array counts once
+                    for j in self.record.record[part].values() if j not in self.active}
+            raise SubmissionError(f"{err}; the {len(done)} job(s) submitted before it are recorded in {self.path}: "
+                                  f"run the same command again to submit the rest") from None
+        self.echo(f"job scripts and logs: {self.folder}; job ids: {self.path}")
+        return self.record.record
+
+    def _header(self, name: str, output: str, time_limit: str, gpus: Optional[int] = None) -> list[str]:
+        return sbatch_header(self.slurm, f"{self.table.name}-{name}", str(self.folder / output), time_limit, gpus)
+
+    def _submit_trainings(self) -> Optional[str]:
+        for training in self.to_train:
+            if self.states[training.key].status == "partial" and not training.resumes:
+                self.echo(f"{training.runner} runs cannot resume; the interrupted one is kept as "
+                          f"{set_aside(self.states[training.key].run_dir)}")
+        if not self.to_train:
+            return None
+        commands = self.folder / "train_commands.txt"
+        commands.write_text("".join(quoted(train_command(t, self.root, self.paths, self.python)) + "\n"
+                                    for t in self.to_train))
+        script = self.folder / "train_array.sh"
+        header = self._header("train", "train-%A_%a.out", self.slurm.time_train)
         header += ["#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --signal=B:USR1@300"]
-        body = setup + [f'line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(commands))})',
-                        'eval "exec $line"  # exec: the preemption signal reaches python, which requeues the task']
+        body = self.setup + [f'line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(commands))})',
+                             'eval "exec $line"  # exec: the preemption signal reaches python, which requeues the task']
         script.write_text("\n".join(header + body) + "\n")
-        limit = f"%{int(slurm.max_parallel)}" if slurm.get("max_parallel") else ""
-        array_id = sbatch(script, array=f"0-{len(to_train) - 1}{limit}")
-        for i, training in enumerate(to_train):
-            record["trainings"][training.key] = f"{array_id}_{i}"
-        echo(f"submitted {len(to_train)} training(s) as array job {array_id}")
+        limit = f"%{int(self.slurm.max_parallel)}" if self.slurm.get("max_parallel") else ""
+        array_id = sbatch(script, array=f"0-{len(self.to_train) - 1}{limit}")
+        self.record.record["trainings"].update({t.key: f"{array_id}_{i}" for i, t in enumerate(self.to_train)})
+        self.record.save()
+        self.echo(f"submitted {len(self.to_train)} training(s) as array job {array_id}")
+        return array_id
 
-    eval_ids = []
-    for training in trainings:
-        pending = [ev for ev in table.evaluations(training) if not evaluation_done(ev, finished)]
-        if not pending:
-            continue
-        run_dir = states[training.key].run_dir if states[training.key].status == "done" \
-            else training.run_dir(log_dir)
-        script = folder / f"eval-{training.key}.sh"
-        header = sbatch_header(slurm, f"{table.name}-eval", str(folder / f"eval-{training.key}-%j.out"),
-                               slurm.time_eval)
-        body = setup + ["status=0"]
-        for group in groups_of(pending):
-            body.append(quoted(eval_command(group, run_dir, table, root, paths, tracking_uri, python)) + " || status=1")
-        body.append("exit $status")
-        script.write_text("\n".join(header + body) + "\n")
-        dependency = f"afterok:{record['trainings'][training.key]}" if training.key in record["trainings"] else None
-        job = sbatch(script, dependency=dependency)
-        eval_ids.append(job)
-        record["evaluation_jobs"][training.key] = job
-        for ev in pending:
-            record["evaluations"][f"{ev.group}/{ev.decoding}"] = job
-        echo(f"submitted the {len(pending)} evaluation(s) of {training.key} as job {job}"
-             + (f" (after {dependency.split(':', 1)[1]})" if dependency else ""))
+    def _submit_evaluations(self) -> list[str]:
+        """One job per training with evaluations to run, after its training job (new or in flight)."""
+        jobs = []
+        for training in self.trainings:
+            pending = self.pending[training.key]
+            if not pending:
+                continue
+            state = self.states[training.key]
+            run_dir = state.run_dir if state.status == "done" else training.run_dir(self.log_dir)
+            script = self.folder / f"eval-{training.key}.sh"
+            header = self._header("eval", f"eval-{training.key}-%j.out", self.slurm.time_eval)
+            body = self.setup + ["status=0"]
+            for group in groups_of(pending):
+                body.append(quoted(eval_command(group, run_dir, self.table, self.root, self.paths, self.tracking_uri,
+                                                self.python)) + " || status=1")
+            script.write_text("\n".join(header + body + ["exit $status"]) + "\n")
+            after = self.record.record["trainings"].get(training.key) if state.status != "done" else None
+            job = sbatch(script, dependency=f"afterok:{after}" if after else None)
+            jobs.append(job)
+            self.record.record["evaluations"].update({f"{ev.group}/{ev.decoding}": job for ev in pending})
+            self.record.add("evaluation_jobs", training.key, job)
+            self.echo(f"submitted the {len(pending)} evaluation(s) of {training.key} as job {job}"
+                      + (f" (after {after})" if after else ""))
+        return jobs
 
-    after = eval_ids or ([array_id] if array_id else [])
-    script = folder / "collect.sh"
-    header = sbatch_header(slurm, f"{table.name}-collect", str(folder / "collect-%j.out"), slurm.time_collect, gpus=0)
-    script.write_text("\n".join(header + setup + ["exec " + quoted(collect_command)]) + "\n")
-    record["collect"] = sbatch(script, dependency="afterany:" + ":".join(after) if after else None)
-    echo(f"submitted the collection as job {record['collect']}" + (f" (after {', '.join(after)})" if after else ""))
-    path = jobs_file(log_dir, table)
-    path.write_text(json.dumps(record, indent=2))
-    echo(f"job scripts and logs: {folder}; job ids: {path}")
-    return record
+    def _submit_collection(self, new_jobs: list[str]) -> None:
+        """After every job of the table in flight, old and new (afterany: it reports failures); the
+        last submission's collection, if still waiting, is cancelled (it would report too early)."""
+        old = self.record.record.pop("collect", None)
+        after = [*new_jobs, *sorted(self.active - {old})]
+        script = self.folder / "collect.sh"
+        header = self._header("collect", "collect-%j.out", self.slurm.time_collect, gpus=0)
+        script.write_text("\n".join(header + self.setup + ["exec " + quoted(self.collect_command)]) + "\n")
+        self.record.record["collect"] = sbatch(script, dependency="afterany:" + ":".join(after) if after else None)
+        self.record.save()
+        self.echo(f"submitted the collection as job {self.record.record['collect']}"
+                  + (f" (after {', '.join(after)})" if after else ""))
+        if old:
+            subprocess.run(["scancel", old], capture_output=True)
 
 
 def job_states(ids: list[str]) -> dict[str, str]:
@@ -138,7 +230,7 @@ def job_states(ids: list[str]) -> dict[str, str]:
     if not ids:
         return states
     if shutil.which("squeue"):
-        out = subprocess.run(["squeue", "-h", "-a", "-t", "all", "-o", "%i|%T", "-j", ",".join(ids)],
+        out = subprocess.run(["squeue", "-h", "-a", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(ids)],
                              capture_output=True, text=True)
         for line in out.stdout.splitlines():
             job, _, state = line.partition("|")
@@ -160,3 +252,18 @@ ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZI
 def submitted_jobs(log_dir: Path, table: Table) -> dict[str, Any]:
     path = jobs_file(log_dir, table)
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def job_outcomes(log_dir: Path, table: Table) -> tuple[set, set]:
+    """(failed, running) keys of the table's last submission, from its jobs' SLURM states: training
+    keys, and (group, decoding) of evaluations. A job that ended other than COMPLETED failed (a
+    cancelled evaluation: its training failed)."""
+    jobs = submitted_jobs(log_dir, table)
+    if not jobs or shutil.which("squeue") is None:
+        return set(), set()
+    keyed = [*((key, job) for key, job in (jobs.get("trainings") or {}).items()),
+             *((tuple(key.split("/", 1)), job) for key, job in (jobs.get("evaluations") or {}).items())]
+    states = job_states(list(dict.fromkeys(job for _, job in keyed)))
+    failed = {key for key, job in keyed if states.get(job) and states[job] not in ACTIVE and states[job] != "COMPLETED"}
+    running = {key for key, job in keyed if states.get(job) in ACTIVE}
+    return failed, running

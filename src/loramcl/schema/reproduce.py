@@ -27,6 +27,7 @@ class SlurmSchema(Group):
     time_collect: Text(pattern=SLURM_TIME, what="a time limit as sbatch takes it (HH:MM:SS, D-HH:MM:SS)") = "00:30:00"
     max_parallel: Int(1, nullable=True, note="null: no limit") = None
     extra: TextList(empty=True) = ()
+    setup: TextList(empty=True) = ()  # shell lines every job runs first (module load, conda activate)
 
 
 class TableSchema(Group):
