@@ -439,7 +439,7 @@ def test_a_failing_row_is_reported_and_only_it_is_submitted_again(slurm, tmp_pat
     runs and reports the failure, --status shows it, and a second --slurm submits only that row."""
     from slurm_cluster import job_info, run, wait_for
 
-    failing = [*TINY_MT, "slurm.partition=debug", '+table.rows.mle_r16.overrides=["optim.optimizer.lr=1e30"]']
+    failing = [*TINY_MT, "slurm.partition=debug", '+table.rows.mle_r16.overrides=["optim.optimizer.weight_decay=1e30"]']
     proc = run_on_cluster(reproduce_args([*failing, "--slurm"], translation_assets, tmp_path), slurm)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs_json = tmp_path / "logs" / "reproduce" / "rehearsal_mt_ende" / "jobs.json"
