@@ -17,6 +17,16 @@ from helpers import (AUDIO_ASSETS, AUDIO_DEMO, BILINGUAL_ASSETS, TRANSLATION_ASS
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _process_wide_torch_settings():
+    """A test that runs a runner in process (apply_extras) may switch on flush-to-zero, which is
+    process-wide: later tests (hypothesis' subnormal floats) would see it. Restored after each test."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_flush_denormal(False)
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
     """One data folder for the whole session; the `*_assets` fixtures fill it."""

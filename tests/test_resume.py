@@ -98,7 +98,7 @@ def test_signal_inside_a_gradient_accumulation_stops_at_the_optimizer_step(tmp_p
     common = ["task=finetune", "data.batch_size=8", "data.num_train_batches=12", "data.num_val_sequences=16", "trainer.max_steps=6",
               "trainer.accumulate_grad_batches=2", "trainer.val_check_interval=12", "logger=none",
               "callbacks=model_checkpoint", "callbacks.model_checkpoint.monitor=null", "extras.print_config=false",
-              "extras.num_threads=1"]
+              "extras.num_threads=1", "extras.flush_denormal=false"]
 
     def settings(folder: Path, *extra: str):
         return validate_train(compose_train(*common, f"paths.output_dir={folder}", f"paths.log_dir={tmp_path}",

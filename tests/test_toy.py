@@ -85,6 +85,7 @@ def test_runner_receives_settings_and_checks_once_per_run(tmp_path, monkeypatch)
     from loramcl.schema import TrainSettings, validate_train
 
     cfg = compose_train("trainer.max_steps=3", "logger=none", "callbacks=none", "extras.print_config=false",
+                        "extras.flush_denormal=false", "extras.num_threads=1",
                         f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}")
     settings = validate_train(cfg)
     calls = {"preflight": 0, "check_config": 0}
