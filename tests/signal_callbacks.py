@@ -1,10 +1,12 @@
-"""A Lightning callback that sends this process a real signal at a chosen training batch (tests)."""
+"""Lightning callbacks for tests: a real signal to this process, or non-finite adapters on one process,
+at a chosen training batch."""
 
 from __future__ import annotations
 
 import os
 import signal
 
+import torch
 from lightning.pytorch.callbacks import Callback
 
 
@@ -18,3 +20,18 @@ class SignalAt(Callback):
         if batch_idx == self.batch and not self.sent:
             self.sent = True
             os.kill(os.getpid(), self.signum)
+
+
+class NonFiniteAt(Callback):
+    """Makes the adapters of process `rank` non-finite when its training batch `batch` starts (the other
+    processes keep finite ones): the loss of that process alone is NaN in that step."""
+
+    def __init__(self, batch: int, rank: int = 0):
+        self.batch, self.rank = int(batch), int(rank)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if batch_idx == self.batch and trainer.global_rank == self.rank:
+            with torch.no_grad():
+                for name, param in pl_module.named_parameters():
+                    if param.requires_grad:
+                        param.fill_(float("nan"))

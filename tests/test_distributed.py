@@ -11,13 +11,14 @@ batches in each process and scores once: the predictions and metrics of one proc
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from helpers import run_eval, run_train
+from helpers import ROOT, run_eval, run_script, run_train
 
 GLOBAL_BATCH, STEPS = 8, 6
 # adapters of N processes against one: up to 8.6e-6 apart after 6 steps on a 2-core x86 machine (with the
@@ -127,6 +128,27 @@ def test_data_parallel_evaluation_equals_one_process(translation_runs, tmp_path,
     assert [[c["text"] for c in r["candidates"]] for r in rows_two] == [[c["text"] for c in r["candidates"]] for r in rows_one]
     assert metrics_two == pytest.approx(metrics_one, rel=1e-9)
     assert len(list((tmp_path / "2").glob("eval/runs/*/metrics.json"))) == 1
+
+
+def test_a_non_finite_loss_on_one_process_stops_every_process_in_that_step(tmp_path):
+    """Process 1 alone gets NaN adapters when its batch 3 starts (step 4): both processes stop before
+    that optimizer step with one line each. Before, process 1 raised alone: process 0 failed with gloo's
+    "Connection closed by peer" in the gradient all-reduce (across nodes, NCCL waits there until its
+    timeout). The last checkpoint is the finite one of step 3."""
+    nan = ["+callbacks.nan_at._target_=signal_callbacks.NonFiniteAt", "+callbacks.nan_at.batch=3",
+           "+callbacks.nan_at.rank=1"]
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT / "src")])}
+    proc = run_script([ROOT / "train.py", f"paths.log_dir={tmp_path}", *TOY, *processes(2), "task_name=nonfinite",
+                       f"trainer.max_steps={STEPS}", *nan], seconds=240, env=env)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    err = proc.stderr
+    assert "non-finite training loss (nan) in step 4 on rank 1, hypothesis 0" in err, err[-3000:]
+    assert "non-finite training loss on another rank in step 4 (rank 0" in err, err[-3000:]
+    assert "Traceback" not in err and "unexpected" not in err, err[-3000:]
+    (run,) = (tmp_path / "nonfinite" / "runs").iterdir()
+    saved = torch.load(run / "checkpoints" / "K2" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 3
+    assert all(bool(torch.isfinite(t).all()) for t in saved["state_dict"].values())
 
 
 @pytest.mark.slow

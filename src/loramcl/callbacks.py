@@ -125,11 +125,16 @@ def _advice(trainer: L.Trainer) -> str:
 
 
 class NonFiniteGuard(Callback):
-    """Stops a fit at the first non-finite loss or gradient, before the optimizer applies it."""
+    """Stops a fit at the first non-finite loss or gradient, before the optimizer applies it. On
+    several processes every one stops in the same step: a value found on one is shared (one small
+    all-reduce per check) before any of them raises, so none waits in the next collective."""
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        if bool(torch.isfinite(loss.detach()).all()):
+        local = not bool(torch.isfinite(loss.detach()).all())
+        if not _anywhere(trainer, local):
             return
+        if not local:
+            raise NonFiniteError(_elsewhere(trainer, "training loss"))
         where = ""
         losses = getattr(pl_module, "last_hypothesis_losses", None)
         if losses is not None:
@@ -137,19 +142,38 @@ class NonFiniteGuard(Callback):
             if bad and losses.shape[0] > 1:
                 where = f", hypothesis {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
         raise NonFiniteError(
-            f"non-finite training loss ({float(loss.detach().float().mean())}) in step {trainer.global_step + 1}{where}; "
-            f"stopped before the optimizer step, {_last_checkpoint_phrase(trainer)}. {_advice(trainer)}")
+            f"non-finite training loss ({float(loss.detach().float().mean())}) in step {trainer.global_step + 1}"
+            f"{_on_rank(trainer)}{where}; stopped before the optimizer step, {_last_checkpoint_phrase(trainer)}. "
+            f"{_advice(trainer)}")
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         named = [(n, p.grad) for n, p in _trainable(pl_module) if p.grad is not None]
         found = _first_non_finite(named)
-        if found is None:
+        if not _anywhere(trainer, found is not None):  # sharded gradients (FSDP) differ between processes
             return
+        if found is None:
+            raise NonFiniteError(_elsewhere(trainer, "gradient"))
         name, hypothesis = found
         where = f", hypothesis {hypothesis}" if hypothesis is not None else ""
         raise NonFiniteError(
-            f"non-finite gradient of {name} in step {trainer.global_step + 1}{where}; stopped before the optimizer "
-            f"step, {_last_checkpoint_phrase(trainer)}. {_advice(trainer)}")
+            f"non-finite gradient of {name} in step {trainer.global_step + 1}{_on_rank(trainer)}{where}; stopped "
+            f"before the optimizer step, {_last_checkpoint_phrase(trainer)}. {_advice(trainer)}")
+
+
+def _anywhere(trainer: L.Trainer, local: bool) -> bool:
+    """Whether `local` holds on any process; every process must call this at the same point."""
+    if trainer.world_size > 1:
+        return bool(trainer.strategy.reduce_boolean_decision(local, all=False))
+    return local
+
+
+def _on_rank(trainer: L.Trainer) -> str:
+    return f" on rank {trainer.global_rank}" if trainer.world_size > 1 else ""
+
+
+def _elsewhere(trainer: L.Trainer, what: str) -> str:
+    return (f"non-finite {what} on another rank in step {trainer.global_step + 1} (rank {trainer.global_rank} "
+            f"stopped with it before the optimizer step), {_last_checkpoint_phrase(trainer)}. {_advice(trainer)}")
 
 
 def require_finite_weights(trainer: L.Trainer, pl_module: L.LightningModule, target: str) -> None:
