@@ -11,13 +11,14 @@ from lightning.pytorch.callbacks import Callback
 
 
 class SignalAt(Callback):
-    """`os.kill(os.getpid(), signum)` when training batch `batch` (counted from 0 in the epoch) starts, once."""
+    """`os.kill(os.getpid(), signum)` when training batch `batch` (counted from 0 in the epoch; -1: the
+    first batch this process trains, also after a resume) starts, once per process."""
 
     def __init__(self, batch: int, signum: int = int(signal.SIGTERM)):
         self.batch, self.signum, self.sent = int(batch), int(signum), False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if batch_idx == self.batch and not self.sent:
+        if (batch_idx == self.batch or self.batch == -1) and not self.sent:
             self.sent = True
             os.kill(os.getpid(), self.signum)
 

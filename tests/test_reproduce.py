@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -470,3 +471,46 @@ def test_a_failing_row_is_reported_and_only_it_is_submitted_again(slurm, tmp_pat
         record = json.loads(jobs_json.read_text())
         for job in {*record["trainings"].values(), *record["evaluation_jobs"].values(), record.get("collect")} - {None}:
             run(["scancel", job.split("_")[0]], slurm)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_ddp_row_runs_through_srun_and_a_warned_evaluation_continues_where_it_stopped(slurm, tmp_path,
+                                                                                       translation_assets):
+    """A row with trainer=ddp_cpu (2 devices) trains as one srun step of 2 tasks (before: one process
+    with --ntasks=1); its evaluation job gets SLURM's warning (USR1) once a first method finished: the
+    running eval.py stops, the job requeues itself and its second start runs only the methods not
+    finished (each method has exactly one finished MLflow run)."""
+    from slurm_cluster import job_info, run, wait_for, wait_until
+
+    methods = ["mcl_beam1", "mcl_beam2", "mcl_beamK"]
+    overrides = [*(o for o in TINY_MT if not o.startswith("train_overrides=")), "~table.rows.mle_r16",
+                 f"table.rows.mcl.methods=[{','.join(methods)}]",
+                 "train_overrides=[" + ",".join(f'"{o}"' for o in [*TRANSLATION_ASSETS, "trainer=ddp_cpu"]) + "]",
+                 "slurm.partition=debug"]
+    proc = run_on_cluster(reproduce_args([*overrides, "--slurm"], translation_assets, tmp_path), slurm)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "(1 node(s) x 2 task(s) each, srun)" in proc.stdout, proc.stdout
+    jobs = json.loads((tmp_path / "logs" / "reproduce" / "rehearsal_mt_ende" / "jobs.json").read_text())
+    (task,) = jobs["trainings"].values()
+    (evaluation,) = jobs["evaluation_jobs"].values()
+    log_dir = tmp_path / "logs"
+    wait_until(lambda: finished_runs(log_dir, "rehearsal_mt_ende"), timeout=900, poll=0.5,
+               what="a first finished evaluation")
+    run(["scancel", "--signal=USR1", "--batch", evaluation], slurm)
+    assert wait_for(jobs["collect"], slurm, timeout=1800, poll=2) == "COMPLETED"
+
+    trained = job_info(task, slurm)
+    assert trained["JobState"] == "COMPLETED" and trained["NumTasks"] == "2", trained
+    train_log = Path(trained["StdOut"]).read_text()  # Lightning's SLURM environment: ranks from srun
+    assert "MEMBER: 1/2" in train_log and "MEMBER: 2/2" in train_log, train_log[-3000:]
+    info = job_info(evaluation, slurm)
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", info
+    log = Path(info["StdOut"]).read_text()
+    assert f"SLURM job {evaluation} requeued: it continues with the methods not finished yet" in log, log[-3000:]
+    done_before = re.search(r"(\d) method\(s\) done before, running the rest", log)
+    assert done_before and int(done_before.group(1)) >= 1, log[-3000:]
+    runs = finished_runs(log_dir, "rehearsal_mt_ende")
+    assert sorted(r.data.params["eval.decoding"] for r in runs) == sorted(methods)  # none decoded twice
+    rows = read_csv(tmp_path / "results" / "rehearsal_mt_ende" / "mt_ende.csv")
+    assert rows and {r["status"] for r in rows} == {"done"}

@@ -100,6 +100,95 @@ def test_every_sbatch_line_comes_before_the_first_command():
                 seen_command = True
 
 
+def sbatch_options(script: Path) -> dict[str, str]:
+    """The script's active #SBATCH options, {name: value}."""
+    found = {}
+    for line in script.read_text().splitlines():
+        if line.startswith("#SBATCH --"):
+            name, _, value = line[len("#SBATCH --"):].split()[0].partition("=")
+            found[name] = value
+    return found
+
+
+def test_the_sbatch_scripts_agree_with_the_one_home_of_the_slurm_defaults():
+    """configs/cluster/slurm.yaml holds the defaults; the shipped scripts' #SBATCH lines, the submitit
+    launcher and reproduce.py's job headers say the same (time limits, memory per process, cpus,
+    the warning signal and its delay)."""
+    import loramcl  # noqa: F401  (the resolvers)
+    from loramcl.cluster import minutes, slurm_defaults
+    from loramcl.reproduce.slurm import Shape, sbatch_header
+    from omegaconf import OmegaConf
+
+    from helpers import compose_train
+
+    home = slurm_defaults()
+    memory = int(home["mem_per_task_gb"])
+    warning = f"{home['signal']}@{home['signal_delay_s']}"
+    train, ddp, sweep = (sbatch_options(SCRIPTS / name) for name in ("train.sh", "train_ddp.sh", "eval_sweep.sh"))
+    assert minutes(train["time"]) == minutes(ddp["time"]) == minutes(home["time_train"])
+    assert minutes(sweep["time"]) == minutes(home["time_eval"])
+    assert train["mem"] == sweep["mem"] == f"{memory}G"
+    assert ddp["mem"] == f"{memory * int(ddp['ntasks-per-node'])}G"  # per node: one process per GPU
+    assert {train["cpus-per-task"], ddp["cpus-per-task"], sweep["cpus-per-task"]} == {str(home["cpus_per_task"])}
+    assert train["signal"] == f"B:{warning}" and ddp["signal"] == warning  # exec'd python / every srun task
+    launcher = compose_train("hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4", hydra_cfg=True).hydra.launcher
+    assert (launcher.timeout_min, launcher.mem_gb, launcher.cpus_per_task) == (minutes(home["time_train"]), 4 * memory,
+                                                                               home["cpus_per_task"])
+    assert (launcher.signal_delay_s, launcher.max_num_timeout) == (home["signal_delay_s"], home["max_requeues"])
+    slurm = OmegaConf.create({**home, "gpus": 1, "extra": []})
+    one = "\n".join(sbatch_header(slurm, "t", "o", home["time_train"], requeue=True))
+    four = "\n".join(sbatch_header(slurm, "t", "o", home["time_train"], shape=Shape(2, 4), requeue=True))
+    assert f"--signal=B:{warning}" in one and f"--mem={memory}G" in one and "--ntasks=1" in one
+    assert f"--signal={warning}" in four and f"--mem={4 * memory}G" in four and "--gres=gpu:4" in four
+    assert "--nodes=2" in four and "--ntasks-per-node=4" in four
+
+
+def signal_at_first_batch(signum: str = "SIGUSR1") -> list[str]:
+    """Overrides: the job's python sends itself `signum` when it trains its first batch (each start)."""
+    import signal
+
+    return ["+callbacks.signal_at._target_=signal_callbacks.SignalAt", "+callbacks.signal_at.batch=-1",
+            f"+callbacks.signal_at.signum={int(getattr(signal, signum))}"]
+
+
+def tests_on_path(slurm: dict, **extra: str) -> dict:
+    return job_env(slurm, PYTHONPATH=f"{ROOT / 'tests'}:{ROOT / 'src'}", **extra)
+
+
+def test_a_job_stops_requeueing_itself_at_the_cap(slurm, tmp_path):
+    """Every start gets SLURM's warning (USR1) at its first batch: the first is requeued and resumes,
+    the second (restart 1, LORAMCL_MAX_REQUEUES=1) saves and stops with one line instead of being
+    requeued for ever."""
+    logs = tmp_path / "logs"
+    job = sbatch("train.sh", tests_on_path(slurm, LORAMCL_MAX_REQUEUES="1"), TEST_CLUSTER,
+                 [*TOY, "trainer.max_steps=100", "data.batch_size=8", "task_name=capped", f"paths.log_dir={logs}",
+                  *signal_at_first_batch()], tmp_path)
+    assert wait_for(job, slurm, timeout=600, restarts=1) == "FAILED", output(tmp_path, job)[-3000:]
+    info, log = job_info(job, slurm), output(tmp_path, job)
+    assert info["Restarts"] == "1" and info["ExitCode"] == "138:0", info  # 128 + SIGUSR1
+    assert f"SLURM job {job} requeued: it resumes" in log, log[-3000:]
+    assert re.search(rf"stopped by SIGUSR1 after step \d+: checkpoint .*last\.ckpt; SLURM job {job} was requeued "
+                     r"1 time\(s\) already \(max_requeues 1, LORAMCL_MAX_REQUEUES\): not requeued again; resume with: "
+                     r"python train\.py", log), log[-3000:]
+    saved = torch.load(logs / "capped" / "runs" / f"slurm-{job}" / "checkpoints" / "K2" / "last.ckpt",
+                       map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2  # one step per start
+
+
+def test_a_run_that_cannot_resume_is_not_requeued(slurm, tmp_path):
+    """The toy runner trains its two models from scratch: SLURM's warning stops it with a line that
+    says so, and the job is not requeued (it would start over and be warned again)."""
+    job = sbatch("train.sh", tests_on_path(slurm), TEST_CLUSTER,
+                 ["experiment=transition1", "trainer.max_steps=50", "extras.print_config=false", "task_name=toyjob",
+                  f"paths.log_dir={tmp_path / 'logs'}", *signal_at_first_batch()], tmp_path)
+    assert wait_for(job, slurm, timeout=300) == "FAILED", output(tmp_path, job)[-3000:]
+    info, log = job_info(job, slurm), output(tmp_path, job)
+    assert info["Restarts"] == "0" and info["ExitCode"] == "138:0", info
+    assert re.search(r"stopped by SIGUSR1 after step 1: .*; this run trains from scratch and cannot resume, so the "
+                     r"SLURM job is not requeued: run the same command again", log), log[-3000:]
+    assert "requeued: it resumes" not in log and "resuming" not in log
+
+
 def test_train_job_requeued_before_its_limit_resumes_exactly(slurm, tmp_path):
     """USR1 (what `--signal=B:USR1@300` sends before the time limit, here at once with scancel):
     last.ckpt at the next step, the job requeues itself, restarts (same job id, SLURM_RESTART_COUNT=1)

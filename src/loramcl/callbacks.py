@@ -280,12 +280,16 @@ class GracefulStop(Callback):
     job is requeued (by the handler submitit installed for the signal, if any, else
     `scontrol requeue`), to resume from that checkpoint when it starts again.
 
-    `resume_hint` is appended to the message (how to resume). Handlers are installed for the fit only
-    (replacing Lightning's SIGTERM notifier, whose SystemExit would end the process with status 0).
-    On several processes, a signal that reached any of them stops all at the same step."""
+    `resume_hint` is appended to the message (how to resume). `requeue=False` for runs that cannot
+    resume (the toy and bilingual runners train from scratch): USR1 / USR2 stop them without a
+    requeue. A job is requeued at most `loramcl.cluster.max_requeues()` times. Handlers are
+    installed for the fit only (replacing Lightning's SIGTERM notifier, whose SystemExit would end
+    the process with status 0). On several processes, a signal that reached any of them stops all
+    at the same step."""
 
-    def __init__(self, resume_hint: str = ""):
+    def __init__(self, resume_hint: str = "", requeue: bool = True):
         self.resume_hint = resume_hint
+        self.requeue = requeue
         self.received: Optional[int] = None
         self._previous: dict[int, Any] = {}
 
@@ -296,7 +300,7 @@ class GracefulStop(Callback):
         if self.received in REQUEUE_SIGNALS and signum == signal.SIGTERM:
             return  # SLURM's SIGTERM after our own requeue request: the step boundary is near
         self.received = signum
-        what = "requeue the job" if signum in REQUEUE_SIGNALS else "stop"
+        what = "requeue the job" if signum in REQUEUE_SIGNALS and self.requeue else "stop"
         say(f"\n{signal.Signals(signum).name} received: saving a checkpoint after this optimizer step, then {what}"
             + (" (Ctrl+C again stops at once, without it)" if signum == signal.SIGINT else "") + "\n")
 
@@ -341,7 +345,10 @@ class GracefulStop(Callback):
         name = signal.Signals(signum).name
         saved = f"checkpoint {path}" if path else "no checkpoint (no model_checkpoint callback with save_last)"
         message = f"stopped by {name} after step {trainer.global_step}: {saved}"
-        if requeue and path:
+        if not self.requeue:
+            message += ("; this run trains from scratch and cannot resume" + (", so the SLURM job is not requeued"
+                        if requeue else "") + ": run the same command again")
+        elif requeue and path:
             message += "; " + self._requeue(trainer, signum)
         elif self.resume_hint and path:
             message += f"; resume with: {self.resume_hint}"
@@ -351,11 +358,15 @@ class GracefulStop(Callback):
         """Requeue the SLURM job (rank 0), through the handler submitit left for `signum` if there is
         one; returns what happened, for the stop message. The other ranks wait for it (srun ends a
         job step when one task exits with an error, which would cut rank 0's requeue short)."""
-        from loramcl.cluster import requeue_job, slurm_job_id
+        from loramcl.cluster import max_requeues, requeue_job, slurm_job_id, slurm_restart_count
 
         job = slurm_job_id()
         if job is None:
             return f"not a SLURM job, so not requeued; resume with: {self.resume_hint}"
+        restarts, cap = slurm_restart_count(), max_requeues()
+        if restarts >= cap:  # every rank knows it: no barrier needed
+            return (f"SLURM job {job} was requeued {restarts} time(s) already (max_requeues {cap}, "
+                    f"LORAMCL_MAX_REQUEUES): not requeued again; resume with: {self.resume_hint}")
         outcome = f"SLURM job {job} requeued by rank 0"
         if trainer.is_global_zero:
             previous = self._previous.get(signum)

@@ -17,7 +17,51 @@ from __future__ import annotations
 import os
 import subprocess
 from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Optional
+
+SLURM_DEFAULTS = Path(__file__).resolve().parents[2] / "configs" / "cluster" / "slurm.yaml"
+
+
+# ---------------------------------------------------------------------------------------------- defaults
+@lru_cache(maxsize=None)
+def slurm_defaults() -> dict[str, Any]:
+    """configs/cluster/slurm.yaml: the one home of the SLURM defaults (time limits, memory per
+    process, signal, requeue cap)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(SLURM_DEFAULTS))
+
+
+def minutes(limit: str) -> int:
+    """A SLURM time limit as whole minutes, rounded up: minutes, minutes:seconds, hours:minutes:seconds,
+    days-hours, days-hours:minutes or days-hours:minutes:seconds."""
+    days, _, clock = str(limit).strip().rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:  # after a day count the clock starts with hours
+        h, m, s = (parts + [0, 0])[:3]
+    else:
+        h, m, s = ([0, 0] + parts)[-3:] if len(parts) > 1 else (0, parts[0], 0)
+    return int(days or 0) * 1440 + h * 60 + m + (1 if s else 0)
+
+
+def slurm_default(key: str, tasks: Any = 1) -> Any:
+    """One default for configs (`${loramcl.slurm:<key>}`): `<time key>_min` in minutes (submitit's
+    timeout_min), `mem_gb` for `tasks` processes on a node, else the value."""
+    values = slurm_defaults()
+    if key == "mem_gb":
+        return int(values["mem_per_task_gb"]) * max(1, int(tasks))
+    if key.endswith("_min") and key[:-4] in values:
+        return minutes(values[key[:-4]])
+    return values[key]
+
+
+def max_requeues() -> int:
+    """The requeue cap of this job: LORAMCL_MAX_REQUEUES (set by reproduce.py's job scripts), else
+    the default."""
+    value = os.environ.get("LORAMCL_MAX_REQUEUES", "")
+    return int(value) if value.strip().isdigit() else int(slurm_defaults()["max_requeues"])
 
 
 # ---------------------------------------------------------------------------------------------- ranks

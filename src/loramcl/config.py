@@ -140,6 +140,10 @@ def _register_resolver() -> None:
         from loramcl.cluster import run_stamp
 
         OmegaConf.register_new_resolver("loramcl.run_stamp", run_stamp)
+    if not OmegaConf.has_resolver("loramcl.slurm"):
+        from loramcl.cluster import slurm_default
+
+        OmegaConf.register_new_resolver("loramcl.slurm", slurm_default)
 
 
 _register_resolver()

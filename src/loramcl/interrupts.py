@@ -244,16 +244,18 @@ def stop_on_signals(outcome: Text = None, restore: bool = True) -> Iterator[None
 
 
 # ------------------------------------------------------------------------------------------ children
-def run_child(command: Sequence[str], echo: Optional[Callable[[str], None]] = None, **popen: Any) -> int:
+def run_child(command: Sequence[str], echo: Optional[Callable[[str], None]] = None,
+              also: Optional[dict[int, int]] = None, **popen: Any) -> int:
     """Run `command` (`subprocess.Popen` keywords in `popen`) to its end; returns its exit status.
 
     The child runs in a session (and process group) of its own, so a Ctrl+C in the terminal
     reaches it only through this process: each SIGINT / SIGTERM (SIGHUP: as SIGTERM) received
     meanwhile is passed on to it, the third one kills its process group (SIGKILL); `echo` (if
-    given) says so. Once the child has ended, a received signal raises `Interrupted(signum)` (its
+    given) says so. `also`: more {signal received: signal passed on} (a job's USR1: SIGTERM). Once the child has ended, a received signal raises `Interrupted(signum)` (its
     `child_code`: the child's exit status). Nothing is left running when this returns or raises."""
     received: list[int] = []
     child: list[subprocess.Popen] = []
+    forwarded = {**FORWARDED, **(also or {})}
 
     def forward(signum: int, frame: Any) -> None:
         received.append(signum)
@@ -267,7 +269,7 @@ def run_child(command: Sequence[str], echo: Optional[Callable[[str], None]] = No
             if echo:
                 echo(f"  {signal_name(signum)} again: killed {_program(command)} (pid {proc.pid})")
             return
-        os.kill(proc.pid, FORWARDED[signum])
+        os.kill(proc.pid, forwarded[signum])
         if echo:
             what = "stops at once" if len(received) == 2 else "saves a checkpoint and stops" \
                 if _program(command) == "train.py" else "stops"
@@ -275,7 +277,7 @@ def run_child(command: Sequence[str], echo: Optional[Callable[[str], None]] = No
                  f"waiting for it to end" + (" (Ctrl+C again stops it at once)" if len(received) == 1 else ""))
 
     previous = {}
-    for signum in FORWARDED:
+    for signum in forwarded:
         current = signal.getsignal(signum)
         if current is signal.SIG_IGN:  # e.g. SIGINT in a background job, SIGHUP under nohup
             continue
@@ -288,7 +290,7 @@ def run_child(command: Sequence[str], echo: Optional[Callable[[str], None]] = No
         child.append(subprocess.Popen(list(command), start_new_session=True, **popen))
         proc = child[0]
         if received:  # arrived while it was being started
-            os.kill(proc.pid, FORWARDED[received[0]])
+            os.kill(proc.pid, forwarded[received[0]])
         try:
             code = proc.wait()
         except BaseException:  # not one of ours (they do not raise): leave nothing behind
@@ -300,7 +302,7 @@ def run_child(command: Sequence[str], echo: Optional[Callable[[str], None]] = No
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
     if received:
         stop = Interrupted(received[0], f"{_program(command)} (pid {proc.pid}) was passed "
-                                        f"{signal_name(FORWARDED[received[0]])} and exited with status {code}")
+                                        f"{signal_name(forwarded[received[0]])} and exited with status {code}")
         stop.child_code = code
         raise stop
     return code

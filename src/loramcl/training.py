@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 
 from loramcl.callbacks import AtomicCheckpointIO, GracefulStop, NonFiniteGuard
 from loramcl.checkpoints import Checkpoint
-from loramcl.cluster import cluster_plugins, is_main_process
+from loramcl.cluster import cluster_plugins, is_main_process, slurm_restart_count
 from loramcl.errors import ConfigError, RunStopped
 from loramcl.lit_module import MCLLitModule
 from loramcl.preflight import instantiate_data, preflight
@@ -192,11 +192,13 @@ def fit_model(
     ckpt_path: Optional[Path] = None,
     datamodule: Any = None,
     validate_only: bool = False,
+    resumable: bool = True,
 ) -> FitResult:
     """Seed, build backbone, module, loggers and trainer from the validated settings `s`, then fit
     `datamodule` (resuming `ckpt_path` if given). Without `datamodule`, the preflight checks run
     first and give it (a runner runs them once per run and passes its DataModule).
     `validate_only`: validate the checkpoint `ckpt_path` instead (a finished run's metrics).
+    `resumable=False`: a runner that trains from scratch (a stop signal does not requeue it).
 
     Every fit has the non-finite guard, SIGTERM / SIGINT handling and atomic checkpoint writes
     (`loramcl.callbacks`); a stopped fit raises `RunStopped` after closing its MLflow run (FAILED
@@ -221,7 +223,8 @@ def fit_model(
         params["trainable_parameters"] = str(trainable)
         mlflow_run.log_params(params)
     loggers = build_loggers(s, name, mlflow_run)
-    callbacks = [NonFiniteGuard(), GracefulStop(resume_command(s)), *build_callbacks(s, name, bool(loggers))]
+    callbacks = [NonFiniteGuard(), GracefulStop(resume_command(s) if resumable else "", requeue=resumable),
+                 *build_callbacks(s, name, bool(loggers))]
     # (a partial: Hydra would try to merge the logger and plugin objects into the config)
     trainer_node = {k: v for k, v in s.node("trainer").items() if k != "plugins"}
     trainer: L.Trainer = instantiate(trainer_node, _partial_=True)(logger=loggers or False, callbacks=callbacks,
@@ -286,6 +289,9 @@ def train_mle_and_mcl(s: TrainSettings, after_fit: Callable[[str, FitResult], No
                           f"(resuming is for task=finetune runs)")
     if datamodule is None:
         datamodule = preflight(s)
+    if slurm_restart_count() > 0:
+        log.warning(f"SLURM restarted this job (restart {slurm_restart_count()}); task={s.task.name} does not resume: "
+                    f"both models are trained again from scratch")
     parent = make_mlflow_run(s, f"{s.top.task_name}_seed{s.top.seed}")
     models = ([("mle", 1)] if s.task.train_mle is not False else []) + [("mcl", s.mcl.num_hypotheses)]
     try:
@@ -296,7 +302,7 @@ def train_mle_and_mcl(s: TrainSettings, after_fit: Callable[[str, FitResult], No
             data = datamodule if datamodule is not None else instantiate_data(s)
             datamodule = None  # each fit gets a DataModule of its own
             after_fit(name, fit_model(run_settings, name, num_hypotheses=k, datamodule=data,
-                                      parent_run_id=parent.run_id if parent else None))
+                                      parent_run_id=parent.run_id if parent else None, resumable=False))
     except RunStopped as err:
         if parent is not None:
             parent.finish(err.mlflow_status)

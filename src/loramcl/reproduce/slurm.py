@@ -3,9 +3,13 @@ its array task succeeded), one collection job after everything (afterany, so tha
 failed), and `--status` reading back where each row stands.
 
 The job scripts, their commands and the job ids go to logs/reproduce/<experiment>/slurm-<time>/ and
-logs/reproduce/<experiment>/jobs.json (the latest submission, which `--status` reads). Trainings are
-requeued on preemption as train.sh is (`--signal=B:USR1@300 --requeue`, `exec python`), and resume
-from their fixed run folder (`ckpt_path=auto`).
+logs/reproduce/<experiment>/jobs.json (the latest submission, which `--status` reads). Resources,
+time limits, the warning signal and the requeue cap default to configs/cluster/slurm.yaml (the
+`slurm` node of configs/reproduce.yaml). A training with several processes (trainer=ddp / fsdp /
+ddp_cpu) runs as `srun` with one task per device (an array per process layout); one process runs as
+the batch script itself (`exec python`, `--signal=B:USR1`). Trainings are requeued on preemption
+and resume from their fixed run folder (`ckpt_path=auto`); evaluation jobs are requeued too and
+continue with the methods not finished yet (`loramcl.reproduce.eval_job`).
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import shlex
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from loramcl.errors import ConfigError
 from loramcl.reproduce.plan import Table
@@ -30,16 +35,63 @@ def jobs_file(log_dir: Path, table: Table) -> Path:
     return Path(log_dir) / "reproduce" / table.experiment / "jobs.json"
 
 
-def sbatch_header(slurm: DictConfig, name: str, output: str, time_limit: str, gpus: Optional[int] = None) -> list[str]:
+@dataclass(frozen=True)
+class Shape:
+    """The processes of one job: one (the batch script runs python) or nodes x tasks_per_node, one
+    per device, started by srun."""
+
+    nodes: int = 1
+    tasks_per_node: int = 1
+
+    @property
+    def parallel(self) -> bool:
+        return self.nodes * self.tasks_per_node > 1
+
+
+def training_shape(train_cfg: DictConfig, gpus: int) -> Shape:
+    """The processes a training config asks for: trainer.devices (an int, a list, or auto / -1:
+    the job's `gpus`, one process on CPUs) times trainer.num_nodes (the job's node count when it
+    is read from SLURM's environment, as configs/trainer/ddp.yaml does: 1 here)."""
+    trainer = train_cfg.trainer
+    devices = trainer.get("devices", 1)
+    text = str(devices).strip()
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        tasks = len(devices)
+    elif text in ("auto", "-1"):
+        tasks = max(1, int(gpus))
+    elif text.isdigit():
+        tasks = max(1, int(text))
+    else:  # "0,1": these devices
+        tasks = max(1, len([d for d in text.split(",") if d.strip()]))
+    nodes = 1
+    if "num_nodes" in trainer and not OmegaConf.is_interpolation(trainer, "num_nodes"):
+        nodes = max(1, int(trainer.num_nodes))
+    return Shape(nodes, tasks)
+
+
+def sbatch_header(slurm: DictConfig, name: str, output: str, time_limit: str, gpus: Optional[int] = None,
+                  shape: Shape = Shape(), requeue: bool = False) -> list[str]:
+    """#SBATCH lines: resources per task (`slurm.cpus_per_task`, `slurm.mem_per_task_gb` times the
+    tasks of a node), GPUs (`slurm.gpus` for one process, one per task for several), and for a job
+    that requeues itself the warning signal `slurm.signal_delay_s` before its end."""
     lines = ["#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --output={output}",
-             f"#SBATCH --time={time_limit}", f"#SBATCH --cpus-per-task={int(slurm.cpus_per_task)}",
-             "#SBATCH --ntasks=1"]
+             f"#SBATCH --time={time_limit}", f"#SBATCH --cpus-per-task={int(slurm.cpus_per_task)}"]
     gpus = int(slurm.gpus) if gpus is None else gpus
+    if shape.parallel:
+        lines += [f"#SBATCH --nodes={shape.nodes}", f"#SBATCH --ntasks-per-node={shape.tasks_per_node}"]
+        gpus = shape.tasks_per_node if gpus > 0 else 0
+    else:
+        lines.append("#SBATCH --ntasks=1")
     if gpus > 0:
         lines.append(f"#SBATCH --gres=gpu:{gpus}")
-    for key in ("partition", "account", "qos", "mem"):
+    lines.append(f"#SBATCH --mem={int(slurm.mem_per_task_gb) * shape.tasks_per_node}G")
+    for key in ("partition", "account", "qos"):
         if slurm.get(key):
             lines.append(f"#SBATCH --{key}={slurm[key]}")
+    if requeue:  # USR1 to every srun task, or to the batch script where python is the script itself
+        to = "" if shape.parallel else "B:"
+        lines += ["#SBATCH --requeue", "#SBATCH --open-mode=append",
+                  f"#SBATCH --signal={to}{slurm.signal}@{int(slurm.signal_delay_s)}"]
     lines += [f"#SBATCH {option}" for option in slurm.get("extra") or []]
     return lines
 
@@ -122,6 +174,7 @@ class TableSubmission:
         self.active = in_flight(self.previous) if self.previous else set()
         self.folder = self.log_dir / "reproduce" / table.experiment / time.strftime("slurm-%Y%m%d-%H%M%S")
         self.setup = [f"cd {shlex.quote(str(root))}", f"export PROJECT_ROOT={shlex.quote(str(root))}",
+                      f"export LORAMCL_MAX_REQUEUES={int(slurm.max_requeues)}",  # the jobs' requeue cap
                       *(slurm.get("setup") or [])]  # the cluster's environment: module load, conda activate, ...
         index = RunIndex(self.log_dir)
         finished = finished_evaluations(tracking_uri, table.experiment)
@@ -146,9 +199,9 @@ class TableSubmission:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.record = Submission(self.path, self.table, self.folder, self.previous, self.active)
         try:
-            array_id = self._submit_trainings()
+            arrays = self._submit_trainings()
             new_evaluations = self._submit_evaluations()
-            self._submit_collection([*([array_id] if array_id else []), *new_evaluations])
+            self._submit_collection([*arrays, *new_evaluations])
         except SubmissionError as err:
             done = {j.split("_")[0] for part in ("trainings", "evaluation_jobs")  # an array counts once
                     for j in self.record.record[part].values() if j not in self.active}
@@ -157,34 +210,48 @@ class TableSubmission:
         self.echo(f"job scripts and logs: {self.folder}; job ids: {self.path}")
         return self.record.record
 
-    def _header(self, name: str, output: str, time_limit: str, gpus: Optional[int] = None) -> list[str]:
-        return sbatch_header(self.slurm, f"{self.table.name}-{name}", str(self.folder / output), time_limit, gpus)
+    def _header(self, name: str, output: str, time_limit: str, gpus: Optional[int] = None,
+                shape: Shape = Shape(), requeue: bool = False) -> list[str]:
+        return sbatch_header(self.slurm, f"{self.table.name}-{name}", str(self.folder / output), time_limit, gpus,
+                             shape, requeue)
 
-    def _submit_trainings(self) -> Optional[str]:
+    def _submit_trainings(self) -> list[str]:
+        """One array per process layout (a job's header holds it); the array job ids."""
         for training in self.to_train:
             if self.states[training.key].status == "partial" and not training.resumes:
                 self.echo(f"{training.runner} runs cannot resume; the interrupted one is kept as "
                           f"{set_aside(self.states[training.key].run_dir)}")
-        if not self.to_train:
-            return None
-        commands = self.folder / "train_commands.txt"
+        layouts: dict[Shape, list] = {}
+        for training in self.to_train:
+            shape = training_shape(self.table.configs[training.key], int(self.slurm.gpus))
+            layouts.setdefault(shape, []).append(training)
+        return [self._submit_array(shape, trainings, len(layouts) > 1) for shape, trainings in layouts.items()]
+
+    def _submit_array(self, shape: Shape, trainings: list, several: bool) -> str:
+        suffix = f"-{shape.nodes}x{shape.tasks_per_node}" if several else ""
+        commands = self.folder / f"train_commands{suffix}.txt"
         commands.write_text("".join(quoted(train_command(t, self.root, self.paths, self.python)) + "\n"
-                                    for t in self.to_train))
-        script = self.folder / "train_array.sh"
-        header = self._header("train", "train-%A_%a.out", self.slurm.time_train)
-        header += ["#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --signal=B:USR1@300"]
+                                    for t in trainings))
+        script = self.folder / f"train_array{suffix}.sh"
+        header = self._header("train", f"train{suffix}-%A_%a.out", self.slurm.time_train, shape=shape, requeue=True)
+        # one process: exec, so that the warning signal (B:) reaches python, which requeues the task;
+        # several: srun starts one per device and SLURM signals each
+        launch = "srun --kill-on-bad-exit=1 $line" if shape.parallel else "exec $line"
         body = self.setup + [f'line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(commands))})',
-                             'eval "exec $line"  # exec: the preemption signal reaches python, which requeues the task']
+                             f'eval "{launch}"']
         script.write_text("\n".join(header + body) + "\n")
         limit = f"%{int(self.slurm.max_parallel)}" if self.slurm.get("max_parallel") else ""
-        array_id = sbatch(script, array=f"0-{len(self.to_train) - 1}{limit}")
-        self.record.record["trainings"].update({t.key: f"{array_id}_{i}" for i, t in enumerate(self.to_train)})
+        array_id = sbatch(script, array=f"0-{len(trainings) - 1}{limit}")
+        self.record.record["trainings"].update({t.key: f"{array_id}_{i}" for i, t in enumerate(trainings)})
         self.record.save()
-        self.echo(f"submitted {len(self.to_train)} training(s) as array job {array_id}")
+        layout = f" ({shape.nodes} node(s) x {shape.tasks_per_node} task(s) each, srun)" if shape.parallel else ""
+        self.echo(f"submitted {len(trainings)} training(s) as array job {array_id}{layout}")
         return array_id
 
     def _submit_evaluations(self) -> list[str]:
-        """One job per training with evaluations to run, after its training job (new or in flight)."""
+        """One job per training with evaluations to run, after its training job (new or in flight).
+        The job runs `loramcl.reproduce.eval_job` on a spec of its eval.py commands: requeued, it
+        continues with the methods not finished yet."""
         jobs = []
         for training in self.trainings:
             pending = self.pending[training.key]
@@ -192,13 +259,17 @@ class TableSubmission:
                 continue
             state = self.states[training.key]
             run_dir = state.run_dir if state.status == "done" else training.run_dir(self.log_dir)
+            spec = self.folder / f"eval-{training.key}.json"
+            spec.write_text(json.dumps({
+                "tracking_uri": self.tracking_uri, "experiment": self.table.experiment,
+                "groups": [{"group": group[0].group, "decodings": [ev.decoding for ev in group],
+                            "command": eval_command(group, run_dir, self.table, self.root, self.paths,
+                                                    self.tracking_uri, self.python)}
+                           for group in groups_of(pending)]}, indent=2))
             script = self.folder / f"eval-{training.key}.sh"
-            header = self._header("eval", f"eval-{training.key}-%j.out", self.slurm.time_eval)
-            body = self.setup + ["status=0"]
-            for group in groups_of(pending):
-                body.append(quoted(eval_command(group, run_dir, self.table, self.root, self.paths, self.tracking_uri,
-                                                self.python)) + " || status=1")
-            script.write_text("\n".join(header + body + ["exit $status"]) + "\n")
+            header = self._header("eval", f"eval-{training.key}-%j.out", self.slurm.time_eval, requeue=True)
+            body = self.setup + ["exec " + quoted([self.python, "-m", "loramcl.reproduce.eval_job", str(spec)])]
+            script.write_text("\n".join(header + body) + "\n")
             after = self.record.record["trainings"].get(training.key) if state.status != "done" else None
             job = sbatch(script, dependency=f"afterok:{after}" if after else None)
             jobs.append(job)

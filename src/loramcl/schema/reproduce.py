@@ -12,7 +12,6 @@ from loramcl.schema.fields import Anything, Choice, Int, Mapping, Text, TextList
 from loramcl.schema.groups import Group, PathsSchema
 
 SLURM_TIME = r"(\d+-)?\d+(:\d{1,2}){0,2}"  # minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]] (sbatch --time)
-SLURM_MEMORY = r"\d+[KMGT]?"  # sbatch --mem
 
 
 class SlurmSchema(Group):
@@ -21,10 +20,13 @@ class SlurmSchema(Group):
     qos: Text(nullable=True) = None
     gpus: Int(0) = 1
     cpus_per_task: Int(1) = 8
-    mem: Text(pattern=SLURM_MEMORY, what="a memory size as sbatch takes it (e.g. 64G, 4000M)") = "64G"
+    mem_per_task_gb: Int(1) = 64  # times the processes of a node
     time_train: Text(pattern=SLURM_TIME, what="a time limit as sbatch takes it (HH:MM:SS, D-HH:MM:SS)") = "24:00:00"
     time_eval: Text(pattern=SLURM_TIME, what="a time limit as sbatch takes it (HH:MM:SS, D-HH:MM:SS)") = "08:00:00"
     time_collect: Text(pattern=SLURM_TIME, what="a time limit as sbatch takes it (HH:MM:SS, D-HH:MM:SS)") = "00:30:00"
+    signal: Choice("USR1", "USR2") = "USR1"
+    signal_delay_s: Int(10) = 300
+    max_requeues: Int(0) = 20
     max_parallel: Int(1, nullable=True, note="null: no limit") = None
     extra: TextList(empty=True) = ()
     setup: TextList(empty=True) = ()  # shell lines every job runs first (module load, conda activate)
