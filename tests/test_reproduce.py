@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
 from helpers import AUDIO_ASSETS, ROOT, TRANSLATION_ASSETS, run_script, timeout
 
@@ -73,6 +72,38 @@ def test_every_table_composes_and_rows_share_trainings():
     assert loss["mle_r8/AudioCaps"] == quality["mle/AudioCaps"] != loss["mle_r8/Clotho"]
     assert loss["mcl_k5/Clotho"] == quality["mcl_relaxed/Clotho"]
     assert len({loss["mle_r8/Clotho"], loss["mle_r24/Clotho"], loss["mle_r40/Clotho"]}) == 3
+    # every paper training's key is pinned: a change that would retrain them (hundreds of GPU hours)
+    # fails here. A change that must change them: regenerate the file and say so in the commit
+    pinned = json.loads((ROOT / "tests" / "fixtures" / "paper_training_keys.json").read_text())
+    assert {table: {r.id: r.training.key for r in plan.rows} for table, plan in plans.items()} == pinned
+
+
+def test_a_training_key_follows_what_is_trained_and_not_how_it_is_watched():
+    """The key ignores callbacks, loggers, paths, the run name and the checkpoint / validation cadence;
+    it follows the global batch (per-device batch x processes x accumulation), the precision, the
+    schedule, the seed and a warm start."""
+    from loramcl.identity import training_key
+
+    from helpers import compose_train
+
+    def key(*overrides: str, **kw) -> str:
+        return training_key(compose_train("experiment=alma_ende_mcl3", *overrides), **kw)
+
+    base = key()
+    for unrelated in ("+callbacks.collapse_monitor.new_option=3", "callbacks.model_checkpoint.every_n_train_steps=7",
+                      "trainer.val_check_interval=0.5", "trainer.log_every_n_steps=1", "task_name=other",
+                      "logger=none", "extras.print_config=false", "data.num_workers=8", "data.val_batch_size=1",
+                      "paths.log_dir=/elsewhere", "trainer=ddp", "model.gradient_checkpointing=true",
+                      "ckpt_path=auto"):
+        assert key(unrelated) == base, unrelated
+    assert key("trainer=ddp", gpus=4) != base  # 4 processes: 4 times the global batch
+    assert key("trainer=ddp", "data.batch_size=1", gpus=2) == base  # 2 x 1 = 1 x 2
+    assert key("trainer=ddp", "trainer.devices=2", "data.batch_size=1") == base
+    assert key("trainer.accumulate_grad_batches=1", "data.batch_size=4") != base  # not the same steps
+    for different in ("data.batch_size=4", "trainer.precision=32-true", "trainer.max_epochs=3", "seed=1",
+                      "lora.r=32", "mcl.num_hypotheses=5", "optim.optimizer.lr=1e-3", "data.max_source_tokens=128",
+                      "model.name_or_path=other/model", "ckpt_path=/runs/elsewhere/checkpoints/K3/last.ckpt"):
+        assert key(different) != base, different
 
 
 @pytest.mark.slow  # suite time (the default rehearsal composes mt_ende at the demo scale)
@@ -225,13 +256,15 @@ def test_rehearsal_interrupted_and_rerun_trains_and_evaluates_nothing_twice(tmp_
     evals = finished_runs(logs, "rehearsal_mt_ende")
     assert sorted(r.data.params["eval.decoding"] for r in evals) == ["mcl_beam1", "mle_beam", "test_loss"]
 
-    # the run folders are named by the key of the config they saved (what reuse relies on)
-    from loramcl.reproduce.plan import config_key
+    # the run folders are named by the key of the config they saved (what reuse relies on), which
+    # their identity.json records with the process count and the code version
+    from loramcl.identity import code_version, read_identity, saved_key
 
     folders = sorted(logs.glob("rehearsal_*/runs/reproduce-*"))
     assert len(folders) == 2
     for folder in folders:
-        assert folder.name == f"reproduce-{config_key(OmegaConf.load(folder / '.hydra' / 'config.yaml'))}"
+        assert folder.name == f"reproduce-{saved_key(folder)}"
+        assert read_identity(folder) == {"key": saved_key(folder), "world_size": 1, "code_version": code_version()}
 
     # the table holds the evaluations' own numbers (their metrics.json), and the test loss of MCL
     rows = {r["decoding"]: r for r in read_csv(tmp_path / "results" / "rehearsal_mt_ende" / "mt_ende.csv")}
@@ -514,3 +547,45 @@ def test_a_ddp_row_runs_through_srun_and_a_warned_evaluation_continues_where_it_
     assert sorted(r.data.params["eval.decoding"] for r in runs) == sorted(methods)  # none decoded twice
     rows = read_csv(tmp_path / "results" / "rehearsal_mt_ende" / "mt_ende.csv")
     assert rows and {r["status"] for r in rows} == {"done"}
+
+
+def test_an_evaluation_by_older_metrics_or_other_decoding_settings_is_stale(tmp_path):
+    """An evaluation's settings key follows its resolved decoding config (an edited configs/decoding
+    file changes it, not only the command-line overrides); a finished MLflow run with another key, an
+    older METRICS_VERSION or none (runs from before the tags) is stale, reported with its values."""
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+
+    from loramcl.identity import EVAL_KEY_TAG, METRICS_VERSION, METRICS_VERSION_TAG
+    from loramcl.reproduce.plan import Evaluation, Training, eval_key
+    from loramcl.reproduce.state import GROUP_TAG, evaluation_state, finished_evaluations
+
+    configs = tmp_path / "configs"
+    shutil.copytree(ROOT / "configs", configs)
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        before = eval_key(compose, "mcl_beam2", ("max_items=4",), {})
+        assert eval_key(compose, "mcl_beam2", ("max_items=8",), {}) == before  # max_items: in the group, not here
+        (configs / "decoding" / "mcl_beam2.yaml").write_text(
+            (configs / "decoding" / "mcl_beam2.yaml").read_text().replace("num_beams: 2", "num_beams: 3"))
+        after = eval_key(compose, "mcl_beam2", ("max_items=4",), {})
+        assert after != before
+    training = Training("0123456789ab", ("experiment=x",), "t", "finetune", "d")
+    ev = Evaluation(training, "mcl_beam2", ("max_items=4",), after)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("table")
+
+    def finished_run(**tags: str) -> None:
+        run = client.create_run(experiment, tags={GROUP_TAG: ev.group, **tags})
+        client.log_param(run.info.run_id, "eval.decoding", "mcl_beam2")
+        client.log_metric(run.info.run_id, "oracle_bleu", 12.5)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        time.sleep(0.01)  # the newest finished run counts
+
+    assert evaluation_state(ev, finished_evaluations(uri, "table")) == "missing"
+    current = {METRICS_VERSION_TAG: str(METRICS_VERSION), EVAL_KEY_TAG: after}
+    for tags, state in [({}, "stale"), ({**current, METRICS_VERSION_TAG: str(METRICS_VERSION - 1)}, "stale"),
+                        ({**current, EVAL_KEY_TAG: before}, "stale"), (current, "done")]:
+        finished_run(**tags)
+        assert evaluation_state(ev, finished_evaluations(uri, "table")) == state, tags

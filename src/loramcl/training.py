@@ -25,6 +25,7 @@ from loramcl.callbacks import AtomicCheckpointIO, GracefulStop, NonFiniteGuard
 from loramcl.checkpoints import Checkpoint
 from loramcl.cluster import cluster_plugins, is_main_process, slurm_restart_count
 from loramcl.errors import ConfigError, RunStopped
+from loramcl.identity import CODE_VERSION_TAG, code_version, write_identity
 from loramcl.lit_module import MCLLitModule
 from loramcl.preflight import instantiate_data, preflight
 from loramcl.resume import finished, resolve_ckpt_path
@@ -99,8 +100,10 @@ def make_mlflow_run(s: TrainSettings, run_name: str, parent_run_id: Optional[str
     out = s.output_dir
     if run is not None and out is not None:
         run.set_tag(RUN_DIR_TAG, str(out.resolve()))
+    if run is not None:
+        run.set_tag(CODE_VERSION_TAG, code_version())  # (a resume by other code: the newest one)
     if run is None:
-        tags = {"task": s.task.name}
+        tags = {"task": s.task.name, CODE_VERSION_TAG: code_version()}
         if out is not None:
             tags[RUN_DIR_TAG] = str(out.resolve())
         if previous:
@@ -229,6 +232,8 @@ def fit_model(
     trainer_node = {k: v for k, v in s.node("trainer").items() if k != "plugins"}
     trainer: L.Trainer = instantiate(trainer_node, _partial_=True)(logger=loggers or False, callbacks=callbacks,
                                                                    plugins=trainer_plugins(s))
+    if s.output_dir is not None and is_main_process() and not validate_only:
+        write_identity(s.output_dir, s.raw, trainer.world_size)  # its key, process count, code version
     try:
         if validate_only:
             trainer.validate(module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False)

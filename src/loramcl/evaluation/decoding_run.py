@@ -258,7 +258,7 @@ def run_decoding_eval(settings: EvalSettings) -> dict[str, float]:
                  + (f", {world} processes" if world > 1 else ""))
 
     # opened before decoding: an interrupted or failed evaluation is closed as KILLED / FAILED
-    with evaluation_run(top.mlflow, train_cfg, scheme.label, spec.name, enabled=rank == 0) as run:
+    with evaluation_run(top.mlflow, train_cfg, scheme.label, spec.name, enabled=rank == 0, values=settings.raw) as run:
         start = time.perf_counter()
         decodes = spec.method != "teacher_forced"  # test_loss: the references' NLL only, nothing decoded
         records = decode_split(decoder, datamodule, spec, K, batch_size, limit, device, top.seed, rank, world) \

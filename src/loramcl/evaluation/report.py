@@ -20,6 +20,7 @@ from typing import IO, Any, Callable, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from loramcl.identity import evaluation_tags
 from loramcl.interrupts import note
 from loramcl.utils.mlflow_store import MLflowRun, flatten
 
@@ -54,16 +55,18 @@ def write_outputs(out: Path, records: list[dict], metrics: dict[str, float], inf
 
 @contextmanager
 def evaluation_run(ml: Any, train_cfg: DictConfig, scheme: str, decoding: str,
-                   enabled: bool = True) -> Iterator[Optional[MLflowRun]]:
+                   enabled: bool = True, values: Optional[dict] = None) -> Iterator[Optional[MLflowRun]]:
     """The evaluation's MLflow run (None without MLflow, or when not `enabled`: ranks > 0), opened
     before decoding: one that does not reach `log_to_mlflow` is closed as KILLED on Ctrl+C /
     SIGTERM (a KeyboardInterrupt), FAILED on an error, never left RUNNING. `ml`: eval.py's validated
-    `mlflow` group (`loramcl.schema.evaluation.MLflowSchema`)."""
+    `mlflow` group (`loramcl.schema.evaluation.MLflowSchema`); `values`: eval.py's resolved config,
+    whose identity (`loramcl.identity.evaluation_tags`: settings key, metrics and code version) tags the run."""
     if not enabled or ml is None or not ml.enabled:
         yield None
         return
     experiment = ml.experiment or f"eval_{train_cfg.data.get('name', 'data')}"
     tags = {str(k): str(v) for k, v in (ml.tags or {}).items()}  # e.g. scripts/reproduce.py's keys
+    tags.update(evaluation_tags(values or {}))
     run = MLflowRun(ml.tracking_uri, experiment, ml.artifact_location, f"{scheme} / {decoding}",
                     tags={**tags, "loramcl.kind": "eval", "task": "eval"})
     run.experiment_name = experiment

@@ -22,7 +22,8 @@ from loramcl.errors import ConfigError, MissingResource
 from loramcl.reproduce.plan import Table, plan_table
 from loramcl.reproduce.results import gather, write_results
 from loramcl.reproduce.runner import LocalRunner
-from loramcl.reproduce.state import RunIndex, evaluation_done, finished_evaluations
+from loramcl.identity import METRICS_VERSION, code_version, read_identity
+from loramcl.reproduce.state import RunIndex, evaluation_done, evaluation_state, finished_evaluations
 from loramcl.utils.atomic import FewerResults
 
 
@@ -110,13 +111,30 @@ def describe_plan(table: Table, index: RunIndex, finished: dict, echo=print) -> 
     evals = table.evaluations()
     echo(f"table {table.name} (scale={table.scale}): {len(table.rows)} rows, {len(trainings)} trainings, "
          f"{len(evals)} evaluations; MLflow experiment {table.experiment}")
+    others = 0
     for training in trainings:
         state = index.state(training)
         mine = table.evaluations(training)
         done = sum(evaluation_done(e, finished) for e in mine)
+        stale = sum(evaluation_state(e, finished) == "stale" for e in mine)
         rows = ", ".join(r.id for r in table.rows if r.training.key == training.key)
         echo(f"  {training.key} [{state.status}] {rows}: train.py {training.describe()}; "
-             f"evaluations {done}/{len(mine)} done" + (f" ({state.run_dir})" if state.status != "missing" else ""))
+             f"evaluations {done}/{len(mine)} done" + (f", {stale} stale" if stale else "")
+             + (f" ({state.run_dir})" if state.status != "missing" else ""))
+        if state.status == "done":
+            trained_by = read_identity(state.run_dir).get("code_version", "unknown (before identity.json)")
+            if trained_by != code_version():
+                others += 1
+                echo(f"    warning: trained by code {trained_by}, this is {code_version()}: reused (move "
+                     f"{state.run_dir} away to train it again)")
+    stale = sum(evaluation_state(e, finished) == "stale" for e in evals)
+    if stale:
+        echo(f"  {stale} evaluation(s) are stale (computed with other decoding / generation settings or an older "
+             f"metric definition than METRICS_VERSION {METRICS_VERSION}): they run again; their old values stay in "
+             f"the results, marked stale, until then")
+    if others:
+        echo(f"  {others} training(s) were trained by another code version (see above): reused, as their key "
+             f"(what they train) is the same")
 
 
 def status(table: Table, cfg: DictConfig, log_dir: Path, echo=print) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 Every row of a table is a training experiment plus overrides, and a list of evaluation methods
 (decoding configs). `plan_table` composes each row's real training config through Hydra (the same
-composition `train.py` does), identifies the training by `config_key` (a hash of the resolved-to-be
-config, so two rows, or two tables, that train the same thing share one run) and its evaluations by
+composition `train.py` does), identifies the training by its key (`loramcl.identity`: a hash of what
+changes the trained adapters, so two rows, or two tables, that train the same thing share one run) and its evaluations by
 (training, eval.py overrides, decoding). Rows with `groups` run once per group (dataset), with
 "{data}" in the row's experiment replaced by the group's data name.
 
@@ -22,30 +22,10 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from loramcl.errors import ConfigError
+from loramcl.identity import training_key
 
-# Top-level keys (and dotted sub-keys) of a training config that do not change what is trained: where
-# files go, how progress is shown, what the run is called, how it was started.
-VOLATILE = ("paths", "logger", "extras", "task_name", "ckpt_path", "callbacks.rich_progress_bar",
-            "trainer.enable_progress_bar")
 KINDS = ("eval", "toy", "bilingual")  # where a table's values come from (see loramcl.reproduce.results)
 LAYOUTS = ("long", "pivot")
-
-
-def config_key(cfg: Any) -> str:
-    """12 hex digits identifying what a training config trains: the sha256 of its unresolved tree
-    (interpolations as written, so the key is the same on any machine and in any folder) without the
-    VOLATILE keys. A saved `.hydra/config.yaml` gives the key of the run that wrote it."""
-    tree = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
-    tree = json.loads(json.dumps(tree))  # a private copy
-    for key in VOLATILE:
-        parent, _, leaf = key.rpartition(".")
-        node = tree
-        for part in parent.split(".") if parent else []:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    text = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -82,6 +62,7 @@ class Evaluation:
     training: Training
     decoding: str
     overrides: tuple[str, ...]  # eval.py overrides other than ckpt_path / decoding (model_name, max_items, ...)
+    key: str = ""  # its resolved decoding / generation settings (`loramcl.identity.evaluation_key`)
 
     @property
     def group(self) -> str:
@@ -198,6 +179,22 @@ def check_methods(table: DictConfig, known: set[str]) -> None:
                               f"(configs/decoding/ has: {', '.join(sorted(known))})")
 
 
+def eval_key(compose: Any, decoding: str, overrides: tuple[str, ...], cache: dict) -> str:
+    """The settings key of eval.py with these overrides (its config composed once per distinct call)."""
+    from loramcl.identity import EVAL_KEYS, evaluation_key
+
+    if (decoding, overrides) not in cache:
+        try:
+            cfg = compose("eval", overrides=["ckpt_path=.", f"decoding={decoding}", *overrides])
+        except Exception as err:  # hydra's composition errors: one line
+            raise ConfigError(f"cannot compose eval.py decoding={decoding} {' '.join(overrides)}: "
+                              f"{str(err).splitlines()[0]}") from None
+        values = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg.get(k)) else cfg.get(k)
+                  for k in EVAL_KEYS}
+        cache[(decoding, overrides)] = evaluation_key(values)
+    return cache[(decoding, overrides)]
+
+
 def plan_table(cfg: DictConfig, compose: Any, decodings: Optional[set[str]] = None) -> Table:
     """The table of `cfg.table` at `cfg.scale`, every row's training config composed with `compose`
     (hydra.compose inside an initialised config dir); `decodings`: the known decoding config names."""
@@ -212,6 +209,7 @@ def plan_table(cfg: DictConfig, compose: Any, decodings: Optional[set[str]] = No
     experiment = f"{scale.prefix}_{table.name}"
     rows: list[Row] = []
     configs: dict[str, DictConfig] = {}
+    eval_keys: dict[tuple, str] = {}
     extra_train = _strings(cfg.get("train_overrides"), "train_overrides")
     extra_eval = _strings(scale.get("eval"), "scale.eval") + _strings(cfg.get("eval_overrides"), "eval_overrides")
     for row_name, row in table.rows.items():
@@ -234,7 +232,8 @@ def plan_table(cfg: DictConfig, compose: Any, decodings: Optional[set[str]] = No
             except Exception as err:  # hydra's composition errors: one line naming the row
                 raise ConfigError(f"{where}: cannot compose train.py {' '.join(overrides)}: "
                                   f"{str(err).splitlines()[0]}") from None
-            training = Training(config_key(train_cfg), tuple(full), str(train_cfg.task_name),
+            # devices: auto counts slurm.gpus processes (the same key for --slurm, --status and --collect)
+            training = Training(training_key(train_cfg, gpus=int(cfg.slurm.gpus)), tuple(full), str(train_cfg.task_name),
                                 str(train_cfg.task.name), data_name)
             configs.setdefault(training.key, train_cfg)
             methods = row.get("methods", default_methods) or []
@@ -242,7 +241,8 @@ def plan_table(cfg: DictConfig, compose: Any, decodings: Optional[set[str]] = No
                 _strings(row.get("eval_overrides"), f"{where}: eval_overrides") + extra_eval
             if table.get("kind", "eval") == "toy":
                 methods = []
-            evaluations = [Evaluation(training, str(m), tuple(eval_overrides)) for m in methods]
+            evaluations = [Evaluation(training, str(m), tuple(eval_overrides),
+                                      eval_key(compose, str(m), tuple(eval_overrides), eval_keys)) for m in methods]
             paper = OmegaConf.to_container(row.paper) if row.get("paper") else {}
             if group is not None and paper:
                 paper = paper.get(group) or {}

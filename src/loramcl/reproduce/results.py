@@ -3,7 +3,8 @@
 Values come from the evaluations' MLflow runs (kind `eval`), from the training runs' summary.json
 (kind `toy`), or both (kind `bilingual`: the language columns of the bilingual run). Every row and
 method of the table is present, done or not: a missing value is an empty CSV cell and "--" in LaTeX,
-and the `status` column says why (missing, failed, running). Where the table config knows the
+and the `status` column says why (missing, failed, running; `stale`: values computed with other
+decoding settings or an older metric definition, kept until the evaluation runs again). Where the table config knows the
 paper's figure for a cell, a `paper_<metric>` column holds it beside ours (LaTeX: a "paper" column,
 with a dagger and a note when the figure is unverified).
 
@@ -29,11 +30,14 @@ from loramcl.evaluation.collect import (SEMANTIC_AXES, best_rows, file_stem, for
                                         quality_diversity_figure)
 from loramcl.metrics.registry import METRICS
 from loramcl.reproduce.plan import Row, Table
+from loramcl.reproduce.state import evaluation_state
 from loramcl.utils.atomic import guard_results, publish_files
 
 log = logging.getLogger(__name__)
 
 # Columns of the toy table (from summary.json), with labels and directions (None: no "best")
+WITH_VALUES = ("done", "stale")  # line statuses that carry results
+
 TOY_COLUMNS = {
     "mle_loss": ("MLE loss", False), "mle_optimum": ("MLE optimum", None),
     "mcl_loss": ("MCL WTA loss", False), "mcl_band_low": ("MCL band low", None), "mcl_band_high": ("MCL band high", None),
@@ -49,7 +53,7 @@ class Line:
     row: Row
     method: str  # the method's label ("" for rows without evaluations)
     decoding: str
-    status: str  # done | missing | failed | running
+    status: str  # done | stale | missing | failed | running
     values: dict[str, float] = field(default_factory=dict)
     run_dir: Optional[Path] = None
 
@@ -131,7 +135,8 @@ def gather(table: Table, trainings: dict[str, Any], finished: dict[tuple[str, st
             if run is not None:
                 metrics = {k: float(v) for k, v in run.data.metrics.items()}
                 method = run.data.params.get("eval.method") or ev.decoding
-                lines.append(Line(row, method, ev.decoding, "done", {**metrics, **extra}, run_dir))
+                lines.append(Line(row, method, ev.decoding, evaluation_state(ev, finished), {**metrics, **extra},
+                                  run_dir))
             else:
                 status = _status((ev.group, ev.decoding), failed, running)
                 if status == "missing":
@@ -325,7 +330,7 @@ def plot_quality_diversity(table: Table, lines: list[Line], stem: Path) -> list[
     paths: list[Path] = []
     for group in dict.fromkeys(line.row.group for line in lines):
         rows = [{"scheme": line.row.label, "method": line.method, "experiment": f"{table.name} {group or ''}".strip(),
-                 **line.values} for line in lines if line.row.group == group and line.status == "done"]
+                 **line.values} for line in lines if line.row.group == group and line.status in WITH_VALUES]
         quality = spec["y"]
         if not any(quality in r for r in rows) and spec.get("fallback_y"):
             quality = spec["fallback_y"]
@@ -359,8 +364,8 @@ def copy_run_figures(table: Table, lines: list[Line], out: Path) -> list[Path]:
 
 
 def complete_row(row: dict) -> bool:
-    """A CSV line with results (status done; not missing, failed or running)."""
-    return row.get("status") == "done"
+    """A CSV line with results (status done or stale; not missing, failed or running)."""
+    return row.get("status") in WITH_VALUES
 
 
 def write_results(table: Table, lines: list[Line], force: bool = False,
@@ -374,7 +379,7 @@ def write_results(table: Table, lines: list[Line], force: bool = False,
     """
     out = table.results_dir
     csv_name = f"{table.name}.csv"
-    done = sum(line.status == "done" for line in lines)
+    done = sum(line.status in WITH_VALUES for line in lines)
     guard_results(out / csv_name, done, len(lines), complete_row, force, hint)
     written, previous = publish_files(out, lambda stage: _write_files(table, lines, stage), csv_name)
     if previous is not None:

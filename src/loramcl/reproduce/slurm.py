@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from loramcl.errors import ConfigError
 from loramcl.reproduce.plan import Table
@@ -49,24 +49,10 @@ class Shape:
 
 
 def training_shape(train_cfg: DictConfig, gpus: int) -> Shape:
-    """The processes a training config asks for: trainer.devices (an int, a list, or auto / -1:
-    the job's `gpus`, one process on CPUs) times trainer.num_nodes (the job's node count when it
-    is read from SLURM's environment, as configs/trainer/ddp.yaml does: 1 here)."""
-    trainer = train_cfg.trainer
-    devices = trainer.get("devices", 1)
-    text = str(devices).strip()
-    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
-        tasks = len(devices)
-    elif text in ("auto", "-1"):
-        tasks = max(1, int(gpus))
-    elif text.isdigit():
-        tasks = max(1, int(text))
-    else:  # "0,1": these devices
-        tasks = max(1, len([d for d in text.split(",") if d.strip()]))
-    nodes = 1
-    if "num_nodes" in trainer and not OmegaConf.is_interpolation(trainer, "num_nodes"):
-        nodes = max(1, int(trainer.num_nodes))
-    return Shape(nodes, tasks)
+    """The processes a training config asks for (`loramcl.identity.processes`)."""
+    from loramcl.identity import processes
+
+    return Shape(*processes(train_cfg.trainer, gpus))
 
 
 def sbatch_header(slurm: DictConfig, name: str, output: str, time_limit: str, gpus: Optional[int] = None,

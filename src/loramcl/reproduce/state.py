@@ -8,7 +8,8 @@ folder under logs/ (a run trained by hand with the same config is reused). A fol
 without that file is *partial*: training it again with `ckpt_path=auto` resumes it.
 
 An evaluation is *done* when the table's MLflow experiment holds a FINISHED eval.py run tagged
-`loramcl.reproduce.group=<group>` with `eval.decoding=<decoding>`.
+`loramcl.reproduce.group=<group>` with `eval.decoding=<decoding>`, computed with the table's decoding
+settings and the current metric definitions (`evaluation_state`: else it is *stale* and runs again).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
 
-from loramcl.reproduce.plan import Evaluation, Training, config_key
+from loramcl.identity import EVAL_KEY_TAG, METRICS_VERSION, METRICS_VERSION_TAG, saved_key
+from loramcl.reproduce.plan import Evaluation, Training
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class RunIndex:
             self._keys = {}
             for folder in run_folders(self.log_dir):
                 try:
-                    self._keys[folder] = config_key(OmegaConf.load(folder / CONFIG))
+                    self._keys[folder] = saved_key(folder)
                 except Exception as err:  # noqa: BLE001 - an unreadable config is not ours to judge here
                     log.debug("skipping %s: %s", folder, err)
         return self._keys
@@ -109,5 +110,20 @@ def finished_evaluations(tracking_uri: str, experiment: str) -> dict[tuple[str, 
             return found
 
 
+def evaluation_state(evaluation: Evaluation, finished: dict[tuple[str, str], Any]) -> str:
+    """done, missing, or stale: the newest finished run was computed by an older metric definition
+    (METRICS_VERSION; runs from before the tag count as older) or with other decoding / generation
+    settings than the table's now (its eval key; runs from before the tag are not judged on it)."""
+    run = finished.get((evaluation.group, evaluation.decoding))
+    if run is None:
+        return "missing"
+    tags = run.data.tags
+    if tags.get(METRICS_VERSION_TAG) != str(METRICS_VERSION):
+        return "stale"
+    if evaluation.key and tags.get(EVAL_KEY_TAG, evaluation.key) != evaluation.key:
+        return "stale"
+    return "done"
+
+
 def evaluation_done(evaluation: Evaluation, finished: dict[tuple[str, str], Any]) -> bool:
-    return (evaluation.group, evaluation.decoding) in finished
+    return evaluation_state(evaluation, finished) == "done"
