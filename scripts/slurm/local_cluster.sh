@@ -23,6 +23,8 @@
 #          daemons by their saved pids and waits until they are gone. Idempotent.
 #   status whether each daemon runs, and `sinfo`.
 #   env    prints `export SLURM_CONF=...` and `export PATH=DIR/bin:$PATH` for `eval`.
+# LOCAL_CLUSTER_CPUS=16 (at start): the node offers 16 CPUs whatever the machine has, so that many
+# one-CPU jobs run at once (a tracking store under 16 concurrent jobs); default: the machine's cores.
 # The daemons run as the user who starts them (root on CI). Once installed, a non-root user can run
 # a cluster too (SlurmUser = SlurmdUser = that user; it can then run only that user's jobs).
 set -euo pipefail
@@ -134,7 +136,7 @@ install_if_missing() {
 write_conf() {
     local node cpus mem base
     node=$(hostname -s)
-    cpus=$(nproc)
+    cpus=${LOCAL_CLUSTER_CPUS:-$(nproc)}  # more than the machine has: jobs share its cores (many at once)
     mem=$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.8}' /proc/meminfo)
     # First free port pair, so a second cluster (another folder) can run beside this one.
     for base in 6817 6827 6837 6847 6857 6867 6877 6887 6897 6907; do
@@ -177,6 +179,7 @@ KillWait=5
 ReturnToService=2
 InactiveLimit=0
 MailProg=/bin/true
+$( ((cpus > $(nproc))) && echo "SlurmdParameters=config_overrides  # LOCAL_CLUSTER_CPUS=$cpus on $(nproc) cores")
 NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF

@@ -39,7 +39,10 @@ def store_lock(tracking_uri: str) -> Iterator[None]:
 
 
 def get_experiment_id(tracking_uri: str, experiment_name: str, artifact_location: str) -> str:
-    """Create the store (schema) and the experiment if needed, race-free; return its id."""
+    """Create the store (schema) and the experiment if needed, race-free; return its id. A sqlite
+    store is locked meanwhile; a tracking server serialises nothing, so an experiment that another
+    job created between our look and our create is read back instead."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     with store_lock(tracking_uri):
@@ -48,7 +51,15 @@ def get_experiment_id(tracking_uri: str, experiment_name: str, artifact_location
         if exp is not None:
             return exp.experiment_id
         Path(artifact_location).mkdir(parents=True, exist_ok=True)
-        return client.create_experiment(experiment_name, artifact_location=str(Path(artifact_location).resolve()))
+        try:
+            return client.create_experiment(experiment_name, artifact_location=str(Path(artifact_location).resolve()))
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(experiment_name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
 
 def flatten(cfg: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, str]:
