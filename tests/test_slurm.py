@@ -10,6 +10,7 @@ submitit launcher runs its jobs as an array.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -233,6 +234,49 @@ def test_two_task_srun_ddp_trains_as_one_process_with_the_doubled_batch(slurm, t
     assert wait_for(job, slurm, timeout=600) == "COMPLETED", output(tmp_path, job)[-3000:]
     log = output(tmp_path, job)
     assert "2 tasks on 1 node(s)" in log
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    losses = {}
+    for name in ("one", "two"):
+        (mlrun,) = mlflow_runs(tmp_path, name)
+        losses[name] = [m.value for m in sorted(client.get_metric_history(mlrun.info.run_id, "train/loss"),
+                                                 key=lambda m: m.step)]
+    assert len(losses["one"]) == 6 and losses["two"] == pytest.approx(losses["one"], rel=1e-5)
+    (one_run,) = (tmp_path / "one" / "runs").iterdir()
+    assert_same(adapters(one_run), adapters(tmp_path / "two" / "runs" / f"slurm-{job}"), tol=1e-5, atol=DDP_NOISE)
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """A local cluster of two nodes (one slurmd each on this machine: Debian's slurmd runs several)."""
+    from slurm_cluster import cluster_dir, start_cluster, stop_cluster
+
+    folder = cluster_dir(tmp_path_factory.mktemp("two_nodes"))
+    os.environ["LOCAL_CLUSTER_NODES"] = "2"
+    try:
+        env = start_cluster(folder)
+    finally:
+        del os.environ["LOCAL_CLUSTER_NODES"]
+    try:
+        yield env
+    finally:
+        stop_cluster(folder)
+
+
+@pytest.mark.slow
+def test_two_node_ddp_job_trains_as_one_process_with_the_doubled_batch(two_nodes, tmp_path):
+    """train_ddp.sh on 2 nodes x 1 task (num_nodes follows SLURM_JOB_NUM_NODES): the losses and
+    adapters of 1 process with batch 8. The nodes' names do not resolve here: MASTER_ADDR=127.0.0.1."""
+    common = [*TOY, "trainer.max_steps=6", "trainer.val_check_interval=3", "callbacks.model_checkpoint.every_n_train_steps=1"]
+    reference = run_train(*common, "data.batch_size=8", "data.num_train_batches=6", "task_name=one",
+                          log_dir=tmp_path, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    job = sbatch("train_ddp.sh", job_env(two_nodes, TRAINER="ddp_cpu", MASTER_ADDR="127.0.0.1"),
+                 ["--partition=debug", "--gres=none", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1",
+                  "--mem=4G"],
+                 [*common, "trainer.devices=1", "data.batch_size=4", "data.num_train_batches=12", "task_name=two",
+                  f"paths.log_dir={tmp_path}"], tmp_path)
+    assert wait_for(job, two_nodes, timeout=600) == "COMPLETED", output(tmp_path, job)[-3000:]
+    assert "2 tasks on 2 node(s)" in output(tmp_path, job)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     losses = {}
     for name in ("one", "two"):

@@ -25,6 +25,9 @@
 #   env    prints `export SLURM_CONF=...` and `export PATH=DIR/bin:$PATH` for `eval`.
 # LOCAL_CLUSTER_CPUS=16 (at start): the node offers 16 CPUs whatever the machine has, so that many
 # one-CPU jobs run at once (a tracking store under 16 concurrent jobs); default: the machine's cores.
+# LOCAL_CLUSTER_NODES=2 (at start): two nodes <host>-1, <host>-2, one slurmd each on this machine
+# (Debian's slurmd 22.05 runs several: `slurmd -N <node>`), sharing its cores; their names do not
+# resolve, so multi-node jobs set MASTER_ADDR=127.0.0.1 for torch.distributed.
 # The daemons run as the user who starts them (root on CI). Once installed, a non-root user can run
 # a cluster too (SlurmUser = SlurmdUser = that user; it can then run only that user's jobs).
 set -euo pipefail
@@ -40,13 +43,18 @@ CONF=$DIR/slurm.conf
 RUN=$DIR/run
 LOG=$DIR/log
 MUNGE=$DIR/munge
-DAEMONS=(munged slurmctld slurmd)   # start order; stop goes the other way
+# start order; stop goes the other way. Several nodes: one slurmd per node (slurmd, slurmd2, ...),
+# as many as the running cluster's slurm.conf has, else LOCAL_CLUSTER_NODES (at start)
+count_nodes() { if [[ -f "$CONF" ]] && [[ -f "$RUN/slurmctld.pid" ]]; then grep -c '^NodeName=' "$CONF"; else echo "${LOCAL_CLUSTER_NODES:-1}"; fi; }
+NODE_DAEMONS=(slurmd)
+for ((n = 2; n <= $(count_nodes); n++)); do NODE_DAEMONS+=("slurmd$n"); done
+DAEMONS=(munged slurmctld "${NODE_DAEMONS[@]}")
 
 pid_of() { cat "$RUN/$1.pid" 2>/dev/null || true; }
 # A pid that exists and is no zombie (the container's init may reap orphans only every few seconds).
 live_pid() { local st; st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; [[ "${st##*) }" != Z* ]]; }
 # A saved pid counts only while it is still that daemon (a stale pid file may name a reused pid).
-alive() { local p; p=$(pid_of "$1"); [[ -n "$p" && "$(cat "/proc/$p/comm" 2>/dev/null)" == "$1" ]] && live_pid "$p"; }
+alive() { local p; p=$(pid_of "$1"); [[ -n "$p" && "$(cat "/proc/$p/comm" 2>/dev/null)" == "${1%%[0-9]*}" ]] && live_pid "$p"; }
 client() { SLURM_CONF=$CONF PATH="$DIR/bin:$PATH" "$@"; }
 
 print_env() {
@@ -155,11 +163,11 @@ CredType=cred/munge
 # cred_expire also sets how long a requeued job waits before it starts again (about 12 s here).
 AuthInfo=socket=$MUNGE/munge.socket,cred_expire=10
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
+SlurmdSpoolDir=$DIR/spool$( ((${#NODE_DAEMONS[@]} > 1)) && echo /%n)
 SlurmctldPidFile=$RUN/slurmctld.pid
-SlurmdPidFile=$RUN/slurmd.pid
+SlurmdPidFile=$RUN/slurmd$( ((${#NODE_DAEMONS[@]} > 1)) && echo -%n).pid
 SlurmctldLogFile=$LOG/slurmctld.log
-SlurmdLogFile=$LOG/slurmd.log
+SlurmdLogFile=$LOG/slurmd$( ((${#NODE_DAEMONS[@]} > 1)) && echo -%n).log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -179,10 +187,21 @@ KillWait=5
 ReturnToService=2
 InactiveLimit=0
 MailProg=/bin/true
-$( ((cpus > $(nproc))) && echo "SlurmdParameters=config_overrides  # LOCAL_CLUSTER_CPUS=$cpus on $(nproc) cores")
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+$( ((cpus > $(nproc) || ${#NODE_DAEMONS[@]} > 1)) && echo "SlurmdParameters=config_overrides  # $cpus CPUs on $(nproc) cores")
+$(node_lines "$node" "$cpus" "$mem" "$base")
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+}
+
+node_lines() {  # hostname cpus mem base: one NodeName line per node (several: slurmd per node, own port)
+    local n count=${#NODE_DAEMONS[@]}
+    if ((count == 1)); then
+        echo "NodeName=$1 NodeAddr=127.0.0.1 CPUs=$2 RealMemory=$3 State=UNKNOWN"
+        return
+    fi
+    for ((n = 1; n <= count; n++)); do  # the nodes share this machine's cores and memory
+        echo "NodeName=$1-$n NodeHostname=$1 NodeAddr=127.0.0.1 Port=$(($4 + n)) CPUs=$(( $2 / count > 0 ? $2 / count : 1 )) RealMemory=$(($3 / count)) State=UNKNOWN"
+    done
 }
 
 start_daemon() {  # name, command...
@@ -202,14 +221,14 @@ show_logs() {
 
 stop_daemons() {  # all three at once (each takes 1.5-2 s to exit), then wait; SIGKILL after 10 s
     local name p i pids=()
-    for name in slurmd slurmctld munged; do
+    for name in "${NODE_DAEMONS[@]}" slurmctld munged; do
         if alive "$name"; then p=$(pid_of "$name"); kill "$p" 2>/dev/null || true; pids+=("$p"); fi
     done
     for p in "${pids[@]}"; do
         for ((i = 0; i < 100; i++)); do live_pid "$p" || break; sleep 0.1; done
         if live_pid "$p"; then kill -9 "$p" 2>/dev/null || true; sleep 0.2; fi
     done
-    for name in slurmd slurmctld munged; do rm -f "$RUN/$name.pid"; done
+    for name in "${NODE_DAEMONS[@]}" slurmctld munged; do rm -f "$RUN/$name.pid"; done
 }
 
 cancel_jobs() {  # this cluster's unfinished jobs; waits (at most 20 s) until they have left the node
@@ -260,7 +279,15 @@ do_start() {
     local i
     for ((i = 0; i < 100; i++)); do [[ -S "$MUNGE/munge.socket" ]] && break; sleep 0.1; done
     start_daemon slurmctld slurmctld -D -i
-    start_daemon slurmd slurmd -D
+    if ((${#NODE_DAEMONS[@]} == 1)); then
+        start_daemon slurmd slurmd -D
+    else
+        local n
+        for ((n = 1; n <= ${#NODE_DAEMONS[@]}; n++)); do
+            mkdir -p "$DIR/spool/$(hostname -s)-$n"
+            start_daemon "${NODE_DAEMONS[n - 1]}" slurmd -D -N "$(hostname -s)-$n"
+        done
+    fi
     local state=""
     for ((i = 0; i < 240; i++)); do
         state=$(sinfo -h -o %T 2>/dev/null || true)

@@ -121,6 +121,20 @@ def _shares(claim: dict, me: dict) -> bool:
     return same_launch and (claim.get("host") != me["host"] or pid_alive(claim.get("pid", -1)))
 
 
+def same_launch(folder: str | os.PathLike) -> bool:
+    """Whether `folder` was claimed by this very launch (another rank of this job step, this restart),
+    so that what is in it, such as the .hydra/ of a rank that started first, is this run's own."""
+    import json
+
+    try:
+        with open(os.path.join(folder, CLAIM_FILE)) as f:
+            claim = json.load(f)
+    except (OSError, ValueError):
+        return False
+    me = _identity()
+    return int(claim.get("restart", 0)) == me["restart"] and _shares(claim, me)
+
+
 def _claim(parent: str, base: str) -> str:
     """The first of `base`, `base-2`, ... under `parent` that is free (created and claimed here,
     atomically: mkdir) or already this process's (`_shares`)."""

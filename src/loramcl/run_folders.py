@@ -115,6 +115,10 @@ def check_train_folder(cfg: DictConfig, folder: Path) -> bool:
     if not markers:
         return False
     runner = _select(cfg, "task.runner")
+    from loramcl.cluster import same_launch
+
+    if set(markers) <= {".hydra"} and same_launch(folder):  # another rank of this launch started first
+        return False
     if not resumes_folder(cfg, folder):
         raise ConfigError(f"hydra.run.dir={folder} already holds a run ({', '.join(markers)}): a new run never writes "
                           f"into it; continue that run with ckpt_path=auto, or leave hydra.run.dir out for a new folder")
