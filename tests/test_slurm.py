@@ -131,7 +131,7 @@ def test_the_sbatch_scripts_agree_with_the_one_home_of_the_slurm_defaults():
     assert train["mem"] == sweep["mem"] == f"{memory}G"
     assert ddp["mem"] == f"{memory * int(ddp['ntasks-per-node'])}G"  # per node: one process per GPU
     assert {train["cpus-per-task"], ddp["cpus-per-task"], sweep["cpus-per-task"]} == {str(home["cpus_per_task"])}
-    assert train["signal"] == f"B:{warning}" and ddp["signal"] == warning  # exec'd python / every srun task
+    assert train["signal"] == sweep["signal"] == f"B:{warning}" and ddp["signal"] == warning  # exec'd python / every srun task
     launcher = compose_train("hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4", hydra_cfg=True).hydra.launcher
     assert (launcher.timeout_min, launcher.mem_gb, launcher.cpus_per_task) == (minutes(home["time_train"]), 4 * memory,
                                                                                home["cpus_per_task"])
@@ -188,6 +188,29 @@ def test_a_run_that_cannot_resume_is_not_requeued(slurm, tmp_path):
     assert re.search(r"stopped by SIGUSR1 after step 1: .*; this run trains from scratch and cannot resume, so the "
                      r"SLURM job is not requeued: run the same command again", log), log[-3000:]
     assert "requeued: it resumes" not in log and "resuming" not in log
+
+
+def test_a_sweep_started_again_runs_only_the_methods_not_finished(translation_runs, tmp_path):
+    """eval_sweep.sh (run here with bash, as its requeued start would run): the second start finds
+    the method the first finished in MLflow and decodes only the other one."""
+    run, logs = translation_runs["mcl"], tmp_path / "logs"
+    args = ["max_items=4", "generation.max_new_tokens=8", "metrics.oracle_nll=false", f"paths.log_dir={logs}"]
+
+    def sweep(decodings: str) -> subprocess.CompletedProcess:
+        env = dict(os.environ, PROJECT_DIR=str(ROOT), PYTHON=sys.executable, DECODINGS=decodings, PYTHONUNBUFFERED="1")
+        return subprocess.run(["bash", str(SCRIPTS / "eval_sweep.sh"), str(run), *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=timeout(600))
+
+    first = sweep("mcl_beam1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = sweep("mcl_beam1,mcl_beam2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "1 method(s) done before, running the rest" in second.stdout, second.stdout[-2000:]
+    client = MlflowClient(f"sqlite:///{logs}/mlflow.db")
+    (experiment,) = [e for e in client.search_experiments() if e.name.startswith("eval_")]
+    finished = [r.data.params["eval.decoding"] for r in client.search_runs([experiment.experiment_id])
+                if r.info.status == "FINISHED"]
+    assert sorted(finished) == ["mcl_beam1", "mcl_beam2"]  # mcl_beam1 once
 
 
 def test_train_job_requeued_before_its_limit_resumes_exactly(slurm, tmp_path):

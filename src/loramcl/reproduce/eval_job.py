@@ -1,7 +1,11 @@
-"""The evaluation job of one training on SLURM: `python -m loramcl.reproduce.eval_job <spec.json>`.
+"""The evaluation job of one training on SLURM, requeued without decoding a method twice.
+
+    python -m loramcl.reproduce.eval_job <spec.json>
+    python -m loramcl.reproduce.eval_job --run <train.py run folder> --decodings a,b,c [eval.py overrides]
 
 `reproduce.py --slurm` writes the spec (the table's MLflow store and experiment, and per evaluation
-group its eval.py command and decodings). Each start, first or after a requeue, asks MLflow which
+group its eval.py command and decodings); scripts/slurm/eval_sweep.sh uses the second form, whose
+group is the run folder and the overrides (tagged on its MLflow runs as reproduce.py's are). Each start, first or after a requeue, asks MLflow which
 (group, decoding) are finished and runs eval.py for the others only, so a preempted sweep continues
 with the methods not yet done instead of decoding every method again.
 
@@ -84,9 +88,44 @@ def requeue(signum: int, echo=print) -> int:
     return 0
 
 
+def sweep_spec(run: str, decodings: list[str], overrides: list[str], python: str = sys.executable) -> dict[str, Any]:
+    """The spec of a decoding sweep over one run folder: eval.py's store and experiment as its config
+    gives them, one group (the run folder and the overrides)."""
+    import hashlib
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from loramcl.reproduce.runner import hydra_string
+    from loramcl.reproduce.state import GROUP_TAG
+
+    root = Path(__file__).resolve().parents[3]
+    folder = Path(run).expanduser().resolve()
+    folder = folder if folder.is_dir() else folder.parents[2]  # a checkpoint: <run>/checkpoints/K3/x.ckpt
+    with initialize_config_dir(config_dir=str(root / "configs"), version_base="1.3", job_name="eval"):
+        cfg = compose("eval", overrides=[f"ckpt_path={folder}", *overrides])
+    experiment = cfg.mlflow.experiment
+    if not experiment:  # eval.py's default: eval_<the run's data name>
+        saved = OmegaConf.load(folder / ".hydra" / "config.yaml")
+        experiment = f"eval_{saved.data.get('name', 'data')}"
+    group = hashlib.sha256(json.dumps([str(folder), sorted(overrides)]).encode()).hexdigest()[:12]
+    command = [python, str(root / "eval.py"), "-m", f"ckpt_path={folder}", f"decoding={','.join(decodings)}",
+               *overrides, f"mlflow.experiment={experiment}", f"mlflow.tags={{{GROUP_TAG}:{hydra_string(group)}}}"]
+    return {"tracking_uri": str(cfg.mlflow.tracking_uri), "experiment": str(experiment),
+            "groups": [{"group": group, "decodings": decodings, "command": command}]}
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--run"] and len(argv) >= 4 and argv[2] == "--decodings":
+        try:
+            spec = sweep_spec(argv[1], [d for d in argv[3].split(",") if d], argv[4:])
+        except Exception as err:  # noqa: BLE001 - one line, before any decoding
+            print(f"error: cannot plan the sweep of {argv[1]}: {' '.join(str(err).split())[:300]}", file=sys.stderr)
+            return 2
+        return run(spec)
     if len(argv) != 1:
-        print("usage: python -m loramcl.reproduce.eval_job <spec.json>", file=sys.stderr)
+        print("usage: python -m loramcl.reproduce.eval_job <spec.json> | --run <run folder> --decodings a,b "
+              "[eval.py overrides]", file=sys.stderr)
         return 2
     try:
         spec = json.loads(Path(argv[0]).read_text())
