@@ -20,6 +20,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -99,6 +100,27 @@ def stop_cluster(folder: Path | str, seconds: float = 60) -> None:
         raise ClusterError(f"local_cluster.sh stop {folder} took over {e.timeout:.1f} s") from None
     if done.returncode != 0:
         raise ClusterError(done.stderr.strip() or done.stdout.strip())
+
+
+@contextmanager
+def own_cluster(folder: Path | str, **settings: str):
+    """A cluster of its own in `folder`, started with local_cluster.sh's `settings` (e.g.
+    LOCAL_CLUSTER_NODES="2", LOCAL_CLUSTER_CPUS="16"); yields its env; stopped on exit."""
+    folder = cluster_dir(folder)
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    try:
+        env = start_cluster(folder)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    try:
+        yield env
+    finally:
+        stop_cluster(folder)
 
 
 def run(args: Sequence[str], env: Mapping[str, str], seconds: float = 30, **kwargs) -> str:

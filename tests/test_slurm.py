@@ -69,6 +69,20 @@ def output(tmp_path: Path, job: str) -> str:
     return files[0].read_text(errors="replace") if files else ""
 
 
+def assert_trained_as_one(log_dir: Path, job: str) -> None:
+    """The 2-process job's run ("two") has the per-step losses and the adapters of the 1-process run
+    ("one", batch 8)."""
+    client = MlflowClient(f"sqlite:///{log_dir}/mlflow.db")
+    losses = {}
+    for name in ("one", "two"):
+        (mlrun,) = mlflow_runs(log_dir, name)
+        losses[name] = [m.value for m in sorted(client.get_metric_history(mlrun.info.run_id, "train/loss"),
+                                                 key=lambda m: m.step)]
+    assert len(losses["one"]) == 6 and losses["two"] == pytest.approx(losses["one"], rel=1e-5)
+    (one_run,) = (log_dir / "one" / "runs").iterdir()
+    assert_same(adapters(one_run), adapters(log_dir / "two" / "runs" / f"slurm-{job}"), tol=1e-5, atol=DDP_NOISE)
+
+
 def interrupted_train_job(slurm: dict, tmp_path: Path, interrupt: list[str]) -> tuple[str, Path, Path, Path]:
     """train.sh on the toy (100 steps); `interrupt + [job id]` once its first last.ckpt exists; an
     uninterrupted reference run while SLURM restarts the job. Returns (job id, the job's run folder,
@@ -257,32 +271,16 @@ def test_two_task_srun_ddp_trains_as_one_process_with_the_doubled_batch(slurm, t
     assert wait_for(job, slurm, timeout=600) == "COMPLETED", output(tmp_path, job)[-3000:]
     log = output(tmp_path, job)
     assert "2 tasks on 1 node(s)" in log
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    losses = {}
-    for name in ("one", "two"):
-        (mlrun,) = mlflow_runs(tmp_path, name)
-        losses[name] = [m.value for m in sorted(client.get_metric_history(mlrun.info.run_id, "train/loss"),
-                                                 key=lambda m: m.step)]
-    assert len(losses["one"]) == 6 and losses["two"] == pytest.approx(losses["one"], rel=1e-5)
-    (one_run,) = (tmp_path / "one" / "runs").iterdir()
-    assert_same(adapters(one_run), adapters(tmp_path / "two" / "runs" / f"slurm-{job}"), tol=1e-5, atol=DDP_NOISE)
+    assert_trained_as_one(tmp_path, job)
 
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
     """A local cluster of two nodes (one slurmd each on this machine: Debian's slurmd runs several)."""
-    from slurm_cluster import cluster_dir, start_cluster, stop_cluster
+    from slurm_cluster import own_cluster
 
-    folder = cluster_dir(tmp_path_factory.mktemp("two_nodes"))
-    os.environ["LOCAL_CLUSTER_NODES"] = "2"
-    try:
-        env = start_cluster(folder)
-    finally:
-        del os.environ["LOCAL_CLUSTER_NODES"]
-    try:
+    with own_cluster(tmp_path_factory.mktemp("two_nodes"), LOCAL_CLUSTER_NODES="2") as env:
         yield env
-    finally:
-        stop_cluster(folder)
 
 
 @pytest.mark.slow
@@ -300,15 +298,7 @@ def test_two_node_ddp_job_trains_as_one_process_with_the_doubled_batch(two_nodes
                   f"paths.log_dir={tmp_path}"], tmp_path)
     assert wait_for(job, two_nodes, timeout=600) == "COMPLETED", output(tmp_path, job)[-3000:]
     assert "2 tasks on 2 node(s)" in output(tmp_path, job)
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    losses = {}
-    for name in ("one", "two"):
-        (mlrun,) = mlflow_runs(tmp_path, name)
-        losses[name] = [m.value for m in sorted(client.get_metric_history(mlrun.info.run_id, "train/loss"),
-                                                 key=lambda m: m.step)]
-    assert len(losses["one"]) == 6 and losses["two"] == pytest.approx(losses["one"], rel=1e-5)
-    (one_run,) = (tmp_path / "one" / "runs").iterdir()
-    assert_same(adapters(one_run), adapters(tmp_path / "two" / "runs" / f"slurm-{job}"), tol=1e-5, atol=DDP_NOISE)
+    assert_trained_as_one(tmp_path, job)
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import ROOT, run_train, timeout
-from slurm_cluster import cluster_dir, start_cluster, stop_cluster, wait_until
+from slurm_cluster import own_cluster, wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -46,16 +46,8 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def wide_cluster(tmp_path_factory):
     """A local cluster whose node offers 16 CPUs (16 one-CPU jobs at once)."""
-    folder = cluster_dir(tmp_path_factory.mktemp("wide"))
-    os.environ["LOCAL_CLUSTER_CPUS"] = "16"
-    try:
-        env = start_cluster(folder)
-    finally:
-        del os.environ["LOCAL_CLUSTER_CPUS"]
-    try:
+    with own_cluster(tmp_path_factory.mktemp("wide"), LOCAL_CLUSTER_CPUS="16") as env:
         yield env
-    finally:
-        stop_cluster(folder)
 
 
 def test_sixteen_array_tasks_log_everything_to_one_server(server, wide_cluster, tmp_path):
