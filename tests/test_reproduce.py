@@ -177,7 +177,11 @@ def test_pivot_table_with_paper_column_from_mlflow_runs(tmp_path):
     """The loss table: evaluations logged to a real MLflow store as eval.py logs them are found by
     their group tag and land in the pivot CSV / LaTeX beside the paper's (unverified) figures."""
     from loramcl.reproduce.main import collect, compose_all
+    from loramcl.identity import EVAL_KEY_TAG, METRICS_VERSION, METRICS_VERSION_TAG
     from loramcl.reproduce.state import GROUP_TAG
+
+    def current(ev) -> dict:  # computed now: the table's settings, today's metric definitions
+        return {EVAL_KEY_TAG: ev.key, METRICS_VERSION_TAG: str(METRICS_VERSION)}
     from loramcl.utils.mlflow_store import MLflowRun
 
     log_dir = tmp_path / "logs"
@@ -189,7 +193,7 @@ def test_pivot_table_with_paper_column_from_mlflow_runs(tmp_path):
         if row.id in ours:
             (ev,) = row.evaluations
             run = MLflowRun(uri, table.experiment, str(log_dir / "mlartifacts"), row.id,
-                            tags={GROUP_TAG: ev.group, "loramcl.kind": "eval"})
+                            tags={GROUP_TAG: ev.group, "loramcl.kind": "eval", **current(ev)})
             run.log_params({"eval.decoding": ev.decoding, "eval.method": "Test loss (teacher-forced)"})
             run.log_metrics({"oracle_nll": ours[row.id]})
             run.finish()

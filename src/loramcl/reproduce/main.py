@@ -168,6 +168,8 @@ def status(table: Table, cfg: DictConfig, log_dir: Path, echo=print) -> dict[str
             t_status = "partial"
         e_status = [job_status(jobs.get("evaluations", {}).get(f"{ev.group}/{ev.decoding}"),
                                evaluation_done(ev, finished)) for ev in row.evaluations]
+        e_status = [("stale" if s == "missing" and evaluation_state(ev, finished) == "stale" else s)
+                    for s, ev in zip(e_status, row.evaluations)]  # older metrics / other settings: runs again
         counts = {s: e_status.count(s) for s in dict.fromkeys(e_status)}
         report[row.id] = {"training": t_status, "evaluations": counts}
         evals = ", ".join(f"{n} {s}" for s, n in counts.items()) or "none"
