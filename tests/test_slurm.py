@@ -204,6 +204,7 @@ def test_a_run_that_cannot_resume_is_not_requeued(slurm, tmp_path):
     assert "requeued: it resumes" not in log and "resuming" not in log
 
 
+@pytest.mark.slow  # suite time (93 s); the reproduce eval job's requeue is tested by a slow test too
 def test_a_sweep_started_again_runs_only_the_methods_not_finished(translation_runs, tmp_path):
     """eval_sweep.sh (run here with bash, as its requeued start would run): the second start finds
     the method the first finished in MLflow and decodes only the other one."""

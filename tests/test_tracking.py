@@ -63,6 +63,7 @@ def test_sixteen_array_tasks_log_everything_to_one_server(server, wide_cluster, 
         (16, "480/480", "1280/1280", 0), row
 
 
+@pytest.mark.slow  # suite time (40 s)
 def test_a_training_logs_to_the_server_through_its_logger_config(server, tmp_path):
     proc = run_train("task=finetune", "data.num_val_sequences=32", "extras.print_config=false", "trainer.max_steps=3",
                      "task_name=served", f"logger.mlflow.tracking_uri={server}", log_dir=tmp_path, timeout=600)
