@@ -166,7 +166,7 @@ def signal_at_first_batch(signum: str = "SIGUSR1") -> list[str]:
             f"+callbacks.signal_at.signum={int(getattr(signal, signum))}"]
 
 
-def tests_on_path(slurm: dict, **extra: str) -> dict:
+def env_with_test_callbacks(slurm: dict, **extra: str) -> dict:
     return job_env(slurm, PYTHONPATH=f"{ROOT / 'tests'}:{ROOT / 'src'}", **extra)
 
 
@@ -175,7 +175,7 @@ def test_a_job_stops_requeueing_itself_at_the_cap(slurm, tmp_path):
     the second (restart 1, LORAMCL_MAX_REQUEUES=1) saves and stops with one line instead of being
     requeued for ever."""
     logs = tmp_path / "logs"
-    job = sbatch("train.sh", tests_on_path(slurm, LORAMCL_MAX_REQUEUES="1"), TEST_CLUSTER,
+    job = sbatch("train.sh", env_with_test_callbacks(slurm, LORAMCL_MAX_REQUEUES="1"), TEST_CLUSTER,
                  [*TOY, "trainer.max_steps=100", "data.batch_size=8", "task_name=capped", f"paths.log_dir={logs}",
                   *signal_at_first_batch()], tmp_path)
     assert wait_for(job, slurm, timeout=600, restarts=1) == "FAILED", output(tmp_path, job)[-3000:]
@@ -193,7 +193,7 @@ def test_a_job_stops_requeueing_itself_at_the_cap(slurm, tmp_path):
 def test_a_run_that_cannot_resume_is_not_requeued(slurm, tmp_path):
     """The toy runner trains its two models from scratch: SLURM's warning stops it with a line that
     says so, and the job is not requeued (it would start over and be warned again)."""
-    job = sbatch("train.sh", tests_on_path(slurm), TEST_CLUSTER,
+    job = sbatch("train.sh", env_with_test_callbacks(slurm), TEST_CLUSTER,
                  ["experiment=transition1", "trainer.max_steps=50", "extras.print_config=false", "task_name=toyjob",
                   f"paths.log_dir={tmp_path / 'logs'}", *signal_at_first_batch()], tmp_path)
     assert wait_for(job, slurm, timeout=300) == "FAILED", output(tmp_path, job)[-3000:]
@@ -373,24 +373,24 @@ def test_submitit_job_requeued_by_its_signal_resumes_exactly(slurm, tmp_path):
 def test_ddp_job_requeued_before_its_limit_resumes_exactly(slurm, tmp_path):
     """train_ddp.sh on 2 tasks gets USR1 in every task (`--signal=USR1@300`): all ranks stop at the
     same step, rank 0 saves and requeues, the restarted 2-task job resumes, and the adapters are those
-    of an uninterrupted 1-process run with the doubled batch."""
-    common = [*TOY, "trainer.max_steps=100", "trainer.val_check_interval=50"]
+    of an uninterrupted 2-task job (the same all-reduce order; against 1 process with the doubled
+    batch, Adam amplifies the reduction-order noise to ~3e-4 over 100 steps)."""
+    common = [*TOY, "trainer.max_steps=100", "trainer.val_check_interval=50", "data.batch_size=4",
+              "data.num_train_batches=200"]
     logs = tmp_path / "logs"
-    job = sbatch("train_ddp.sh", job_env(slurm, TRAINER="ddp_cpu"),
-                 ["--partition=debug", "--gres=none", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=4G"],
-                 [*common, "data.batch_size=4", "data.num_train_batches=200", "task_name=two", f"paths.log_dir={logs}"],
-                 tmp_path)
+    two_tasks = ["--partition=debug", "--gres=none", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=4G"]
+    job = sbatch("train_ddp.sh", job_env(slurm, TRAINER="ddp_cpu"), two_tasks,
+                 [*common, "task_name=two", f"paths.log_dir={logs}"], tmp_path)
     run_dir = logs / "two" / "runs" / f"slurm-{job}"
     wait_until(lambda: (run_dir / "checkpoints" / "K2" / "last.ckpt").exists(), timeout=timeout(300),
                poll=0.05, what="the first last.ckpt")
     run(["scancel", "--signal=USR1", job], slurm)
-    reference = run_train(*common, "data.batch_size=8", "data.num_train_batches=100", "task_name=one",
-                          log_dir=tmp_path / "ref", timeout=600)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    reference = sbatch("train_ddp.sh", job_env(slurm, TRAINER="ddp_cpu"), two_tasks,  # runs once the cores are free
+                       [*common, "task_name=reference", f"paths.log_dir={logs}"], tmp_path)
     assert wait_for(job, slurm, timeout=600, restarts=1) == "COMPLETED", output(tmp_path, job)[-3000:]
+    assert wait_for(reference, slurm, timeout=600) == "COMPLETED", output(tmp_path, reference)[-3000:]
     log = output(tmp_path, job)
     assert f"SLURM job {job} requeued: it resumes" in log and "restart 1: train.py" in log, log[-3000:]
-    (ref_run,) = (tmp_path / "ref" / "one" / "runs").iterdir()
-    assert_same(adapters(ref_run), adapters(run_dir), tol=1e-5, atol=DDP_NOISE)
+    assert_same(adapters(logs / "reference" / "runs" / f"slurm-{reference}"), adapters(run_dir), tol=1e-6)
     (mlrun,) = mlflow_runs(logs, "two")
     assert mlrun.info.status == "FINISHED" and mlrun.data.tags["loramcl.resumes"] == "1"
