@@ -93,7 +93,7 @@ def identity(cfg: Any, world_size: Optional[int] = None, gpus: int = 1, run_dir:
     trainer = tree.get("trainer") or {}
     out["trainer"] = {k: trainer[k] for k in TRAINER_KEYS if k in trainer}
     if world_size is None:
-        nodes, per_node = processes(cfg.get("trainer") if hasattr(cfg, "get") else trainer, gpus)
+        nodes, per_node = processes(trainer, gpus)
         world_size = nodes * per_node
     accumulate = trainer.get("accumulate_grad_batches", 1)
     batch = data.get("batch_size")

@@ -30,12 +30,14 @@ from loramcl.reproduce.state import finished_evaluations
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
-def pending_command(entry: dict[str, Any], finished: dict) -> list[str]:
-    """`entry`'s eval.py command for its decodings not finished yet ([] when none is left)."""
-    left = [d for d in entry["decodings"] if (entry["group"], d) not in finished]
-    if not left:
-        return []
-    return [f"decoding={','.join(left)}" if part.startswith("decoding=") else part for part in entry["command"]]
+def pending(entry: dict[str, Any], finished: dict) -> list[str]:
+    """`entry`'s decodings without a finished run."""
+    return [d for d in entry["decodings"] if (entry["group"], d) not in finished]
+
+
+def command_for(entry: dict[str, Any], decodings: list[str]) -> list[str]:
+    """`entry`'s eval.py command for these decodings only."""
+    return [f"decoding={','.join(decodings)}" if part.startswith("decoding=") else part for part in entry["command"]]
 
 
 def run(spec: dict[str, Any], echo=print) -> int:
@@ -47,11 +49,12 @@ def run(spec: dict[str, Any], echo=print) -> int:
     for entry in spec["groups"]:
         if warned:
             return requeue(warned[0], echo)
-        command = pending_command(entry, finished_evaluations(spec["tracking_uri"], spec["experiment"]))
-        if not command:
+        left = pending(entry, finished_evaluations(spec["tracking_uri"], spec["experiment"]))
+        if not left:
             echo(f"evaluations of {entry['group']}: all {len(entry['decodings'])} done before")
             continue
-        done = len(entry["decodings"]) - _count(command)
+        command = command_for(entry, left)
+        done = len(entry["decodings"]) - len(left)
         if done:
             echo(f"evaluations of {entry['group']}: {done} method(s) done before, running the rest")
         sys.stdout.flush()
@@ -64,11 +67,6 @@ def run(spec: dict[str, Any], echo=print) -> int:
             return 128 + int(stop.signum)
         status = status or int(code != 0)
     return status
-
-
-def _count(command: list[str]) -> int:
-    part = next(p for p in command if p.startswith("decoding="))
-    return len(part[len("decoding="):].split(","))
 
 
 def requeue(signum: int, echo=print) -> int:
@@ -101,7 +99,10 @@ def sweep_spec(run: str, decodings: list[str], overrides: list[str], python: str
 
     root = Path(__file__).resolve().parents[3]
     folder = Path(run).expanduser().resolve()
-    folder = folder if folder.is_dir() else folder.parents[2]  # a checkpoint: <run>/checkpoints/K3/x.ckpt
+    if folder.is_file() and len(folder.parents) > 2:  # a checkpoint: <run>/checkpoints/K3/x.ckpt
+        folder = folder.parents[2]
+    if not (folder / ".hydra" / "config.yaml").is_file():
+        raise ValueError(f"{run} is not a train.py run folder (no .hydra/config.yaml) nor a checkpoint in one")
     with initialize_config_dir(config_dir=str(root / "configs"), version_base="1.3", job_name="eval"):
         cfg = compose("eval", overrides=[f"ckpt_path={folder}", *overrides])
     experiment = cfg.mlflow.experiment
@@ -120,7 +121,8 @@ def main(argv: list[str]) -> int:
         try:
             spec = sweep_spec(argv[1], [d for d in argv[3].split(",") if d], argv[4:])
         except Exception as err:  # noqa: BLE001 - one line, before any decoding
-            print(f"error: cannot plan the sweep of {argv[1]}: {' '.join(str(err).split())[:300]}", file=sys.stderr)
+            print(f"error: cannot plan the sweep of {argv[1]}: {' '.join(str(err).split())[:300] or type(err).__name__}",
+                  file=sys.stderr)
             return 2
         return run(spec)
     if len(argv) != 1:
