@@ -131,6 +131,21 @@ def num_states(transitions: Any) -> int:
         raise ConfigError(f"data.transitions must be a non-empty list of S x S matrices, got {transitions!r}") from None
 
 
+def file_stem(path: Any) -> str:
+    """The `loramcl.stem` resolver, a dataset's name from its training file: "data/qa_train.jsonl" ->
+    "qa_train", "data/qa/train.jsonl" -> "qa" (a file named train* is named by its folder); a Hub
+    name "org/set" -> "org_set"."""
+    from pathlib import Path
+
+    text = str(path)
+    file = Path(text)
+    if not file.suffix:
+        return text.replace("/", "_")
+    if file.stem.lower().startswith("train") and file.parent.name not in ("", ".", ".."):
+        return file.parent.name
+    return file.stem
+
+
 def _register_resolver() -> None:
     from omegaconf import OmegaConf
 
@@ -140,6 +155,8 @@ def _register_resolver() -> None:
         from loramcl.cluster import run_stamp
 
         OmegaConf.register_new_resolver("loramcl.run_stamp", run_stamp)
+    if not OmegaConf.has_resolver("loramcl.stem"):
+        OmegaConf.register_new_resolver("loramcl.stem", file_stem)
     if not OmegaConf.has_resolver("loramcl.slurm"):
         from loramcl.cluster import slurm_default
 

@@ -9,7 +9,7 @@ there leaves every existing file as it was:
   run is used only to resume that very run with its own model values, and its previous `.hydra/`
   files are kept in `.hydra/previous/<n>/`;
 - eval.py: its values against the schema, `generation` asked of transformers, and a run folder that
-  holds no training run and no earlier evaluation.
+  holds no training run and no earlier evaluation; predict.py: its values and the same run folder rule.
 `on_multirun_start` checks the sweep folder; `on_job_start` validates each job of a sweep (a sweep's
 job folders are new). The runners repeat the config checks for configs composed outside Hydra.
 
@@ -93,8 +93,12 @@ def is_train(config: DictConfig) -> bool:
     return "mcl" in config and "task" in config
 
 
+def is_predict(config: DictConfig) -> bool:
+    return "ckpt_path" in config and "input_file" in config and "mcl" not in config
+
+
 def is_eval(config: DictConfig) -> bool:
-    return "ckpt_path" in config and "mcl" not in config and "table" not in config
+    return "ckpt_path" in config and "mcl" not in config and "table" not in config and not is_predict(config)
 
 
 def check_job(config: DictConfig) -> None:
@@ -114,6 +118,10 @@ def check_job(config: DictConfig) -> None:
         from loramcl.schema import validate_eval
 
         validate_eval(config, libraries=True)
+    elif is_predict(config):
+        from loramcl.schema.evaluation import validate_predict
+
+        validate_predict(config)
 
 
 class PreflightCallback(Callback):
@@ -131,7 +139,7 @@ class PreflightCallback(Callback):
             if is_train(config):
                 if run_folders.check_train_folder(config, folder):
                     run_folders.keep_previous_config(folder)
-            elif is_eval(config):
+            elif is_eval(config) or is_predict(config):
                 run_folders.check_eval_folder(folder)
         except Exception as err:  # Hydra would turn it into a warning and go on
             _stop(err)

@@ -174,11 +174,12 @@ def instantiate_data(s: TrainSettings) -> Any:
         raise ConfigError(f"data: cannot build {s.node('data').get('_target_')}: {detail}") from None
 
 
-def preflight(cfg: Any, resume: Optional[str] = None, training: bool = True) -> Any:
+def preflight(cfg: Any, resume: Optional[str] = None, training: bool = True, data_files: bool = True) -> Any:
     """Everything that can fail before a model is loaded, in seconds: config values, data files,
     model weights, the resume checkpoint `resume`. Returns the (unset-up) DataModule.
     `cfg`: validated settings (`loramcl.schema.TrainSettings`) or a composed config.
-    `training=False`: a run's config rebuilt for evaluation (see `check_config`)."""
+    `training=False`: a run's config rebuilt for evaluation (see `check_config`); `data_files=False`:
+    the backbone only, not the run's data files (predict.py decodes new inputs)."""
     from loramcl.cluster import is_main_process
 
     s = check_config(cfg, training)
@@ -187,9 +188,9 @@ def preflight(cfg: Any, resume: Optional[str] = None, training: bool = True) -> 
     if not main:  # rank 0 generates what is missing; the others wait for it (srun starts all at once)
         if hasattr(datamodule, "auto_prepare"):
             datamodule.auto_prepare = None
-        problems, weights_ok = _wait_for_rank_zero(lambda: _check_files(s, datamodule, main))
+        problems, weights_ok = _wait_for_rank_zero(lambda: _check_files(s, datamodule, main, data_files))
     else:
-        problems, weights_ok = _check_files(s, datamodule, main)
+        problems, weights_ok = _check_files(s, datamodule, main, data_files)
     if problems:
         raise MissingResource(" | ".join(problems))
     if s.training:
@@ -204,10 +205,10 @@ def preflight(cfg: Any, resume: Optional[str] = None, training: bool = True) -> 
     return datamodule
 
 
-def _check_files(s: TrainSettings, datamodule: Any, main: bool) -> tuple[list[str], bool]:
+def _check_files(s: TrainSettings, datamodule: Any, main: bool, data_files: bool = True) -> tuple[list[str], bool]:
     """(what is missing or bad among the data files and backbone weights, whether the weights are there)."""
     problems = []
-    if hasattr(datamodule, "check"):
+    if data_files and hasattr(datamodule, "check"):
         try:
             datamodule.check()
         except (FileNotFoundError, ValueError) as err:

@@ -81,12 +81,18 @@ class CaptionCollator:
     def __call__(self, items: Sequence[dict]) -> dict[str, Any]:
         media, texts, targets, ids = [], [], [], []
         for item in items:
+            if not self.train:  # one generation row per item, captions or not (a new input: predict.py)
+                media.append(item[self.media_key])
+                targets.append(item["captions"][0] if item.get("captions") else "")
+                ids.append(item.get("id"))
+                texts.append(self.prompt)
+                continue
             rng = random.Random(item["draw"]) if "draw" in item else self.rng
-            for ref in pick_references(item["captions"], self.references if self.train else "first", rng):
+            for ref in pick_references(item["captions"], self.references, rng):
                 media.append(item[self.media_key])
                 targets.append(ref)
                 ids.append(item.get("id"))
-                texts.append(self.prompt + " " + ref + self.tokenizer.eos_token if self.train else self.prompt)
+                texts.append(self.prompt + " " + ref + self.tokenizer.eos_token)
         padding_side = "right" if self.train else "left"  # per call: the shared tokenizer is never changed
         batch = {k: v for k, v in self.process(texts, media, padding_side).items() if k in self.model_keys}
         if self.train:
@@ -151,44 +157,57 @@ LANGUAGE_NAMES = {"en": "English", "de": "German", "fr": "French", "cs": "Czech"
                   "is": "Icelandic"}
 
 
-class TranslationCollator:
-    """ALMA batches: `Translate this from English to German:\\nEnglish: {src}\\nGerman:` + target + EOS.
+class PromptCollator:
+    """Text-to-text batches: `render(item)` (the prompt) + `separator` + target + EOS.
 
-    Items are dicts with "source", "references" and "id". Sources are cut to `max_source_tokens`.
+    Items are dicts with "source", "references" and "id". Sources are cut to `max_source_tokens`,
+    targets to `max_target_tokens`. Generation rows (train=False) are the prompts alone, left padded;
+    an item without references (a new input, predict.py) is decoded all the same.
     """
 
-    def __init__(self, tokenizer: Any, src_lang: str = "en", tgt_lang: str = "de", references: str = "random",
-                 train: bool = True, seed: int = 0, max_source_tokens: int = 256, max_target_tokens: int = 256,
-                 prompt: str = TRANSLATION_PROMPT):
+    separator = " "
+    add_special_tokens = True  # the tokenizer's BOS before the prompt (a chat template writes its own)
+
+    def __init__(self, tokenizer: Any, references: str = "random", train: bool = True, seed: int = 0,
+                 max_source_tokens: int = 256, max_target_tokens: int = 256):
         self.tokenizer = tokenizer
-        self.names = {"src_name": LANGUAGE_NAMES.get(src_lang, src_lang), "tgt_name": LANGUAGE_NAMES.get(tgt_lang, tgt_lang)}
         self.references, self.train = references, train
         self.rng = random.Random(seed)
         self.max_source_tokens, self.max_target_tokens = max_source_tokens, max_target_tokens
-        self.prompt = prompt
 
-    def _cut(self, text: str, limit: int) -> str:
+    def render(self, item: dict) -> str:
+        raise NotImplementedError
+
+    def cut(self, text: str) -> str:
+        """`text` cut to `max_source_tokens` tokens."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return text if len(ids) <= limit else self.tokenizer.decode(ids[:limit])
+        return text if len(ids) <= self.max_source_tokens else self.tokenizer.decode(ids[: self.max_source_tokens])
 
     def __call__(self, items: Sequence[dict]) -> dict[str, Any]:
         prompts, targets, ids = [], [], []
         for item in items:
-            prompt = self.prompt.format(source=self._cut(item["source"], self.max_source_tokens), **self.names)
+            prompt = self.render(item)
+            if not self.train:  # one generation row per item, references or not
+                prompts.append(prompt)
+                targets.append(item["references"][0] if item.get("references") else "")
+                ids.append(item.get("id"))
+                continue
             rng = random.Random(item["draw"]) if "draw" in item else self.rng
-            for ref in pick_references(item["references"], self.references if self.train else "first", rng):
+            for ref in pick_references(item["references"], self.references, rng):
                 prompts.append(prompt)
                 targets.append(ref)
                 ids.append(item.get("id"))
         tok = self.tokenizer
+        extra = {"references": [item["references"] for item in items], "ids": ids, "targets": targets}
         if not self.train:
-            batch = dict(tok(prompts, padding=True, padding_side="left", return_tensors="pt"))
-            return {**batch, "references": [item["references"] for item in items], "ids": ids, "targets": targets}
+            batch = dict(tok(prompts, padding=True, padding_side="left", return_tensors="pt",
+                             add_special_tokens=self.add_special_tokens))
+            return {**batch, **extra}
         rows, prompt_lengths = [], []
         for prompt, target in zip(prompts, targets):
-            p = tok(prompt)["input_ids"]  # with the tokenizer's own BOS, as at generation time
-            t = tok(" " + target, add_special_tokens=False)["input_ids"][: self.max_target_tokens] + [tok.eos_token_id]
-            rows.append(p + t)
+            p = tok(prompt, add_special_tokens=self.add_special_tokens)["input_ids"]  # as at generation time
+            t = tok(self.separator + target, add_special_tokens=False)["input_ids"][: self.max_target_tokens]
+            rows.append(p + t + [tok.eos_token_id])
             prompt_lengths.append(len(p))
         width = max(map(len, rows))
         input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
@@ -197,5 +216,18 @@ class TranslationCollator:
             input_ids[i, : len(row)] = torch.tensor(row)
             attention_mask[i, : len(row)] = 1
         labels = mask_prompt(input_ids, attention_mask, prompt_lengths, "right")
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                "references": [item["references"] for item in items], "ids": ids, "targets": targets}
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **extra}
+
+
+class TranslationCollator(PromptCollator):
+    """ALMA batches: `Translate this from English to German:\\nEnglish: {src}\\nGerman:` + target + EOS."""
+
+    def __init__(self, tokenizer: Any, src_lang: str = "en", tgt_lang: str = "de", references: str = "random",
+                 train: bool = True, seed: int = 0, max_source_tokens: int = 256, max_target_tokens: int = 256,
+                 prompt: str = TRANSLATION_PROMPT):
+        super().__init__(tokenizer, references, train, seed, max_source_tokens, max_target_tokens)
+        self.names = {"src_name": LANGUAGE_NAMES.get(src_lang, src_lang), "tgt_name": LANGUAGE_NAMES.get(tgt_lang, tgt_lang)}
+        self.prompt = prompt
+
+    def render(self, item: dict) -> str:
+        return self.prompt.format(source=self.cut(item["source"]), **self.names)

@@ -4,7 +4,7 @@ The contract with `eval.py` (the only thing this module relies on): an evaluatio
 `loramcl.kind = eval`, the params `eval.scheme` (training scheme label), `eval.scheme_kind` (mle | moe |
 mcl, see `loramcl.schemes`), `eval.decoding` (decoding
 config name), `eval.method` (human label of the decoding method), `eval.num_hypotheses` (K) and
-`eval.task_type` ("captioning" | "translation"), and metrics named as in `metrics.registry.METRICS`
+`eval.task_type` ("captioning" | "translation" | "text"), and metrics named as in `metrics.registry.METRICS`
 (plus per-hypothesis `<name>_hyp<k>` metrics, which are not table columns). The experiment name is the
 evaluation task name. A table row is one (scheme, decoding) pair of one experiment; when several
 finished runs share it (re-runs), the newest one (by start time) is kept and a log line says so.
@@ -343,9 +343,9 @@ class PlotPoint:
 
 def default_axes(rows: Sequence[dict[str, Any]]) -> tuple[str, str]:
     """(quality key, diversity key) of the plot: oracle SPIDEr (else CIDEr-D) vs mBLEU-4 for captioning,
-    oracle BLEU vs pairwise BLEU for translation."""
+    oracle BLEU vs pairwise BLEU for translation and text tasks of one's own."""
     present = set(metric_columns(rows))
-    translation = any(r.get("task_type") == "translation" for r in rows) or (
+    translation = any(r.get("task_type") in ("translation", "text") for r in rows) or (
         "oracle_bleu" in present and "oracle_cider_d" not in present)
     if translation:
         return "oracle_bleu", "pairwise_bleu"

@@ -1,6 +1,7 @@
 """Tasks as data: which metric function scores a task's candidates and which sentence score is primary.
 
-`TASKS[name]` says, for "translation" (sacrebleu) and "captioning" (the COCO-caption metrics), how to
+`TASKS[name]` says, for "translation" (sacrebleu), "captioning" (the COCO-caption metrics) and "text"
+(a task of one's own, `data=text`: sacrebleu and ROUGE-L, `metrics.text`), how to
 score K candidates per item and which sentence-level score decides an item's winning hypothesis
 (`win_rate_hyp<k>`). `task_for(data_kind)` maps a DataModule's kind onto its task. `score` is what an
 evaluation calls: quality, diversity, the semantic metrics (`semantic`) and win rates in one dict, plus
@@ -21,12 +22,17 @@ from loramcl.metrics.captioning import caption_metrics
 from loramcl.metrics.diversity import diversity_metrics
 from loramcl.metrics.result import MetricResult
 from loramcl.metrics.semantic import semantic_from_options
+from loramcl.metrics.text import text_metrics
 from loramcl.metrics.translation import translation_metrics
 from loramcl.metrics.wins import win_rates
 
 
 def _translation(candidates: list, references: list, options: Mapping[str, Any]) -> MetricResult:
     return translation_metrics(candidates, references)
+
+
+def _text(candidates: list, references: list, options: Mapping[str, Any]) -> MetricResult:
+    return text_metrics(candidates, references)
 
 
 def _captioning(candidates: list, references: list, options: Mapping[str, Any]) -> MetricResult:
@@ -37,7 +43,7 @@ def _captioning(candidates: list, references: list, options: Mapping[str, Any]) 
 
 @dataclass(frozen=True)
 class Task:
-    name: str  # "translation" | "captioning"
+    name: str  # "translation" | "captioning" | "text"
     metric: Callable[[list, list, Mapping[str, Any]], MetricResult]  # (candidates, references, options)
     primary: str  # the sentence-level score that picks an item's best candidate (win rates)
     higher: bool = True  # direction of `primary`
@@ -46,8 +52,12 @@ class Task:
 TASKS = {
     "translation": Task("translation", _translation, primary="bleu"),
     "captioning": Task("captioning", _captioning, primary="cider_d"),
+    # chrF, not BLEU: a short answer often shares no 4-gram with any reference, and its sentence BLEU
+    # then says nothing about which candidate is closest
+    "text": Task("text", _text, primary="chrf"),
 }
-DATA_KIND_TASKS = {"translation": "translation", "audio_caption": "captioning", "image_caption": "captioning"}
+DATA_KIND_TASKS = {"translation": "translation", "audio_caption": "captioning", "image_caption": "captioning",
+                   "text": "text"}
 
 
 def task_for(data_kind: str) -> Task:

@@ -15,6 +15,8 @@ from omegaconf import DictConfig
 
 from loramcl.errors import ConfigError
 from loramcl.schema.errors import validate
+from pydantic import model_validator
+
 from loramcl.schema.fields import Anything, Bool, Choice, Float, Int, Mapping, Text, is_int, rule
 from loramcl.schema.groups import SEED, GenerationSchema, Group, PathsSchema
 
@@ -128,6 +130,48 @@ def validate_eval(cfg: Any, libraries: bool = False) -> EvalSettings:
 
         probe_generation(values.get("generation"), "generation")
     return EvalSettings(top=top, raw=values, output_dir=_output_dir(values))
+
+
+class PredictTop(Group):
+    """predict.py's values (configs/predict.yaml)."""
+
+    task_name: Text() = "predict"
+    ckpt_path: Text(what="a train.py run folder or a checkpoint file in it")
+    model_name: Text(nullable=True) = None
+    input: Anything = None
+    input_file: Text(nullable=True) = None
+    output: Text(nullable=True) = None
+    num_candidates: Int(1, nullable=True, note="null: the run's, else its K") = None
+    num_hypotheses: Int(1, nullable=True) = None  # expectations, as eval.py's
+    backbone: Text(nullable=True) = None
+    seed: SEED = 0
+    batch_size: Int(1) = 8
+    accelerator: Choice("auto", "cpu", "gpu", "cuda") = "auto"
+    generation: EvalGeneration = EvalGeneration()
+    paths: PathsSchema = PathsSchema()
+    decoding: Optional[DecodingSchema] = None
+    local: Anything = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PredictTop":
+        if (self.input is None) == (self.input_file is None):
+            raise ValueError("give one of input=\"...\" (one input) or input_file=<file> (one per line, or rows)"
+                             if self.input is None else "give input or input_file, not both")
+        if self.input is not None and not isinstance(self.input, (str, int, float)):
+            raise ValueError(f"@input must be a text, got {type(self.input).__name__}")
+        return self
+
+
+def validate_predict(cfg: Any) -> EvalSettings:
+    """Every value of a predict.py config, before anything is read."""
+    from loramcl.schema.values import plain
+
+    values = plain(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    values.pop("hydra", None)
+    if "ckpt_path" not in values:
+        raise ConfigError("ckpt_path is missing: give a train.py run folder or a checkpoint, ckpt_path=<path>")
+    top = validate(PredictTop, values)
+    return EvalSettings(top=top, raw=values, output_dir=_output_dir(values) if top.output is None else None)
 
 
 def _output_dir(values: dict) -> Optional[Path]:

@@ -129,6 +129,19 @@ class DataSchema(Target):
     prepare_hint: Text(nullable=True) = None
     auto_prepare: Mapping() = None
     splits: Mapping() = None
+    # data=text (loramcl.data.text)
+    hub_dataset: Text(nullable=True) = None
+    hub_config: Text(nullable=True) = None
+    format: Choice("auto", "json", "csv", "parquet") = None
+    input_field: Text() = None
+    reference_field: rule("a field name or a non-empty list of field names",
+                          lambda v: (isinstance(v, str) and bool(v.strip()))
+                          or (isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(t, str) and t.strip() for t in v)),
+                          lambda v: v if isinstance(v, str) else list(v)) = None
+    id_field: Text(nullable=True) = None
+    chat_template: Choice("auto", True, False) = None
+    system_prompt: Text(nullable=True) = None
+    separator: Anything = None
     init: Anything = None
     transitions: Anything = None
     weights: Anything = None
