@@ -19,6 +19,9 @@ Downloads (one split per call unless --root; outputs <out>/<name>_<split>.hdf5):
         --split train --name textcaps_bilingual --out data/textcaps_bilingual [--fraction 0.5 --seed 0]
     python scripts/prepare_data.py translation --src train.en --tgt train.de --split train --name wmt14_en_de --out data/wmt
     python scripts/prepare_data.py translation --ott newstest2014.multiref.txt --split test --name wmt14_en_de --out data/wmt
+    python scripts/prepare_data.py manifest --kind audio --manifest clips.csv --split train --name mine --out data/mine
+    python scripts/prepare_data.py manifest --kind image --manifest images.jsonl --split test --name mine --out data/mine
+    python scripts/prepare_data.py synthetic-text                  # data/synthetic/text/{train,val,test}.jsonl (data=text demo)
     python scripts/prepare_data.py check --root data/clotho --name clotho                   # validate the splits
 
 Every command refuses to replace an existing file unless --overwrite. Default output folders are
@@ -107,6 +110,22 @@ def main(argv=None) -> int:
     p.add_argument("--group", action="store_true", help="merge identical sources into one multi-reference item")
     p.add_argument("--skip-empty", action="store_true", help="drop pairs with an empty line")
 
+    p = command("manifest", "audio clips or images listed in a CSV / JSON Lines manifest (path + captions per row)")
+    p.add_argument("--manifest", type=Path, required=True, help="CSV or JSON Lines; relative paths are read from its folder")
+    p.add_argument("--kind", required=True, choices=["audio", "image"])
+    p.add_argument("--path-field", default="path", help="the field naming each file (default: path)")
+    p.add_argument("--caption-field", nargs="+", default=["captions"],
+                   help="the field holding a caption or a list of them, or several fields (CSV columns)")
+    p.add_argument("--max-seconds", type=arg(Float(0, low_open=True)), default=None, help="audio: cut longer clips")
+    p.add_argument("--language", default="en", help="image: the captions' language")
+
+    p = sub.add_parser("synthetic-text", help="the text demo's three-style answers as JSON Lines into data/synthetic/text")
+    p.add_argument("--out", type=Path, default=ROOT / "data/synthetic/text")
+    p.add_argument("--seed", type=arg(Int(0, 2**32 - 1)), default=0)
+    p.add_argument("--overwrite", action="store_true")
+    for split, k in zip(SPLITS, (240, 40, 40)):
+        p.add_argument(f"--{split}", type=arg(Int(1)), default=k, help=f"rows in {split} (default {k})")
+
     for name, out, default_name, n in (("synthetic-audio", "data/synthetic/audio", "synth_audio", (400, 50, 50)),
                                        ("synthetic-shapes", "data/synthetic/shapes", None, (400, 50, 50)),
                                        ("synthetic-translation", "data/synthetic/translation", "synth_en_de", (2000, 100, 100))):
@@ -163,6 +182,16 @@ def main(argv=None) -> int:
                                                        src_lang=args.src_lang, tgt_lang=args.tgt_lang, src=args.src,
                                                        tgt=args.tgt, ott=args.ott, group=args.group,
                                                        skip_empty=args.skip_empty, **common))
+        elif args.command == "manifest":
+            fields = args.caption_field[0] if len(args.caption_field) == 1 else args.caption_field
+            written.append(prepare.prepare_manifest(args.manifest, args.out, kind=args.kind,
+                                                    split=_need_split(parser, args), name=args.name,
+                                                    path_field=args.path_field, caption_field=fields,
+                                                    max_seconds=args.max_seconds, language=args.language, **common))
+        elif args.command == "synthetic-text":
+            from loramcl.data.synthetic_text import make_styles
+
+            written += make_styles(args.out, sizes=sizes(args), seed=args.seed, overwrite=args.overwrite)
         elif args.command == "synthetic-audio":
             written += synthetic.make_audio(args.out, name=args.name, sizes=sizes(args), seed=args.seed, **common).values()
         elif args.command == "synthetic-shapes":

@@ -293,9 +293,12 @@ def test_toy_alarm_fires_on_a_collapsing_seed(tmp_path):
 
 
 def test_toy_alarm_silent_on_a_healthy_seed(tmp_path):
-    """collapse3 under wta, seed 3 (200 steps): every chain gets its own hypothesis, within 0.05, and the
-    monitor stays silent all the way."""
-    text, mcl, run = _toy_run(tmp_path, 3)
+    """collapse3 under annealed-wta (tau_0 = 0.1, cold enough to be checked from step ~115), seed 3
+    (200 steps): every chain gets its own hypothesis, within 0.05, and the monitor stays silent all the
+    way. Plain wta on this seed recovers here but not on every CPU (CI's machine once gave [0, 2, 2]:
+    the lock-in hangs on rounding in the first steps); annealed-wta recovered every seed with a wide
+    margin (README, toy_recovery)."""
+    text, mcl, run = _toy_run(tmp_path, 3, "mcl.mode=annealed-wta", "mcl.temperature_init=0.1")
     assert sorted(_nearest_chains(mcl)) == [0, 1, 2]
     assert max(a["max_abs_error"] for a in mcl["assignment"]) < 0.05
     assert "collapse alarm at step" not in text and min(mcl["win_rates"]) > 0.25

@@ -151,6 +151,8 @@ def plan(settings: Any) -> Prediction:
 
     top = settings.top
     output = output_path(top, settings.output_dir)
+    if top.input_file is not None and not Path(str(top.input_file)).expanduser().is_file():
+        raise MissingResource(f"input_file={top.input_file} does not exist")
     given = settings.raw.get("decoding")
     probe = DecodingSpec.from_config(given or {"name": "mcl_beam1", "method": "hypotheses"})
     checkpoint = select_checkpoint(top, probe)

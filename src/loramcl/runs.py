@@ -134,9 +134,21 @@ def best_checkpoint(folder: Path) -> Path:
     return chosen
 
 
+def latest_run(path: Path) -> Path:
+    """`logs/<task>/runs/latest` -> the newest run folder there with checkpoints (folders are named by
+    their start time); any other path as it is."""
+    if path.name != "latest" or path.exists() or not path.parent.is_dir():
+        return path
+    runs = sorted(p for p in path.parent.iterdir() if p.is_dir() and (p / "checkpoints").is_dir())
+    if not runs:
+        raise MissingResource(f"{path.parent} holds no run with checkpoints (ckpt_path=.../latest takes the newest)")
+    return runs[-1]
+
+
 def find_checkpoints(path: Union[str, Path]) -> dict[str, Path]:
-    """{model name: checkpoint} for a run folder (each model's best checkpoint), or one checkpoint file."""
-    path = Path(path).expanduser()
+    """{model name: checkpoint} for a run folder (each model's best checkpoint), or one checkpoint file.
+    `<folder>/latest` (when no such folder exists): the newest run in `<folder>` that has checkpoints."""
+    path = latest_run(Path(path).expanduser())
     if path.is_file():
         return {path.parent.name: path}
     if not path.exists():

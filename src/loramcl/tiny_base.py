@@ -168,6 +168,18 @@ def _fit(model: torch.nn.Module, loader: DataLoader, steps: int, lr: float, desc
     return losses
 
 
+def _free_output(out_dir: str | Path, overwrite: bool) -> Path:
+    """`out_dir`, refused when it already holds something (unless `overwrite`)."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        reason = incomplete_reason(out) if out.is_dir() else "not a folder"
+        if reason is None:
+            raise FileExistsError(f"{out} already holds a model; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"{out} holds an incomplete tiny base ({reason}: an interrupted pre-training?); "
+                              f"pass overwrite=True (--overwrite) to rebuild it, or delete it")
+    return out
+
+
 def _pretrain(kind: str, data_root: str, name: str, out_dir: str, steps: int, batch_size: int, lr: float,
               vocab_size: int, seed: int, overwrite: bool) -> Path:
     """Tokenizer + tiny model of `kind`, fully fine-tuned on a synthetic training split, saved."""
@@ -177,13 +189,7 @@ def _pretrain(kind: str, data_root: str, name: str, out_dir: str, steps: int, ba
         "alma": (TranslationH5, "llama", TRANSLATION_PROMPT, tiny_llama, TranslationCollator),
     }
     reader, family, prompt, build, collator = specs[kind]
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        reason = incomplete_reason(out) if out.is_dir() else "not a folder"
-        if reason is None:
-            raise FileExistsError(f"{out} already holds a model; pass overwrite=True (--overwrite) to replace it")
-        raise FileExistsError(f"{out} holds an incomplete tiny base ({reason}: an interrupted pre-training?); "
-                              f"pass overwrite=True (--overwrite) to rebuild it, or delete it")
+    out = _free_output(out_dir, overwrite)
     torch.manual_seed(seed)
     train = reader.from_split(data_root, name, "train")
     texts = [c for caps in train.texts for c in caps] + list(getattr(train, "sources", [])) + [prompt]
@@ -196,7 +202,12 @@ def _pretrain(kind: str, data_root: str, name: str, out_dir: str, steps: int, ba
     info = {"backbone": kind, "data": f"{data_root}/{name}", "steps": steps, "batch_size": batch_size, "lr": lr,
             "seed": seed, "final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": round(time.time() - start, 1),
             "parameters": sum(p.numel() for p in model.parameters())}
-    with staged(out, overwrite=overwrite) as stage:  # <out>.partial-..., renamed to <out> when complete
+    return _save(out, kind, model, processor, info, overwrite)
+
+
+def _save(out: Path, kind: str, model: Any, processor: Any, info: dict, overwrite: bool) -> Path:
+    """Model, processor and the marker (last) to `<out>.partial-...`, renamed to `out` when complete."""
+    with staged(out, overwrite=overwrite) as stage:
         model.save_pretrained(stage.path)
         processor.save_pretrained(stage.path)
         (stage.path / MARKER).write_text(json.dumps(info, indent=2))  # last: the completion marker
@@ -227,3 +238,42 @@ def pretrain_alma(data_root: str, name: str, out_dir: str, steps: int = 600, bat
                   lr: float = 2e-3, vocab_size: int = 768, seed: int = 0, overwrite: bool = False) -> Path:
     """Tiny Llama fully fine-tuned on the synthetic English-German pairs with ALMA's prompt."""
     return _pretrain("alma", data_root, name, out_dir, steps, batch_size, lr, vocab_size, seed, overwrite)
+
+
+# A minimal chat template for tiny bases that should have one (`pretrain_text(chat_template=True)`):
+# role-tagged turns, the generation prompt opens the assistant's turn
+TINY_CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                      "{% if add_generation_prompt %}[assistant] {% endif %}")
+
+
+def pretrain_text(train_file: str, out_dir: str, prompt: str = "{input}", input_field: str = "input",
+                  reference_field: Any = "references", chat_template: bool = False, steps: int = 300,
+                  batch_size: int = 16, lr: float = 2e-3, vocab_size: int = 512, seed: int = 0,
+                  overwrite: bool = False) -> Path:
+    """Tiny Llama fully fine-tuned on a text task's training file (data=text rows: JSON Lines, CSV,
+    Parquet), its tokenizer trained on the file's texts; `chat_template`: the tokenizer gets
+    TINY_CHAT_TEMPLATE and the rows are trained as chat turns (as data.chat_template=auto will)."""
+    from loramcl.data.text import TextCollator, TextItems, TextSchema, load_rows, validate_file
+
+    out = _free_output(out_dir, overwrite)
+    schema = TextSchema(input_field, reference_field, None, prompt)
+    validate_file(train_file, schema)
+    torch.manual_seed(seed)
+    train = TextItems(load_rows(train_file, schema), str(train_file))
+    texts = [r for refs in train.texts for r in refs] + [prompt.format(**{**it["fields"], input_field: it["source"]})
+                                                          for it in train.items]
+    tokenizer = train_tokenizer(texts + (["[user] [assistant] [system]"] if chat_template else []), "llama",
+                                vocab_size=vocab_size)
+    if chat_template:
+        tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    model, _ = tiny_llama(tokenizer, seed)
+    collate = TextCollator(tokenizer, prompt, chat_template, input_field=input_field, seed=seed)
+    loader = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(seed))
+    start = time.time()
+    losses = _fit(model, loader, steps, lr, "pre-training tiny text base")
+    info = {"backbone": "text", "data": str(train_file), "prompt": prompt, "chat_template": chat_template,
+            "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+            "final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": round(time.time() - start, 1),
+            "parameters": sum(p.numel() for p in model.parameters())}
+    return _save(out, "text", model, tokenizer, info, overwrite)

@@ -479,3 +479,58 @@ def prepare_translation(
         for item_id, s, refs in _bar(items, len(items), f"{name} {split}", progress):
             w.add(item_id, s, refs)
     return out_path
+
+
+# ==================================================================================== manifests
+def read_manifest(manifest, path_field: str = "path", caption_field="captions") -> list[tuple[str, Path, list[str]]]:
+    """(id, file, captions) of every row of a CSV / JSON Lines manifest, every row checked first (one
+    line naming file, line and field: a missing field, no caption, a file that does not exist).
+    Relative paths are read from the manifest's folder; captions: one field holding a string or a
+    list (a CSV cell may hold a JSON list), or several fields (CSV columns caption_1..caption_5)."""
+    from loramcl.data.text import TextSchema, _csv_rows, _json_rows, file_format
+
+    manifest = Path(manifest).expanduser()
+    if not manifest.is_file():
+        raise FileNotFoundError(f"manifest {manifest} does not exist")
+    kind = file_format(manifest)
+    if kind == "parquet":
+        raise ValueError(f"manifest {manifest}: give a CSV or JSON Lines file")
+    schema = TextSchema(path_field, caption_field, None, "{" + path_field + "}")
+    rows = _json_rows(manifest) if kind == "json" else _csv_rows(manifest)
+    items, seen = [], set()
+    for i, (where, row) in enumerate(rows):
+        item = schema.item(row, where, i, csv_cells=kind == "csv")
+        file = Path(item["source"]).expanduser()
+        file = file if file.is_absolute() else manifest.parent / file
+        if not file.is_file():
+            raise FileNotFoundError(f"{where}: field {path_field!r}: {item['source']} does not exist"
+                                    + (f" (read from {manifest.parent})" if not Path(item["source"]).is_absolute() else ""))
+        if item["source"] in seen:
+            raise DataFormatError(f"{where}: field {path_field!r}: {item['source']} is listed twice")
+        seen.add(item["source"])
+        items.append((item["source"], file, item["references"]))
+    if not items:
+        raise DataFormatError(f"manifest {manifest} holds no rows")
+    return items
+
+
+def prepare_manifest(manifest, out_dir, *, kind: str, split: str, name: str, path_field: str = "path",
+                     caption_field="captions", max_seconds: Optional[float] = None, language: str = "en",
+                     overwrite: bool = False, progress: bool = False) -> Path:
+    """Audio clips or images listed in a manifest (CSV / JSON Lines: a file path and its captions per
+    row) -> the audio- or image-captioning HDF5 layout, so that data=clotho / textcaps style configs
+    (and every evaluation) read it. Every row and file is checked before anything is written."""
+    if kind not in ("audio", "image"):
+        raise ValueError(f"kind must be audio or image, got {kind!r}")
+    split = normalise_split(split)
+    out_path = split_path(out_dir, name, split)
+    if out_path.exists() and not overwrite:
+        raise FileExistsError(f"{out_path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    items = read_manifest(manifest, path_field, caption_field)
+    if kind == "audio":
+        return _write_audio(items, out_path, dataset=name, split=split, max_seconds=max_seconds,
+                            overwrite=overwrite, progress=progress)
+    with ImageCaptionWriter(out_path, dataset=name, split=split, language=language, overwrite=overwrite) as w:
+        for key, file, caps in _bar(items, len(items), f"{name} {split}", progress):
+            w.add(key, _read_image_bytes(file), caps)
+    return out_path

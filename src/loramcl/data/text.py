@@ -138,6 +138,10 @@ class TextSchema:
                     value = json.loads(value)
                 except json.JSONDecodeError:
                     pass
+            if isinstance(value, str) and not value.strip():
+                if len(self.reference_fields) > 1:  # an empty cell of a reference column
+                    continue
+                raise DataFormatError(f"{where}: field {field!r} is empty (the references; data.reference_field)")
             values = [value] if isinstance(value, str) else value
             if not isinstance(values, (list, tuple)) and not hasattr(values, "tolist"):
                 raise DataFormatError(f"{where}: field {field!r} must be a string or a list of strings, got "
@@ -334,6 +338,16 @@ class TextDataModule(H5DataModule):
         """Every local split file, row by row (one line on the first problem), before any model is built."""
         if self.hub_dataset:
             return  # checked when loaded: reading a Hub dataset is the check
+        missing = [role for role, where in self.splits.items() if not Path(where).expanduser().exists()]
+        if self.auto_prepare and missing:  # a generated demo set: the missing files are written, once
+            from hydra.utils import get_method
+
+            args = {k: v for k, v in self.auto_prepare.items() if k != "function"}
+            log.info(f"preparing {', '.join(missing)} of {self.name} ({self.auto_prepare['function']})")
+            try:
+                get_method(self.auto_prepare["function"])(only=missing, **args)
+            except FileExistsError:  # another process wrote it meanwhile (same seed): used as it is
+                pass
         for role, where in self.splits.items():
             count = validate_file(where, self.schema, self.format)
             log.info(f"data.splits.{role}: {where} ({count} rows)")
