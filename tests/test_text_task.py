@@ -123,12 +123,14 @@ def test_chat_template_rows_and_the_plain_prompt(task):
     """Training rows as the tokenizer renders them: the chat turn (BOS written once by the template)
     or the plain prompt; only the answer and EOS are scored."""
     for base, prefix in (("chat", "<s>[user] Rewrite (calm): the cat sat =>\n[assistant] a cat"),
-                         ("plain", "<s>Rewrite (calm): the cat sat => a cat")):
+                         ("plain", "Rewrite (calm): the cat sat => a cat")):
         dm = _module(task, base, references="first")
         batch = dm.collator(True, "first")([dm.sets["train"][0]])
         tok = dm.processor
         text = tok.decode(batch["input_ids"][0])
-        assert text.startswith(prefix) and text.count("<s>") == 1, text
+        if base == "plain":  # the tokenizer's own special tokens, as at generation time (this one adds none)
+            prefix = tok.decode(tok("Rewrite (calm): the cat sat =>")["input_ids"]) + " a cat"
+        assert text.startswith(prefix) and text.count("<s>") == (1 if base == "chat" else prefix.count("<s>")), text
         scored = tok.decode(batch["input_ids"][0][batch["labels"][0] != -100])
         assert scored == ("" if base == "chat" else " ") + "a cat is sitting</s>"  # the separator
 
@@ -251,11 +253,16 @@ def test_demo_styles_are_recognised_and_splits_disjoint(tmp_path):
     for s in SIZES:
         for c in COLORS:
             for t in THINGS:
-                assert [style_of(a) for a in answers(s, c, t).values()] == list(STYLES)
+                styles = answers(s, c, t)
+                assert list(styles) == list(STYLES) and [len(p) for p in styles.values()] == [1, 2, 4]
+                assert all(style_of(p) == style for style, phrasings in styles.items() for p in phrasings)
     assert style_of("a red ball") == "other"
     paths = make_styles(tmp_path, sizes=(20, 5, 5))
-    inputs = [{json.loads(line)["input"] for line in p.read_text().splitlines()} for p in paths]
+    rows = [[json.loads(line) for line in p.read_text().splitlines()] for p in paths]
+    inputs = [{r["input"] for r in split} for split in rows]
     assert [len(i) for i in inputs] == [20, 5, 5] and not (inputs[0] & inputs[1]) and not (inputs[0] & inputs[2])
+    assert all([style_of(x) for x in r["references"]] == list(STYLES) for r in rows[0])  # one phrasing per style
+    assert all(len(r["references"]) == 7 for r in rows[2])  # the test rows: every phrasing
     before = paths[0].read_text()
     with pytest.raises(FileExistsError):
         make_styles(tmp_path, sizes=(20, 5, 5), seed=1)
@@ -321,3 +328,44 @@ def test_a_manifest_of_clips_and_images_becomes_the_captioning_layout(tmp_path):
     images = ImageCaptionH5.from_split(out, "image", "test")
     assert images.texts == [["shape 0"], ["shape 1"], ["shape 2"]]
     assert np.array_equal(np.asarray(images[2]["image"]), np.asarray(Image.open(media / "im2.png").convert("RGB")))
+
+
+@pytest.mark.slow
+def test_demo_each_hypothesis_takes_one_style_and_beam_search_does_not_cover_them(tmp_path):
+    """The docs' demo commands: MCL's 3 hypotheses answer in 3 different styles (each on every test
+    input); the MLE baseline's beam search returns the same style K times far more often."""
+    from loramcl.data.synthetic_text import style_of
+    from loramcl.evaluation.modes import evaluation_folders, mode_report
+
+    data = [f"paths.data_dir={tmp_path / 'data'}"]
+    for experiment in ("demo_text_mcl", "demo_text_mle"):
+        proc = run_train(f"experiment={experiment}", "extras.print_config=false", *data, log_dir=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = {}
+    for experiment, methods in (("demo_text_mcl", "mcl_beam1,mcl_dbs"), ("demo_text_mle", "mle_beam,mle_sampling_nucleus")):
+        proc = run_eval("-m", f"ckpt_path={tmp_path / experiment / 'runs' / 'latest'}", f"decoding={methods}",
+                        "metrics.semantic=false", *data, log_dir=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    for folder in evaluation_folders([tmp_path / "eval"]):
+        info = json.loads((folder / "metrics.json").read_text())
+        records = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+        reports[info["decoding"]] = mode_report(records, style_of)
+    mcl = reports["mcl_beam1"]
+    assert mcl["specialised"] and mcl["all_modes"] == 1.0, mcl
+    assert reports["mle_beam"]["all_modes"] < 0.5, reports["mle_beam"]
+    out = tmp_path / "answers.jsonl"
+    proc = run_script(["predict.py", f"ckpt_path={tmp_path / 'demo_text_mcl' / 'runs' / 'latest'}",
+                       "input=small red ball", f"output={out}", f"paths.log_dir={tmp_path}", *data], seconds=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (answer,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(style_of(a) for a in answer["answers"]) == ["exclaim", "question", "statement"], answer
+
+
+def test_a_hub_dataset_that_cannot_be_read_is_one_line_before_the_model(task, tmp_path):
+    proc = run_script(["train.py", f"paths.log_dir={tmp_path}", *TRAIN, "data.hub_dataset=nobody/no_such_set",
+                       "data.splits.train=train", "data.splits.val=validation",
+                       f"model.name_or_path={task['bases']['plain']}"], seconds=300, env={"HF_HUB_OFFLINE": "1"})
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
+    assert "data.hub_dataset=nobody/no_such_set: cannot load split 'train'" in lines[0]
+    assert "Loading weights" not in proc.stderr

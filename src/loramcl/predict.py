@@ -102,10 +102,14 @@ def read_inputs(top: Any, datamodule: Any, base: Path) -> list[dict]:
             raise ConfigError(f"the run's prompt uses the field(s) {', '.join(missing)} besides the input: give them "
                               f"in an input_file (JSON Lines / CSV rows)")
         return [{"id": "0", "source": str(top.input), "references": [], "fields": {}}]
+    from loramcl.data.hdf5 import DataFormatError
+
     try:
         return input_rows(top.input_file, schema)
     except FileNotFoundError as err:
         raise MissingResource(str(err)) from None
+    except (DataFormatError, ValueError) as err:  # a bad row: file, line and field in one line
+        raise ConfigError(str(err)) from None
 
 
 def _media(kind: str, file: Path, where: str) -> Any:

@@ -1,16 +1,18 @@
 """A small text task with three known answer styles per input, written as JSON Lines (data=text demo).
 
-Each input names an object ("small red ball"); its three references answer in three clearly
-different styles, one each:
+Each input names an object ("small red ball"); its answers come in three clearly different styles,
+equally likely, with 1, 2 and 4 phrasings:
 
     statement   "this is a small red ball."
-    exclaim     "wow, what a red ball!"
-    question    "is the ball small and red?"
+    exclaim     "wow, what a red ball!" | "wow, a small red ball!"
+    question    "is the ball small and red?" | "is it a red ball?" | "is this ball small?" | "is that a small ball?"
 
-Training draws one reference per item and step at random (data.references=random), so the data's
-distribution of answers is a mixture of three modes with equal weights: a single adapter (LoRA-MLE)
-learns the mixture, LoRA-MCL's K = 3 hypotheses can each take one style. `style_of` tells an answer's
-style from its wording (what the demo's report counts per hypothesis and per decoding method).
+A training (and validation) row holds one answer per style, the phrasing drawn at random per row, so
+that across rows a style's mass of 1/3 is spread over its phrasings (1/3, 1/6 each, 1/12 each): the
+most likely single answers are the statement and the two exclamations, and beam search with K = 3
+beams returns those and misses the questions, while LoRA-MCL's K = 3 hypotheses can each take one
+style. A test row holds every phrasing (7 references). `style_of` tells an answer's style from its
+wording (what scripts/answer_modes.py counts per hypothesis and per decoding method).
 
     python scripts/prepare_data.py synthetic-text        # data/synthetic/text/{train,val,test}.jsonl
 """
@@ -31,11 +33,12 @@ STYLES = ("statement", "exclaim", "question")
 SPLITS = ("train", "val", "test")
 
 
-def answers(size: str, color: str, thing: str) -> dict[str, str]:
-    """The three references of one input, by style."""
-    return {"statement": f"this is a {size} {color} {thing}.",
-            "exclaim": f"wow, what a {color} {thing}!",
-            "question": f"is the {thing} {size} and {color}?"}
+def answers(size: str, color: str, thing: str) -> dict[str, list[str]]:
+    """Every phrasing of the three styles for one input."""
+    return {"statement": [f"this is a {size} {color} {thing}."],
+            "exclaim": [f"wow, what a {color} {thing}!", f"wow, a {size} {color} {thing}!"],
+            "question": [f"is the {thing} {size} and {color}?", f"is it a {color} {thing}?",
+                         f"is this {thing} {size}?", f"is that a {size} {thing}?"]}
 
 
 def style_of(text: str) -> str:
@@ -59,15 +62,20 @@ def make_styles(out_dir: str | Path, sizes: Sequence[int] = (240, 40, 40), seed:
     inputs = [(s, c, t) for s in SIZES for c in COLORS for t in THINGS]
     if sum(sizes) > len(inputs):
         raise ValueError(f"sizes {list(sizes)} ask for {sum(sizes)} inputs; there are {len(inputs)}")
-    random.Random(seed).shuffle(inputs)
+    rng = random.Random(seed)
+    rng.shuffle(inputs)
     out, written, start = Path(out_dir), [], 0
     for split, n in zip(SPLITS, sizes):
         rows = inputs[start:start + n]
         start += n
+        lines = []
+        for i, r in enumerate(rows):
+            styles = answers(*r)
+            refs = [p for style in STYLES for p in styles[style]] if split == "test" else \
+                [rng.choice(styles[style]) for style in STYLES]  # drawn for every split: one seed, same files
+            lines.append(json.dumps({"id": f"{split}-{i}", "input": " ".join(r), "references": refs}))
         if split not in only:
             continue
-        lines = [json.dumps({"id": f"{split}-{i}", "input": " ".join(r), "references": list(answers(*r).values())})
-                 for i, r in enumerate(rows)]
         path = out / f"{split}.jsonl"
         if not write_text_atomic(path, "\n".join(lines) + "\n", overwrite=overwrite):
             raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")

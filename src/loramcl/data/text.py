@@ -180,7 +180,7 @@ class TextSchema:
                 raise DataFormatError(f"{where}: field {name!r} is missing (data.prompt uses it)")
             fields[name] = str(row[name])
         item_id = str(row[self.id_field]) if self.id_field and row.get(self.id_field) is not None else str(index)
-        if self.id_field and row.get(self.id_field) is None:
+        if self.id_field and row.get(self.id_field) is None and references:  # new inputs: their row number
             raise DataFormatError(f"{where}: field {self.id_field!r} is missing (data.id_field)")
         has = any(row.get(f) not in (None, "") for f in self.reference_fields)
         refs = self.references(row, where, csv_cells) if references or has else []
@@ -236,6 +236,17 @@ def input_rows(path: str | Path, schema: TextSchema) -> list[dict]:
             for i, (where, row) in enumerate(rows)]
 
 
+def _csv_options(path: Path) -> dict:
+    """datasets' CSV reader told to keep every cell as text (no numbers, "" for an empty cell)."""
+    import datasets
+
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with open(path, encoding="utf-8", newline="") as handle:
+        header = next(csv.reader(handle, delimiter=delimiter))
+    return {"delimiter": delimiter, "keep_default_na": False,
+            "features": datasets.Features({name: datasets.Value("string") for name in header})}
+
+
 def load_rows(source: str, schema: TextSchema, fmt: str = "auto", hub_dataset: Optional[str] = None,
               hub_config: Optional[str] = None) -> list[dict]:
     """The validated items of one split: a local file, or split `source` of the Hub dataset `hub_dataset`,
@@ -256,10 +267,13 @@ def load_rows(source: str, schema: TextSchema, fmt: str = "auto", hub_dataset: O
         kind = file_format(path, fmt)
         try:
             # CSV cells as text, as csv.DictReader gives them to validate_file (no numbers, empty cells "")
-            options = {"dtype": str, "keep_default_na": False,
-                       "delimiter": "\t" if path.suffix.lower() == ".tsv" else ","} if kind == "csv" else {}
+            options = _csv_options(path) if kind == "csv" else {}
             table = datasets.load_dataset(kind, data_files=str(path), split="train", **options)
         except Exception as err:  # validate_file ran first: what is left is the library's own limit
+            if kind == "json":  # datasets 5.2's reader fails on some valid files (a blank line among rows
+                # whose field types differ): the rows as Python's json module reads them, checked alike
+                log.info(f"{path}: read with Python's json module (datasets: {' '.join(str(err).split())[:120]})")
+                return [schema.item(row, where, i) for i, (where, row) in enumerate(_json_rows(path))]
             raise DataFormatError(f"{path}: the datasets library cannot read it ({' '.join(str(err).split())[:200]})") \
                 from None
         label, csv_cells = str(path), kind == "csv"
@@ -336,8 +350,10 @@ class TextDataModule(H5DataModule):
 
     def check(self) -> None:
         """Every local split file, row by row (one line on the first problem), before any model is built."""
-        if self.hub_dataset:
-            return  # checked when loaded: reading a Hub dataset is the check
+        if self.hub_dataset:  # reading it is the check (the rows are kept for setup)
+            self.sets = {role: TextItems(load_rows(split, self.schema, self.format, self.hub_dataset, self.hub_config),
+                                         f"{self.hub_dataset}[{split}]") for role, split in self.splits.items()}
+            return
         missing = [role for role, where in self.splits.items() if not Path(where).expanduser().exists()]
         if self.auto_prepare and missing:  # a generated demo set: the missing files are written, once
             from hydra.utils import get_method
@@ -351,6 +367,8 @@ class TextDataModule(H5DataModule):
         for role, where in self.splits.items():
             count = validate_file(where, self.schema, self.format)
             log.info(f"data.splits.{role}: {where} ({count} rows)")
+        if self.chat_template == "true" and Path(self.processor_path).expanduser().is_dir():
+            self.load_processor()  # a tokenizer without a chat template is named now, not after the model loads
 
     def load_processor(self) -> Any:
         from transformers import AutoTokenizer
