@@ -1,6 +1,6 @@
 """The installable package: pyproject.toml declares every third-party import of src/loramcl, the built
-wheel carries the code and those requirements, and (slow) installs into a fresh virtual environment
-where MCLModel builds and runs."""
+wheel carries the code and those requirements, and (slow: pip resolves the requirements from the
+package registry) installs into a fresh virtual environment where MCLModel trains one step."""
 
 from __future__ import annotations
 
@@ -89,8 +89,14 @@ torch.manual_seed(0)
 model = MCLModel(transformers.LlamaForCausalLM(cfg), MCLConfig(num_hypotheses=3),
                  LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
 ids = torch.randint(0, 64, (2, 7))
+trainable = [p for p in model.parameters() if p.requires_grad]
+before = [p.detach().clone() for p in trainable]
+optimizer = torch.optim.AdamW(trainable, lr=1e-2)
 out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
-print("hypothesis losses", tuple(out.hypothesis_losses.shape), float(out.loss) > 0)
+out.loss.backward()
+optimizer.step()
+moved = sum(not torch.equal(a, p) for a, p in zip(before, trainable))
+print("hypothesis losses", tuple(out.hypothesis_losses.shape), float(out.loss) > 0, "moved", moved > 0)
 """
 
 
@@ -111,4 +117,4 @@ def test_the_wheel_installs_into_a_fresh_environment_and_mcl_runs(tmp_path):
     proc = subprocess.run([str(env / "bin" / "python"), "-c", TRY_IT], capture_output=True, text=True,
                           cwd=tmp_path, timeout=timeout(300))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "hypothesis losses (3, 2) True" in proc.stdout, proc.stdout
+    assert "hypothesis losses (3, 2) True moved True" in proc.stdout, proc.stdout

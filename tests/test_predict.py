@@ -59,3 +59,46 @@ def test_translation_sources_from_a_text_file_with_the_mle_runs_beam_search(tran
     assert [a["decoding"] for a in answers] == ["mle_beam", "mle_beam"]
     assert [a["answers"] for a in answers] == [[c["text"] for c in r["candidates"]] for r in records]
     assert all(len(a["answers"]) == 3 for a in answers)  # the run's num_candidates
+    # sampling: the same seed and batches draw the same candidates in both
+    ev = run_eval(f"ckpt_path={run}", "decoding=mle_sampling_nucleus", "max_items=2", "batch_size=2", "seed=5",
+                  "metrics.semantic=false", "metrics.oracle_nll=false", log_dir=tmp_path / "sampled")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    (sampled,) = eval_predictions(tmp_path / "sampled")
+    (tmp_path / "answers.jsonl").unlink()
+    answers, _ = _predict(run, tmp_path, f"input_file={sources}", "decoding=mle_sampling_nucleus", "batch_size=2",
+                          "seed=5")
+    assert [a["answers"] for a in answers] == [[c["text"] for c in r["candidates"]] for r in sampled]
+
+
+def test_images_by_path_one_and_a_file_of_them(tmp_path):
+    """A tiny image-captioning run (LLaVA-NeXT): test images written as PNG files give eval.py's
+    candidates, one by `input=`, two by an `input_file` of paths."""
+    import io
+
+    from PIL import Image
+
+    from helpers import run_train
+    from loramcl.data.hdf5 import ImageCaptionH5
+
+    data = [f"paths.data_dir={tmp_path / 'data'}"]
+    proc = run_train("experiment=demo_bilingual_mcl", "task=finetune", "model.auto_pretrain.steps=5",
+                     "data.auto_prepare.sizes=[16,4,4]", "trainer.max_steps=2", "callbacks=model_checkpoint",
+                     "logger=none", "extras.print_config=false", *data, log_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "demo_bilingual_mcl" / "runs" / "latest"
+    test = ImageCaptionH5.from_split(tmp_path / "data" / "synthetic" / "shapes", "shapes_bilingual_canonical", "test")
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"image{i}.png")
+        Image.open(io.BytesIO(test.image_bytes(i))).save(paths[-1])
+    ev = run_eval(f"ckpt_path={run}", "decoding=mcl_beam1", "max_items=2", "metrics.semantic=false",
+                  "metrics.oracle_nll=false", *data, log_dir=tmp_path / "eval_logs")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    (records,) = eval_predictions(tmp_path / "eval_logs")
+    one, _ = _predict(run, tmp_path, f"input={paths[0]}", *data)
+    assert one[0]["answers"] == [c["text"] for c in records[0]["candidates"]] and len(one[0]["answers"]) == 2
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(map(str, paths)) + "\n")
+    (tmp_path / "answers.jsonl").unlink()
+    both, _ = _predict(run, tmp_path, f"input_file={listing}", *data)
+    assert [a["answers"] for a in both] == [[c["text"] for c in r["candidates"]] for r in records]

@@ -342,7 +342,7 @@ def test_demo_each_hypothesis_takes_one_style_and_beam_search_does_not_cover_the
         proc = run_train(f"experiment={experiment}", "extras.print_config=false", *data, log_dir=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
     reports = {}
-    for experiment, methods in (("demo_text_mcl", "mcl_beam1,mcl_dbs"), ("demo_text_mle", "mle_beam,mle_sampling_nucleus")):
+    for experiment, methods in (("demo_text_mcl", "mcl_beam1,mcl_dbs"), ("demo_text_mle", "mle_beam,mle_dbs,mle_sampling_nucleus")):
         proc = run_eval("-m", f"ckpt_path={tmp_path / experiment / 'runs' / 'latest'}", f"decoding={methods}",
                         "metrics.semantic=false", *data, log_dir=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
