@@ -141,6 +141,10 @@ TRAIN_DEMO = {  # keys of the HDF5 tasks (demo_translation_mcl)
     "model.gradient_checkpointing": BOOL,
     "model.dtype": Choice("fp32", "float32", "bf16", "bfloat16", "fp16", "float16", nullable=True),
 }
+TRAIN_TEXT = {  # keys of data=text (experiment=text)
+    "data.chat_template": Choice("auto", True, False),
+    "data.format": Choice("auto", "json", "csv", "parquet"),
+}
 EVAL = {
     "seed": SEED,
     "max_items": Int(1, nullable=True),
@@ -202,7 +206,13 @@ def plain(cfg) -> dict:
 
 @pytest.fixture(scope="module")
 def train_bases() -> dict:
-    return {"toy": plain(compose_train()), "demo": plain(compose_train("experiment=demo_translation_mcl"))}
+    return {"toy": plain(compose_train()), "demo": plain(compose_train("experiment=demo_translation_mcl")),
+            "text": plain(compose_train("experiment=text", "data.splits.train=/nowhere/train.jsonl",
+                                        "data.splits.val=/nowhere/val.jsonl", "model.name_or_path=/nowhere/model"))}
+
+
+def _table(base: str) -> dict:
+    return TRAIN | (TRAIN_DEMO if base in ("demo", "text") else {}) | (TRAIN_TEXT if base == "text" else {})
 
 
 @pytest.fixture(scope="module")
@@ -245,10 +255,10 @@ FUZZ = settings(max_examples=int(os.environ.get("LORAMCL_FUZZ_EXAMPLES", "200"))
 def test_bad_train_values_are_refused_naming_the_key(train_bases, data):
     from loramcl.errors import ConfigError
 
-    base = data.draw(st.sampled_from(["toy", "demo"]))
-    table = TRAIN | (TRAIN_DEMO if base == "demo" else {})
+    base = data.draw(st.sampled_from(["toy", "demo", "text"]))
+    table = _table(base)
     key = data.draw(st.sampled_from(sorted(table)))
-    if base == "demo" and key in ("data.num_val_sequences", "data.seq_len", "task.train_mle"):
+    if base != "toy" and key in ("data.num_val_sequences", "data.seq_len", "task.train_mle"):
         return  # keys of the toy only
     value = data.draw(values_for(table[key], good=False), label=key)
     values = set_key(OmegaConf.to_container(OmegaConf.create(train_bases[base])), key, value)
@@ -260,10 +270,10 @@ def test_bad_train_values_are_refused_naming_the_key(train_bases, data):
 @FUZZ
 @given(data=st.data())
 def test_good_train_values_pass(train_bases, data):
-    base = data.draw(st.sampled_from(["toy", "demo"]))
-    table = TRAIN | (TRAIN_DEMO if base == "demo" else {})
+    base = data.draw(st.sampled_from(["toy", "demo", "text"]))
+    table = _table(base)
     key = data.draw(st.sampled_from(sorted(table)))
-    if base == "demo" and key in ("data.num_val_sequences", "data.seq_len", "task.train_mle"):
+    if base != "toy" and key in ("data.num_val_sequences", "data.seq_len", "task.train_mle"):
         return
     value = data.draw(values_for(table[key], good=True), label=key)
     values = set_key(OmegaConf.to_container(OmegaConf.create(train_bases[base])), key, value)
@@ -342,8 +352,10 @@ def test_every_schema_key_has_a_fuzz_rule():
         "num_candidates", "do_sample", "num_beams", "max_new_tokens", "repetition_penalty", "length_penalty",
         "num_train_batches",  # the toy's is ${trainer.max_steps}: fuzzed through trainer.max_steps
         "auto_pretrain",
+        # data=text's field names, Hub names and prompt texts (malformed files: tests/test_text_task.py)
+        "hub_dataset", "hub_config", "input_field", "reference_field", "id_field", "system_prompt", "separator",
     }
-    listed = {k.rsplit(".", 1)[-1] for k in [*TRAIN, *TRAIN_DEMO, *EVAL, *REPRODUCE]}
+    listed = {k.rsplit(".", 1)[-1] for k in [*TRAIN, *TRAIN_DEMO, *TRAIN_TEXT, *EVAL, *REPRODUCE]}
     models = [groups.MCLSchema, groups.LoRASchema, groups.DataSchema, groups.ModelSchema, groups.OptimizerSchema,
               groups.SchedulerSchema, groups.TrainerSchema, groups.CollapseSchema, groups.CheckpointSchema,
               groups.LRMonitorSchema, groups.MLflowLoggerSchema, groups.TensorBoardSchema, groups.PathsSchema,

@@ -193,7 +193,7 @@ BAD_FILES = [  # (file name, content, what the one line must say)
 @pytest.mark.parametrize("name,content,message", BAD_FILES, ids=[b[0] for b in BAD_FILES])
 def test_a_malformed_file_names_file_line_and_field(tmp_path, name, content, message):
     from loramcl.data.hdf5 import DataFormatError
-    from loramcl.data.text import TextSchema, validate_file
+    from loramcl.data.rows import TextSchema, validate_file
 
     schema = TextSchema(prompt="{input} ({tone})" if name == "tone.jsonl" else "{input}")
     with pytest.raises(DataFormatError) as err:

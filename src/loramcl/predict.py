@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 NATURAL = {"mcl": "mcl_beam1", "mle": "mle_beam", "moe": "moe_standard"}  # the decoding each scheme is made for
 MEDIA = {"audio_caption": "audio", "image_caption": "image"}
+ANSWERS = ("text", "translation", "audio_caption", "image_caption")  # the data kinds with inputs to answer
 PATH_FIELDS = ("path", "file", "audio", "image")  # where a file of media inputs names each file
 
 
@@ -67,7 +68,7 @@ def media_paths(top: Any) -> list[tuple[str, str]]:
         raise MissingResource(f"input_file={path} does not exist")
     if path.suffix.lower() in (".txt", ""):
         return [(f"{path}:{n}", line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
-    from loramcl.data.text import _csv_rows, _json_rows, file_format
+    from loramcl.data.rows import _csv_rows, _json_rows, file_format
 
     rows = _json_rows(path) if file_format(path) == "json" else _csv_rows(path)
     found = []
@@ -91,7 +92,7 @@ def read_inputs(top: Any, datamodule: Any, base: Path) -> list[dict]:
                 raise MissingResource(f"{where}: {raw} does not exist")
             items.append({"id": raw, "captions": [], MEDIA[kind]: _media(kind, file, where)})
         return items
-    from loramcl.data.text import TextSchema, input_rows
+    from loramcl.data.rows import TextSchema, input_rows
 
     schema = getattr(datamodule, "schema", None) or TextSchema("source", "references", None, "{source}")
     if top.input is not None:
@@ -169,7 +170,11 @@ def plan(settings: Any) -> Prediction:
     if spec.method == "teacher_forced":
         raise ConfigError(f"decoding={spec.name} scores references, it writes no answers: choose a decoding method")
     datamodule = preflight(train_cfg, training=False, data_files=False)  # the backbone's weights, not its data
-    check_data(spec, datamodule.kind)
+    kind = getattr(datamodule, "kind", None)
+    if kind not in ANSWERS:
+        raise ConfigError(f"predict.py answers {', '.join(ANSWERS)} runs; this run's data "
+                          f"({train_cfg.data.get('_target_')}) has no inputs to answer (the toy: see its summary.json)")
+    check_data(spec, kind)
     items = read_inputs(top, datamodule, Path.cwd())
     return Prediction(spec, checkpoint, train_cfg, scheme, K, datamodule, items, output)
 

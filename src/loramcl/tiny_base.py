@@ -253,7 +253,8 @@ def pretrain_text(train_file: str, out_dir: str, prompt: str = "{input}", input_
     """Tiny Llama fully fine-tuned on a text task's training file (data=text rows: JSON Lines, CSV,
     Parquet), its tokenizer trained on the file's texts; `chat_template`: the tokenizer gets
     TINY_CHAT_TEMPLATE and the rows are trained as chat turns (as data.chat_template=auto will)."""
-    from loramcl.data.text import TextCollator, TextItems, TextSchema, load_rows, validate_file
+    from loramcl.data.rows import TextSchema, validate_file
+    from loramcl.data.text import TextCollator, TextItems, load_rows
 
     out = _free_output(out_dir, overwrite)
     schema = TextSchema(input_field, reference_field, None, prompt)

@@ -487,7 +487,7 @@ def read_manifest(manifest, path_field: str = "path", caption_field="captions") 
     line naming file, line and field: a missing field, no caption, a file that does not exist).
     Relative paths are read from the manifest's folder; captions: one field holding a string or a
     list (a CSV cell may hold a JSON list), or several fields (CSV columns caption_1..caption_5)."""
-    from loramcl.data.text import TextSchema, _csv_rows, _json_rows, file_format
+    from loramcl.data.rows import TextSchema, _csv_rows, _json_rows, file_format
 
     manifest = Path(manifest).expanduser()
     if not manifest.is_file():
