@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from helpers import eval_predictions, run_eval, run_script
 
@@ -70,6 +71,7 @@ def test_translation_sources_from_a_text_file_with_the_mle_runs_beam_search(tran
     assert [a["answers"] for a in answers] == [[c["text"] for c in r["candidates"]] for r in sampled]
 
 
+@pytest.mark.slow  # about 1 min: a tiny LLaVA-NeXT is pre-trained for this test
 def test_images_by_path_one_and_a_file_of_them(tmp_path):
     """A tiny image-captioning run (LLaVA-NeXT): test images written as PNG files give eval.py's
     candidates, one by `input=`, two by an `input_file` of paths."""
