@@ -103,8 +103,12 @@ class H5DataModule(L.LightningDataModule):
         if self.processor is None:
             self.processor = self.load_processor()
         if not self.sets:
-            self.sets = {role: self.reader.from_split(self.root, self.name, split, self.prepare_hint)
-                         for role, split in self.splits.items()}
+            self.sets = self.load_sets()
+
+    def load_sets(self) -> dict[str, Any]:
+        """{role: dataset} of every split (no processor needed: what a page of inputs reads)."""
+        return {role: self.reader.from_split(self.root, self.name, split, self.prepare_hint)
+                for role, split in self.splits.items()}
 
     @staticmethod
     def _limited(dataset, limit: Optional[int]):

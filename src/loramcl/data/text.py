@@ -193,8 +193,11 @@ class TextDataModule(H5DataModule):
             log.info(f"prompt: {self.schema.prompt!r}" + (" as the user turn of the tokenizer's chat template"
                                                           if self.uses_chat_template() else ""))
         if not self.sets:
-            self.sets = {role: TextItems(load_rows(where, self.schema, self.format, self.hub_dataset, self.hub_config),
-                                         where) for role, where in self.splits.items()}
+            self.sets = self.load_sets()
+
+    def load_sets(self) -> dict[str, Any]:
+        return {role: TextItems(load_rows(where, self.schema, self.format, self.hub_dataset, self.hub_config), where)
+                for role, where in self.splits.items()}
 
     def collator(self, train: bool, references: str) -> TextCollator:
         return TextCollator(self.processor, self.schema.prompt, self.uses_chat_template(), self.system_prompt,

@@ -8,8 +8,8 @@ Order of work, cheapest checks first (nothing is decoded before all of them pass
 4. the test split is decoded into K candidates per item (progress bar), written to predictions.jsonl;
    with `devices=N` N processes decode every N-th batch each and rank 0 gathers them (the same
    records as one process: batches are the same and batch b is seeded with seed + b);
-5. the task's metrics (captioning or translation, diversity, win rates) and the oracle NLL go to
-   metrics.json and to MLflow (`report`). `decoding=test_loss` skips step 4 and scores the oracle
+5. the task's metrics (captioning, translation or text, diversity, win rates) and the oracle NLL go to
+   metrics.json and to MLflow (`report`), and every item's candidates to candidates.html (`browser`). `decoding=test_loss` skips step 4 and scores the oracle
    NLL only. The MLflow run is opened before step 4: Ctrl+C / SIGTERM closes it as KILLED (an
    error as FAILED), and eval.py ends with one line (`loramcl.interrupts`).
 """
@@ -301,6 +301,11 @@ def run_decoding_eval(settings: EvalSettings) -> dict[str, float]:
         out = settings.output_dir
         doing(f"writing and logging the results ({spec.name})")
         files = write_outputs(out, records, metrics, info) if out is not None else []
+        if out is not None and records:  # the candidates browser (evaluation.browser)
+            from loramcl.evaluation.browser import item_inputs, write_page
+
+            inputs = item_inputs(datamodule.sets["test"], [str(r["id"]) for r in records])
+            files.append(write_page(out, records, info, metrics, inputs, task.primary))
         log_to_mlflow(run, settings.raw, train_cfg, metrics, info, files, out)
         log.info(f"{scheme.label} / {method_label}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         return metrics

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 if TYPE_CHECKING:
     from loramcl.schema.evaluation import EvalSettings
 
-RESULT_FILES = ("predictions.jsonl", "metrics.json", "eval_metrics.json")
+RESULT_FILES = ("predictions.jsonl", "metrics.json", "eval_metrics.json", "candidates.html")
 
 
 def check_eval_values(cfg: DictConfig) -> "EvalSettings":

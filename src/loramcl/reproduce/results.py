@@ -1,4 +1,5 @@
-"""A table's values gathered into results/<table>/: CSV, LaTeX in the paper's layout, plot(s).
+"""A table's values gathered into results/<table>/: CSV, LaTeX in the paper's layout, plot(s), and a
+side-by-side page of every method's candidates per group (`<table>[_<group>]_candidates.html`).
 
 Values come from the evaluations' MLflow runs (kind `eval`), from the training runs' summary.json
 (kind `toy`), or both (kind `bilingual`: the language columns of the bilingual run). Every row and
@@ -56,6 +57,7 @@ class Line:
     status: str  # done | stale | missing | failed | running
     values: dict[str, float] = field(default_factory=dict)
     run_dir: Optional[Path] = None
+    eval_dir: Optional[Path] = None  # the evaluation's MLflow artifacts (predictions.jsonl, candidates.html)
 
     @property
     def paper(self) -> dict[str, float]:
@@ -136,13 +138,42 @@ def gather(table: Table, trainings: dict[str, Any], finished: dict[tuple[str, st
                 metrics = {k: float(v) for k, v in run.data.metrics.items()}
                 method = run.data.params.get("eval.method") or ev.decoding
                 lines.append(Line(row, method, ev.decoding, evaluation_state(ev, finished), {**metrics, **extra},
-                                  run_dir))
+                                  run_dir, artifact_dir(run)))
             else:
                 status = _status((ev.group, ev.decoding), failed, running)
                 if status == "missing":
                     status = _status(row.training.key, failed, running)
                 lines.append(Line(row, ev.decoding, ev.decoding, status, dict(extra), run_dir))
     return lines
+
+
+def artifact_dir(run: Any) -> Optional[Path]:
+    """The local folder of an MLflow run's artifacts (None for a remote artifact store)."""
+    from urllib.parse import unquote, urlparse
+
+    uri = str(getattr(run.info, "artifact_uri", "") or "")
+    if uri.startswith("file:"):
+        return Path(unquote(urlparse(uri).path))
+    return Path(uri) if uri.startswith("/") else None
+
+
+def side_by_side_pages(table: Table, lines: list[Line], out: Path) -> list[Path]:
+    """One side-by-side page of candidates per group (dataset) of the table, from its finished
+    evaluations that kept their predictions (evaluation.side_by_side)."""
+    from loramcl.evaluation.side_by_side import write_side_by_side
+
+    groups: dict[Optional[str], list[Path]] = {}
+    for line in lines:
+        if line.status in WITH_VALUES and line.eval_dir is not None and (line.eval_dir / "predictions.jsonl").is_file():
+            groups.setdefault(line.row.group, []).append(line.eval_dir)
+    written = []
+    for group, folders in groups.items():
+        page = out / f"{table.name}{'_' + str(group) if group else ''}_candidates.html"
+        try:
+            written.append(write_side_by_side(list(dict.fromkeys(folders)), page))
+        except ValueError as err:  # e.g. evaluations of different test sets in one group
+            log.info("%s: no side-by-side page for %s (%s)", table.name, group or "the table", err)
+    return written
 
 
 def _status(key: Any, failed: set, running: set) -> str:
@@ -401,4 +432,5 @@ def _write_files(table: Table, lines: list[Line], out: Path) -> list[Path]:
         written += plot_quality_diversity(table, lines, stem)
     if table.kind == "toy":
         written += copy_run_figures(table, lines, out)
+    written += side_by_side_pages(table, lines, out)
     return written
