@@ -164,14 +164,15 @@ def side_by_side_pages(table: Table, lines: list[Line], out: Path) -> list[Path]
 
     groups: dict[Optional[str], list[Path]] = {}
     for line in lines:
-        if line.status in WITH_VALUES and line.eval_dir is not None and (line.eval_dir / "predictions.jsonl").is_file():
+        if line.status in WITH_VALUES and line.eval_dir is not None and \
+                all((line.eval_dir / name).is_file() for name in ("predictions.jsonl", "metrics.json")):
             groups.setdefault(line.row.group, []).append(line.eval_dir)
     written = []
     for group, folders in groups.items():
         page = out / f"{table.name}{'_' + str(group) if group else ''}_candidates.html"
         try:
             written.append(write_side_by_side(list(dict.fromkeys(folders)), page))
-        except ValueError as err:  # e.g. evaluations of different test sets in one group
+        except (ValueError, OSError, KeyError) as err:  # e.g. evaluations of different test sets in one group
             log.info("%s: no side-by-side page for %s (%s)", table.name, group or "the table", err)
     return written
 
