@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from loramcl.evaluation.labels import place_labels
 from loramcl.metrics.registry import METRICS, PER_HYPOTHESIS_PREFIXES
 from loramcl.schemes import ORDER
 from loramcl.utils.atomic import guard_results, publish_files
@@ -396,16 +397,17 @@ def quality_diversity_figure(rows: Sequence[dict[str, Any]], quality: str, diver
         ax.scatter([p.x for p in mine], [p.y for p in mine], s=[p.size for p in mine], c=colour, marker=marker,
                    alpha=0.8, edgecolors="black", linewidths=0.5, label=scheme)
         handles.append(Line2D([], [], color=colour, marker=marker, linestyle="none", markersize=7, label=scheme))
-        for p in mine:
-            ax.annotate(p.method, (p.x, p.y), xytext=(5, 4), textcoords="offset points", fontsize=7)
     ax.set_xlabel(_axis_label(diversity))
     ax.set_ylabel(_axis_label(quality))
     experiment = rows[0]["experiment"] if rows else ""
     ax.set_title(experiment, fontsize=10)
     ax.grid(True, alpha=0.3)
+    ax.margins(0.15)  # room around the points for their labels
     if handles:
         ax.legend(handles=handles, fontsize=8, title="marker area ∝ forward passes", title_fontsize=7)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))  # the bottom strip holds the key of labels that found no room
+    place_labels(ax, [(p.x, p.y) for p in points], [p.method for p in points],  # after the layout: no overlap
+                 marker_radius=[max(p.size, 1.0) ** 0.5 / 2 for p in points])
     return fig, points
 
 
