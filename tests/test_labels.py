@@ -55,3 +55,30 @@ def test_the_former_fixed_offsets_did_overlap():
                     fontsize=7)
     _renderer(fig)
     assert overlaps(fig)
+
+
+@pytest.mark.parametrize("scale", ["paper", "demo"])
+def test_a_rehearsals_loss_curves_are_not_squeezed_under_the_papers(scale, tmp_path):
+    """audio_loss_vs_k: ours at tiny-model magnitude (~5.5) against the paper's (~2.6). A rehearsal
+    draws the paper's on a twin axis, so each curve spans its own axis; at scale=paper both share one."""
+    from helpers import ROOT
+    from loramcl.reproduce.main import compose_all
+    from loramcl.reproduce.results import Line, lines_figure
+
+    _, table = compose_all(ROOT, ["table=audio_loss_vs_k", f"scale={scale}", f"paths.log_dir={tmp_path}",
+                                  f"results_dir={tmp_path / 'results'}"])
+    lines = [Line(row, "Test loss", "test_loss", "done", {"oracle_nll": 5.5 + 0.05 * i}) for i, row in enumerate(table.rows)]
+    fig, drawn = lines_figure(table, lines)
+    assert drawn == len(lines)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panels) == 2
+    for ax in panels:
+        ours = [y for line in ax.get_lines() for y in line.get_ydata()]
+        low, high = ax.get_ylim()
+        if scale == "demo":  # our curve fills its axis; the paper's dashed curve is on the twin
+            assert (max(ours) - min(ours)) / (high - low) > 0.5 and min(ours) > 5
+            (twin,) = [a for a in fig.axes if a is not ax and a.bbox.bounds == ax.bbox.bounds]
+            theirs = [y for line in twin.get_lines() for y in line.get_ydata()]
+            assert theirs and max(theirs) < 4 and all(line.get_linestyle() == "--" for line in twin.get_lines())
+        else:  # one axis: the paper's values (~2.6) and ours (~5.5) share it
+            assert min(ours) < 4 < 5 < max(ours)

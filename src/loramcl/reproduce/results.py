@@ -316,8 +316,21 @@ def _latex_foot(table: Table) -> list[str]:
 
 
 def plot_lines(table: Table, lines: list[Line], stem: Path) -> list[Path]:
-    """`lines` plots: one panel per group, one line per series (x = a row field, y = the metric);
-    the paper's figures as hollow markers."""
+    """`<stem>.png` / `.pdf` of `lines_figure`."""
+    fig, drawn = lines_figure(table, lines)
+    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=200)
+    if not drawn:
+        log.info("%s: no value of ours to plot yet (paper figures only)", table.name)
+    return paths
+
+
+def lines_figure(table: Table, lines: list[Line]) -> tuple[Any, int]:
+    """(figure, points of ours drawn) of a `lines` plot: one panel per group, one line per series
+    (x = a row field, y = the metric); the paper's figures as hollow markers, on the same axis at
+    scale=paper and on a twin axis (its own scale, right) in a rehearsal, whose tiny models' values
+    are of another magnitude (one axis would squeeze one of the two curves flat)."""
     from matplotlib.figure import Figure
 
     spec = table.plot
@@ -325,8 +338,10 @@ def plot_lines(table: Table, lines: list[Line], stem: Path) -> list[Path]:
     groups = list(dict.fromkeys(line.row.group for line in lines))
     fig = Figure(figsize=(4.2 * len(groups), 3.6))
     drawn = 0
+    rehearsal = table.scale != "paper"
     for i, group in enumerate(groups):
         ax = fig.add_subplot(1, len(groups), i + 1)
+        paper_ax = ax.twinx() if rehearsal else ax
         mine = [line for line in lines if line.row.group == group]
         for j, series in enumerate(dict.fromkeys(line.row.fields.get("series", line.row.label) for line in mine)):
             pts = sorted(((line.row.fields.get(x_field), line.values.get(metric), line.paper.get(metric))
@@ -338,20 +353,18 @@ def plot_lines(table: Table, lines: list[Line], stem: Path) -> list[Path]:
                 ax.plot(*zip(*ours), marker="o", color=f"C{j}", label=f"{series} (ours)")
                 drawn += len(ours)
             if theirs:
-                ax.plot(*zip(*theirs), marker="o", mfc="none", linestyle="--", color=f"C{j}",
-                        label=f"{series} (paper)")
+                paper_ax.plot(*zip(*theirs), marker="o", mfc="none", linestyle="--", color=f"C{j}",
+                              label=f"{series} (paper{', right axis' if rehearsal else ''})")
         ax.set_title(str(group) if group else table.name, fontsize=10)
         ax.set_xlabel(spec.get("x_label", x_field))
-        ax.set_ylabel(column_label(metric)[0])
+        ax.set_ylabel(column_label(metric)[0] + (" (ours)" if rehearsal else ""))
+        if rehearsal:
+            paper_ax.set_ylabel(column_label(metric)[0] + " (paper)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        handles = [h for a in {ax: None, paper_ax: None} for h in a.get_legend_handles_labels()[0]]
+        ax.legend(handles=handles, fontsize=7)
     fig.tight_layout()
-    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=200)
-    if not drawn:
-        log.info("%s: no value of ours to plot yet (paper figures only)", table.name)
-    return paths
+    return fig, drawn
 
 
 def plot_quality_diversity(table: Table, lines: list[Line], stem: Path) -> list[Path]:
