@@ -149,6 +149,7 @@ def test_images_load_and_the_media_budget_holds(browser, tmp_path):
     screenshot(browser, "candidates_images")
 
 
+@pytest.mark.slow  # about 1 min (two evaluations); the default suite keeps the per-evaluation pages
 def test_side_by_side_page_of_two_methods(browser, translation_runs, tmp_path):
     """scripts/browse.py over a MCL and a MLE evaluation of the same items: every item shows both
     methods' K candidates, each link opens that item on the evaluation's own page, and the MCL

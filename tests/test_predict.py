@@ -43,6 +43,7 @@ def test_an_audio_clip_path_gets_the_evaluations_answers(audio_mcl_run, tmp_path
     assert f"[1] {wav}" in printed
 
 
+@pytest.mark.slow  # about 1 min (two evaluations, two predictions); the default suite keeps the audio one
 def test_translation_sources_from_a_text_file_with_the_mle_runs_beam_search(translation_runs, tmp_path):
     from loramcl.data.hdf5 import TranslationH5
     from loramcl.runs import RunFolder
