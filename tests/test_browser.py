@@ -108,6 +108,7 @@ def test_translation_demo_page_shows_every_items_candidates(browser, translation
     assert records[1]["id"] in visible and len(visible) < len(records)
 
 
+@pytest.mark.slow  # 22 s; the default suite keeps the translation and image pages
 def test_audio_demo_page_plays_its_clips(browser, audio_mcl_run, tmp_path):
     ev = run_eval(f"ckpt_path={audio_mcl_run}", "decoding=mcl_beam1", "max_items=3", "metrics.semantic=false",
                   "metrics.oracle_nll=false", log_dir=tmp_path)

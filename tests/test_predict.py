@@ -20,6 +20,7 @@ def _predict(run, tmp_path, *overrides):
     return [json.loads(line) for line in out.read_text().splitlines()], proc.stdout
 
 
+@pytest.mark.slow  # 30 s; predict.py == eval.py stays in the default suite through the hand-written text task
 def test_an_audio_clip_path_gets_the_evaluations_answers(audio_mcl_run, tmp_path):
     """The first test clip written as a WAV file: predict.py input=<clip.wav> gives the candidates
     eval.py decoded for that clip from the HDF5 split (mcl_beam1, the MCL run's natural decoding)."""

@@ -102,6 +102,7 @@ def test_hand_written_jsonl_with_a_prompt_template(task, tmp_path):
     _check_pipeline(result)
 
 
+@pytest.mark.slow  # 35 s; the default suite checks the chat-template rows and the refusal without one
 def test_hand_written_jsonl_with_the_tokenizers_chat_template(task, tmp_path):
     result = _train_eval_predict(task, tmp_path, "chat", f"data.prompt='{PROMPT}'", "data.id_field=id")
     assert "as the user turn of the tokenizer's chat template" in result["train"]
