@@ -33,6 +33,7 @@ from loramcl.metrics.registry import METRICS
 from loramcl.reproduce.plan import Row, Table
 from loramcl.reproduce.state import evaluation_state
 from loramcl.utils.atomic import guard_results, publish_files
+from loramcl.utils.mlflow_store import artifact_dir
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +146,6 @@ def gather(table: Table, trainings: dict[str, Any], finished: dict[tuple[str, st
                     status = _status(row.training.key, failed, running)
                 lines.append(Line(row, ev.decoding, ev.decoding, status, dict(extra), run_dir))
     return lines
-
-
-def artifact_dir(run: Any) -> Optional[Path]:
-    """The local folder of an MLflow run's artifacts (None for a remote artifact store)."""
-    from urllib.parse import unquote, urlparse
-
-    uri = str(getattr(run.info, "artifact_uri", "") or "")
-    if uri.startswith("file:"):
-        return Path(unquote(urlparse(uri).path))
-    return Path(uri) if uri.startswith("/") else None
 
 
 def side_by_side_pages(table: Table, lines: list[Line], out: Path) -> list[Path]:

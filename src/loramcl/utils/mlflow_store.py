@@ -22,6 +22,16 @@ def sqlite_path(tracking_uri: str) -> Optional[Path]:
     return Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
 
 
+def artifact_dir(run: Any) -> Optional[Path]:
+    """The local folder of an MLflow run's artifacts (None for a remote artifact store)."""
+    from urllib.parse import unquote, urlparse
+
+    uri = str(getattr(run.info, "artifact_uri", "") or "")
+    if uri.startswith("file:"):
+        return Path(unquote(urlparse(uri).path))
+    return Path(uri) if uri.startswith("/") else None
+
+
 @contextmanager
 def store_lock(tracking_uri: str) -> Iterator[None]:
     """Exclusive lock on `<db>.lock` for sqlite stores (no-op for other stores)."""
