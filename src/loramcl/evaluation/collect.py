@@ -25,15 +25,14 @@ as in the paper; runs without the param last), then by decoding name.
 
 from __future__ import annotations
 
-import csv
 import logging
-import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from loramcl.evaluation.labels import place_labels
+from loramcl.evaluation import tables
+from loramcl.evaluation.tables import (MAX_MARKER_AREA, SEMANTIC_AXES, best_rows, default_axes,  # noqa: F401
+                                       file_stem, format_value, has_value, latex_escape, metric_columns,
+                                       quality_diversity_figure)
 from loramcl.metrics.registry import METRICS, PER_HYPOTHESIS_PREFIXES
 from loramcl.schemes import ORDER
 from loramcl.utils.atomic import guard_results, publish_files
@@ -43,9 +42,6 @@ log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///logs/mlflow.db"
 EVAL_FILTER = "tags.`loramcl.kind` = 'eval'"
 ID_COLUMNS = ["experiment", "scheme", "scheme_kind", "method", "decoding", "K", "task_type", "run_id"]
-INTEGER_KEYS = {"vocab", "forward_passes"}  # counts: shown without decimals
-UP, DOWN = r" $\uparrow$", r" $\downarrow$"  # header arrows: best is the max / the min
-MAX_MARKER_AREA = 400.0  # points^2 of the method with the most forward passes; others scale linearly
 
 
 class CollectError(RuntimeError):
@@ -195,39 +191,12 @@ def collect(tracking_uri: str = DEFAULT_TRACKING_URI,
 
 
 # ----------------------------------------------------------------------------------------------------
-# Columns and formatting
-
-
-def metric_columns(rows: Sequence[dict[str, Any]],
-                   families: Sequence[str] = ("quality", "diversity", "cost")) -> list[str]:
-    """Registry metrics with at least one value in `rows`, family by family, registry order within a family."""
-    present = {k for r in rows for k, v in r.items() if k in METRICS and _has_value(v)}
-    return [m.key for fam in families for m in METRICS.values() if m.family == fam and m.key in present]
+# Tables (built by evaluation.tables, the results layer shared with reproduce.py)
 
 
 def _extra_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Metrics outside the registry (kept in the CSV only), alphabetically."""
     return sorted({k for r in rows for k in r if k not in METRICS and k not in ID_COLUMNS})
-
-
-def _has_value(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not math.isnan(value)
-
-
-def format_value(key: str, value: Any) -> str:
-    if not _has_value(value):
-        return ""
-    return f"{value:.0f}" if key in INTEGER_KEYS else f"{value:.2f}"
-
-
-def best_rows(rows: Sequence[dict[str, Any]], key: str) -> set[int]:
-    """Indices of the best rows for `key` (max if `higher`, else min), compared at displayed precision,
-    so that values which print the same are all bold."""
-    shown = {i: float(format_value(key, r.get(key))) for i, r in enumerate(rows) if _has_value(r.get(key))}
-    if not shown:
-        return set()
-    best = (max if METRICS[key].higher else min)(shown.values())
-    return {i for i, v in shown.items() if v == best}
 
 
 def group_by_experiment(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -237,41 +206,9 @@ def group_by_experiment(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[s
     return groups
 
 
-def file_stem(experiment: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("_") or "experiment"
-
-
-# ----------------------------------------------------------------------------------------------------
-# CSV
-
-
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """ID columns, then every metric present in any row (registry order, then unknown ones); empty when missing."""
-    columns = ID_COLUMNS + metric_columns(rows) + _extra_columns(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({c: ("" if c not in r or (c not in ID_COLUMNS and not _has_value(r[c])) else r[c])
-                             for c in columns})
-    return path
-
-
-# ----------------------------------------------------------------------------------------------------
-# LaTeX
-
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-# Unicode that pdflatex does not take (method labels such as "DBS (λ=0.5)") becomes math mode.
-_LATEX_UNICODE = {"α": r"$\alpha$", "β": r"$\beta$", "γ": r"$\gamma$", "δ": r"$\delta$", "ε": r"$\varepsilon$",
-                  "η": r"$\eta$", "θ": r"$\theta$", "κ": r"$\kappa$", "λ": r"$\lambda$", "μ": r"$\mu$",
-                  "π": r"$\pi$", "ρ": r"$\rho$", "σ": r"$\sigma$", "τ": r"$\tau$", "ω": r"$\omega$",
-                  "≤": r"$\leq$", "≥": r"$\geq$", "×": r"$\times$", "∝": r"$\propto$", "–": "--", "—": "---"}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch) or _LATEX_UNICODE.get(ch) or ch for ch in str(text))
+    return tables.write_csv(path, rows, ID_COLUMNS, metric_columns(rows) + _extra_columns(rows))
 
 
 def latex_table(rows: Sequence[dict[str, Any]], caption: Optional[str] = None, label: Optional[str] = None) -> str:
@@ -281,45 +218,16 @@ def latex_table(rows: Sequence[dict[str, Any]], caption: Optional[str] = None, l
     multirow package needed) and a \\midrule separates the groups. Needs `\\usepackage{booktabs}`.
     """
     rows = list(rows)
-    quality = metric_columns(rows, ("quality",))
-    diversity = metric_columns(rows, ("diversity",))
-    columns = quality + diversity
-    best = {key: best_rows(rows, key) for key in columns}
     experiment = rows[0]["experiment"] if rows else ""
     caption = caption or (latex_escape(experiment) + r": oracle quality and diversity of the $K$ hypotheses per "
                           r"training scheme and decoding method; best of each column in bold ($\uparrow$: higher "
                           r"is better or more diverse, $\downarrow$: lower is).")
-    label = label or f"tab:{file_stem(experiment)}"
-
-    lines = [f"% Generated by scripts/collect_results.py from the MLflow experiment {experiment!r}; do not edit.",
-             r"% Needs \usepackage{booktabs}.",
-             r"\begin{table}[t]", r"\centering", r"\small",
-             rf"\caption{{{caption}}}",
-             rf"\label{{{label}}}",
-             r"\begin{tabular}{ll" + "r" * len(columns) + "}", r"\toprule"]
-    groups = [(name, keys) for name, keys in (("Quality", quality), ("Diversity", diversity)) if keys]
-    if groups:
-        cells, rules, start = ["", ""], [], 3
-        for name, keys in groups:
-            cells.append(rf"\multicolumn{{{len(keys)}}}{{c}}{{{name}}}")
-            rules.append(rf"\cmidrule(lr){{{start}-{start + len(keys) - 1}}}")
-            start += len(keys)
-        lines += [" & ".join(cells) + r" \\", " ".join(rules)]
-    header = ["Scheme", "Method"] + [latex_escape(METRICS[k].label) + (UP if METRICS[k].higher else DOWN)
-                                     for k in columns]
-    lines += [" & ".join(header) + r" \\", r"\midrule"]
-    previous = None
-    for i, r in enumerate(rows):
-        if previous is not None and r["scheme"] != previous:
-            lines.append(r"\midrule")
-        cells = [latex_escape(r["scheme"]) if r["scheme"] != previous else "", latex_escape(r["method"])]
-        for key in columns:
-            text = format_value(key, r.get(key))
-            cells.append("--" if not text else (rf"\textbf{{{text}}}" if i in best[key] else text))
-        lines.append(" & ".join(cells) + r" \\")
-        previous = r["scheme"]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
-    return "\n".join(lines)
+    layout = tables.Layout(comment=f"Generated by scripts/collect_results.py from the MLflow experiment "
+                                   f"{experiment!r}; do not edit.", caption=caption,
+                           label=label or f"tab:{file_stem(experiment)}", first=("Scheme", "Method"),
+                           families=True, block_rule="midrule")
+    entries = [tables.Entry(r["scheme"], r["method"], r) for r in rows]
+    return tables.latex_long(entries, metric_columns(rows, ("quality", "diversity")), layout)
 
 
 def write_latex(rows: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -332,85 +240,6 @@ def write_latex(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 # Quality versus diversity plot
 
 
-@dataclass(frozen=True)
-class PlotPoint:
-    scheme: str
-    method: str
-    x: float  # diversity metric
-    y: float  # quality metric
-    forward_passes: Optional[float]
-    size: float  # marker area in points^2, proportional to forward_passes
-
-
-def default_axes(rows: Sequence[dict[str, Any]]) -> tuple[str, str]:
-    """(quality key, diversity key) of the plot: oracle SPIDEr (else CIDEr-D) vs mBLEU-4 for captioning,
-    oracle BLEU vs pairwise BLEU for translation and text tasks of one's own."""
-    present = set(metric_columns(rows))
-    translation = any(r.get("task_type") in ("translation", "text") for r in rows) or (
-        "oracle_bleu" in present and "oracle_cider_d" not in present)
-    if translation:
-        return "oracle_bleu", "pairwise_bleu"
-    return ("oracle_spider" if "oracle_spider" in present else "oracle_cider_d"), "mbleu_4"
-
-
-def plot_points(rows: Sequence[dict[str, Any]], quality: str, diversity: str) -> list[PlotPoint]:
-    """The points the plot draws (rows lacking either metric are left out, with a log line)."""
-    usable = [r for r in rows if _has_value(r.get(quality)) and _has_value(r.get(diversity))]
-    for r in rows:
-        if not any(r is u for u in usable):
-            log.info("plot: %s / %s has no %s or %s, not plotted", r["scheme"], r["method"], quality, diversity)
-    passes = [r["forward_passes"] for r in usable if _has_value(r.get("forward_passes"))]
-    top = max(passes) if passes else 0.0
-    points = []
-    for r in usable:
-        fp = r.get("forward_passes") if _has_value(r.get("forward_passes")) else None
-        size = MAX_MARKER_AREA * fp / top if fp is not None and top > 0 else MAX_MARKER_AREA / 4
-        points.append(PlotPoint(r["scheme"], r["method"], float(r[diversity]), float(r[quality]), fp, size))
-    return points
-
-
-def _axis_label(key: str) -> str:
-    metric = METRICS.get(key)
-    if metric is None:
-        return key
-    if metric.family == "diversity":
-        return f"{metric.label} ({'higher' if metric.higher else 'lower'} = more diverse)"
-    return f"{'Oracle ' if key.startswith('oracle_') and not metric.label.startswith('Oracle') else ''}" \
-           f"{metric.label} ({'higher' if metric.higher else 'lower'} = better)"
-
-
-def quality_diversity_figure(rows: Sequence[dict[str, Any]], quality: str, diversity: str):
-    """(matplotlib Figure, points): one scatter (colour + marker) per scheme, method names as labels."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    points = plot_points(rows, quality, diversity)
-    fig = Figure(figsize=(6.4, 4.8))
-    ax = fig.add_subplot()
-    colours = [f"C{i}" for i in range(10)]
-    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
-    schemes = list(dict.fromkeys(p.scheme for p in points))
-    handles = []
-    for i, scheme in enumerate(schemes):
-        mine = [p for p in points if p.scheme == scheme]
-        colour, marker = colours[i % len(colours)], markers[i % len(markers)]
-        ax.scatter([p.x for p in mine], [p.y for p in mine], s=[p.size for p in mine], c=colour, marker=marker,
-                   alpha=0.8, edgecolors="black", linewidths=0.5, label=scheme)
-        handles.append(Line2D([], [], color=colour, marker=marker, linestyle="none", markersize=7, label=scheme))
-    ax.set_xlabel(_axis_label(diversity))
-    ax.set_ylabel(_axis_label(quality))
-    experiment = rows[0]["experiment"] if rows else ""
-    ax.set_title(experiment, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.margins(0.15)  # room around the points for their labels
-    if handles:
-        ax.legend(handles=handles, fontsize=8, title="marker area ∝ forward passes", title_fontsize=7)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))  # the bottom strip holds the key of labels that found no room
-    place_labels(ax, [(p.x, p.y) for p in points], [p.method for p in points],  # after the layout: no overlap
-                 marker_radius=[max(p.size, 1.0) ** 0.5 / 2 for p in points])
-    return fig, points
-
-
 def write_plot(rows: Sequence[dict[str, Any]], stem: Path, quality: Optional[str] = None,
                diversity: Optional[str] = None) -> list[Path]:
     """`<stem>.png` and `<stem>.pdf`. A metric asked for explicitly but absent from every row raises
@@ -420,7 +249,7 @@ def write_plot(rows: Sequence[dict[str, Any]], stem: Path, quality: Optional[str
               "diversity": (diversity or default_d, diversity is not None)}
     experiment = rows[0]["experiment"] if rows else "?"
     for axis, (key, explicit) in chosen.items():
-        if not any(_has_value(r.get(key)) for r in rows):
+        if not any(has_value(r.get(key)) for r in rows):
             message = (f"{experiment}: no run has the {axis} metric {key!r} (available: "
                        f"{', '.join(metric_columns(rows)) or 'none'})")
             if explicit:
@@ -428,18 +257,11 @@ def write_plot(rows: Sequence[dict[str, Any]], stem: Path, quality: Optional[str
             log.warning("%s; no plot (choose one with --%s)", message, axis)
             return []
     fig, _ = quality_diversity_figure(rows, chosen["quality"][0], chosen["diversity"][0])
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=200)
-    return paths
+    return tables.save_figure(fig, stem)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Everything for one or more experiments
-
-
-SEMANTIC_AXES = ("oracle_semantic_similarity", "semantic_diversity")  # (quality, diversity) of the semantic plot
 
 
 def output_paths(out_dir: Path, experiment: str) -> dict[str, Path]:
@@ -453,7 +275,7 @@ def output_paths(out_dir: Path, experiment: str) -> dict[str, Path]:
 def write_semantic_plot(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     """The semantic quality-versus-diversity plot, when some run has both semantic metrics (else nothing)."""
     quality, diversity = SEMANTIC_AXES
-    if not any(_has_value(r.get(quality)) and _has_value(r.get(diversity)) for r in rows):
+    if not any(has_value(r.get(quality)) and has_value(r.get(diversity)) for r in rows):
         log.info("%s: no run has the semantic metrics (metrics.semantic): no semantic plot",
                  rows[0]["experiment"] if rows else "?")
         return []
@@ -462,7 +284,7 @@ def write_semantic_plot(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path
 
 def complete_row(row: dict[str, Any]) -> bool:
     """A row (or CSV line) with results: some metric column holds a value."""
-    return any(k not in ID_COLUMNS and v not in ("", None) and (not isinstance(v, float) or _has_value(v))
+    return any(k not in ID_COLUMNS and v not in ("", None) and (not isinstance(v, float) or has_value(v))
                for k, v in row.items())
 
 

@@ -19,7 +19,6 @@ its group) and `pivot` (one line per row, one column per group, a single metric)
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import shutil
@@ -27,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from loramcl.evaluation.collect import (SEMANTIC_AXES, best_rows, file_stem, format_value, latex_escape,
-                                        quality_diversity_figure)
-from loramcl.metrics.registry import METRICS
+from loramcl.evaluation import tables
+from loramcl.evaluation.tables import SEMANTIC_AXES, file_stem, latex_escape
 from loramcl.reproduce.plan import Row, Table
 from loramcl.reproduce.state import evaluation_state
 from loramcl.utils.atomic import guard_results, publish_files
@@ -72,16 +70,8 @@ class Line:
 
 
 def column_label(key: str) -> tuple[str, Optional[bool]]:
-    """(header label, higher is better / None) of a metric or extra column."""
-    if key in METRICS:
-        return METRICS[key].label, METRICS[key].higher
-    if key in TOY_COLUMNS:
-        return TOY_COLUMNS[key]
-    parts = key.split("_")  # share_en_hyp0, won_fr_hyp1 (bilingual)
-    if len(parts) == 3 and parts[0] in ("share", "won") and parts[2].startswith("hyp"):
-        what = "captions" if parts[0] == "share" else "refs won"
-        return f"H{int(parts[2][3:]) + 1} {parts[1].upper()} {what}", None
-    return key, None
+    """(header label, higher is better / None) of a metric, a toy column or a bilingual column."""
+    return tables.column_label(key, TOY_COLUMNS)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -185,177 +175,76 @@ def columns(table: Table, lines: list[Line]) -> list[str]:
 def write_csv(table: Table, lines: list[Line], path: Path) -> Path:
     cols = columns(table, lines)
     paper_cols = [f"paper_{m}" for m in cols if any(m in line.paper for line in lines)]
-    header = ["group", "row", "label", "method", "decoding", "status"] + cols + paper_cols
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
-        writer.writeheader()
-        for line in lines:
-            record = line.as_dict()
-            record.update({f"paper_{m}": line.paper[m] for m in cols if m in line.paper})
-            writer.writerow({k: record.get(k, "") for k in header})
-    return path
+    records = []
+    for line in lines:
+        record = line.as_dict()
+        record.update({f"paper_{m}": line.paper[m] for m in cols if m in line.paper})
+        records.append(record)
+    return tables.write_csv(path, records, ["group", "row", "label", "method", "decoding", "status"],
+                            cols + paper_cols)
 
 
 # ----------------------------------------------------------------------------------------------------
-# LaTeX
+# LaTeX (evaluation.tables)
 
 
-def _cell(key: str, value: Any, bold: bool = False) -> str:
-    text = format_value(key, value) if key in METRICS else (f"{value:.3f}" if isinstance(value, float) else "")
-    if not text:
-        return "--"
-    return rf"\textbf{{{text}}}" if bold else text
+def _entries(lines: list[Line]) -> list[tables.Entry]:
+    return [tables.Entry(line.row.label, line.method, line.values, line.paper, line.row.group) for line in lines]
 
 
-def _paper_cell(key: str, value: Optional[float], dagger: bool) -> str:
-    if value is None:
-        return ""
-    return (format_value(key, value) if key in METRICS else f"{value:.3f}") + (r"$^\dagger$" if dagger else "")
-
-
-def _best(lines: list[Line], key: str) -> set[int]:
-    """Indices of the best lines for `key` (registry metrics only)."""
-    if key not in METRICS:
-        return set()
-    return best_rows([line.values for line in lines], key)
-
-
-def latex_long(table: Table, lines: list[Line]) -> str:
-    cols = columns(table, lines)
-    with_paper = [m for m in cols if any(m in line.paper for line in lines)]
-    dagger = bool(table.paper_note)
-    methods = any(line.method for line in lines)  # the toy table's rows have no method column
-    spec = ("ll" if methods else "l") + "".join("rr" if m in with_paper else "r" for m in cols)
-    header = ["Training", "Method"] if methods else ["Training"]
-    for m in cols:
-        label, higher = column_label(m)
-        arrow = "" if higher is None else (r" $\uparrow$" if higher else r" $\downarrow$")
-        header.append(latex_escape(label) + arrow)
-        if m in with_paper:
-            header.append("paper")
-    out = _latex_head(table, spec) + [" & ".join(header) + r" \\", r"\midrule"]
-    groups = list(dict.fromkeys(line.row.group for line in lines))
-    width = len(spec)
-    for g_index, group in enumerate(groups):
-        mine = [line for line in lines if line.row.group == group]
-        best = {m: _best(mine, m) for m in cols}
-        if group is not None:
-            if g_index:
-                out.append(r"\midrule")
-            out.append(rf"\multicolumn{{{width}}}{{l}}{{\textit{{{latex_escape(group)}}}}} \\")
-        previous = None
-        for i, line in enumerate(mine):
-            if previous is not None and line.row.label != previous:
-                out.append(r"\cmidrule(lr){1-" + str(width) + "}")
-            cells = [latex_escape(line.row.label) if line.row.label != previous else ""]
-            if methods:
-                cells.append(latex_escape(line.method))
-            for m in cols:
-                cells.append(_cell(m, line.values.get(m), i in best[m]))
-                if m in with_paper:
-                    cells.append(_paper_cell(m, line.paper.get(m), dagger))
-            out.append(" & ".join(cells) + r" \\")
-            previous = line.row.label
-    return "\n".join(out + _latex_foot(table))
-
-
-def latex_pivot(table: Table, lines: list[Line]) -> str:
-    metric = table.metrics[0]
-    groups = list(dict.fromkeys(line.row.group for line in lines))
-    labels = list(dict.fromkeys(line.row.label for line in lines))
-    cell = {(line.row.label, line.row.group): line for line in lines}
-    with_paper = {g for g in groups if any(line.paper for line in lines if line.row.group == g)}
-    dagger = bool(table.paper_note)
-    spec = "l" + "".join("rr" if g in with_paper else "r" for g in groups)
-    label, higher = column_label(metric)
-    arrow = "" if higher is None else (r" $\uparrow$" if higher else r" $\downarrow$")
-    header = [latex_escape(label) + arrow]
-    for g in groups:
-        header.append(latex_escape(str(g)))
-        if g in with_paper:
-            header.append("paper")
-    out = _latex_head(table, spec) + [" & ".join(header) + r" \\", r"\midrule"]
-    best = {g: _best([cell[(lab, g)] for lab in labels if (lab, g) in cell], metric) for g in groups}
-    for i, lab in enumerate(labels):
-        cells = [latex_escape(lab)]
-        for g in groups:
-            line = cell.get((lab, g))
-            cells.append(_cell(metric, line.values.get(metric) if line else None, i in best[g]))
-            if g in with_paper:
-                cells.append(_paper_cell(metric, line.paper.get(metric) if line else None, dagger))
-        out.append(" & ".join(cells) + r" \\")
-    return "\n".join(out + _latex_foot(table))
-
-
-def _latex_head(table: Table, spec: str) -> list[str]:
+def _layout(table: Table, lines: list[Line]) -> tables.Layout:
     caption = latex_escape(table.title)
     if table.scale != "paper":
         caption += latex_escape(f" (rehearsal at scale={table.scale}: synthetic data, tiny models)")
     if table.paper_note:
         caption += r" $^\dagger$: " + latex_escape(table.paper_note) + "."
-    return [f"% Generated by scripts/reproduce.py table={table.name} scale={table.scale}; do not edit.",
-            r"% Needs \usepackage{booktabs}.", r"\begin{table}[t]", r"\centering", r"\small",
-            rf"\caption{{{caption}}}", rf"\label{{tab:{table.name}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    methods = any(line.method for line in lines)  # the toy table's rows have no method column
+    return tables.Layout(comment=f"Generated by scripts/reproduce.py table={table.name} scale={table.scale}; "
+                                 f"do not edit.", caption=caption, label=f"tab:{table.name}",
+                         first=("Training", "Method") if methods else ("Training",), labels=TOY_COLUMNS,
+                         dagger=bool(table.paper_note))
 
 
-def _latex_foot(table: Table) -> list[str]:
-    return [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+def latex_long(table: Table, lines: list[Line]) -> str:
+    """One line per row and method, one section per group, best of a column bold within its group."""
+    return tables.latex_long(_entries(lines), columns(table, lines), _layout(table, lines))
+
+
+def latex_pivot(table: Table, lines: list[Line]) -> str:
+    """One line per row, one column per group, the table's first metric."""
+    return tables.latex_pivot(_entries(lines), table.metrics[0], _layout(table, lines))
 
 
 # ----------------------------------------------------------------------------------------------------
-# Plots
+# Plots (evaluation.tables)
 
 
 def plot_lines(table: Table, lines: list[Line], stem: Path) -> list[Path]:
     """`<stem>.png` / `.pdf` of `lines_figure`."""
     fig, drawn = lines_figure(table, lines)
-    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=200)
     if not drawn:
         log.info("%s: no value of ours to plot yet (paper figures only)", table.name)
-    return paths
+    return tables.save_figure(fig, stem)
 
 
 def lines_figure(table: Table, lines: list[Line]) -> tuple[Any, int]:
     """(figure, points of ours drawn) of a `lines` plot: one panel per group, one line per series
-    (x = a row field, y = the metric); the paper's figures as hollow markers, on the same axis at
-    scale=paper and on a twin axis (its own scale, right) in a rehearsal, whose tiny models' values
-    are of another magnitude (one axis would squeeze one of the two curves flat)."""
-    from matplotlib.figure import Figure
-
+    (x = a row field, y = the metric), the paper's figures on a twin axis in a rehearsal."""
     spec = table.plot
     metric, x_field = spec["y"], spec["x"]
-    groups = list(dict.fromkeys(line.row.group for line in lines))
-    fig = Figure(figsize=(4.2 * len(groups), 3.6))
-    drawn = 0
-    rehearsal = table.scale != "paper"
-    for i, group in enumerate(groups):
-        ax = fig.add_subplot(1, len(groups), i + 1)
-        paper_ax = ax.twinx() if rehearsal else ax
+    panels = []
+    for group in dict.fromkeys(line.row.group for line in lines):
         mine = [line for line in lines if line.row.group == group]
-        for j, series in enumerate(dict.fromkeys(line.row.fields.get("series", line.row.label) for line in mine)):
+        series = []
+        for name in dict.fromkeys(line.row.fields.get("series", line.row.label) for line in mine):
             pts = sorted(((line.row.fields.get(x_field), line.values.get(metric), line.paper.get(metric))
-                          for line in mine if line.row.fields.get("series", line.row.label) == series),
+                          for line in mine if line.row.fields.get("series", line.row.label) == name),
                          key=lambda p: (p[0] is None, p[0] or 0))
-            ours = [(x, y) for x, y, _ in pts if x is not None and y is not None]
-            theirs = [(x, p) for x, _, p in pts if x is not None and p is not None]
-            if ours:
-                ax.plot(*zip(*ours), marker="o", color=f"C{j}", label=f"{series} (ours)")
-                drawn += len(ours)
-            if theirs:
-                paper_ax.plot(*zip(*theirs), marker="o", mfc="none", linestyle="--", color=f"C{j}",
-                              label=f"{series} (paper{', right axis' if rehearsal else ''})")
-        ax.set_title(str(group) if group else table.name, fontsize=10)
-        ax.set_xlabel(spec.get("x_label", x_field))
-        ax.set_ylabel(column_label(metric)[0] + (" (ours)" if rehearsal else ""))
-        if rehearsal:
-            paper_ax.set_ylabel(column_label(metric)[0] + " (paper)")
-        ax.grid(True, alpha=0.3)
-        handles = [h for a in {ax: None, paper_ax: None} for h in a.get_legend_handles_labels()[0]]
-        ax.legend(handles=handles, fontsize=7)
-    fig.tight_layout()
-    return fig, drawn
+            series.append(tables.Series(name, [(x, y) for x, y, _ in pts if x is not None and y is not None],
+                                        [(x, p) for x, _, p in pts if x is not None and p is not None]))
+        panels.append((str(group) if group else table.name, series))
+    return tables.lines_figure(panels, spec.get("x_label", x_field), column_label(metric)[0],
+                               twin=table.scale != "paper")
 
 
 def plot_quality_diversity(table: Table, lines: list[Line], stem: Path) -> list[Path]:
@@ -376,11 +265,8 @@ def plot_quality_diversity(table: Table, lines: list[Line], stem: Path) -> list[
             if not any(y in r and x in r for r in rows):
                 log.info("%s%s: nothing to plot yet (%s against %s)", table.name, f" ({group})" if group else "", y, x)
                 continue
-            fig, _ = quality_diversity_figure(rows, y, x)
-            for extension in (".png", ".pdf"):
-                path = stem.with_name(name + extension)
-                fig.savefig(path, dpi=200)
-                paths.append(path)
+            fig, _ = tables.quality_diversity_figure(rows, y, x)
+            paths += tables.save_figure(fig, stem.with_name(name))
     return paths
 
 
