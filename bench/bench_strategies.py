@@ -14,7 +14,7 @@ For each it prints the memory after setup (weights), the peak during training, t
 time after `--warmup` steps, tokens per second, and the time and size of one checkpoint save
 (adapter-only: the script checks that every saved tensor is a LoRA weight), then the ratios to
 `single`. On one device DDP and FSDP shard nothing: their numbers are the wrapper's overhead; with
-N devices FSDP holds about 1/N of the frozen weights per device (see the README's cluster section).
+N devices FSDP holds about 1/N of the frozen weights per device (see docs/memory_and_speed.md).
 
     python bench/bench_strategies.py --device cuda --shape 7b                 # a GPU (minutes)
     python bench/bench_strategies.py --shape tiny --strategies single ddp     # CPU smoke run
