@@ -166,6 +166,7 @@ REPRODUCE = {
     "slurm.gpus": Int(0),
     "slurm.cpus_per_task": Int(1),
     "slurm.max_parallel": Int(1, nullable=True),
+    "retrain_other_code": BOOL,
 }
 
 

@@ -20,8 +20,8 @@ GPUs the job gets).
 
 The code version (`code_version()`: the package version and the git commit) is not in the key: it
 is recorded with every run (identity.json in its folder, MLflow tag `loramcl.code_version`) and a
-run reused under another version is reported (`reproduce.py` says which and retrains them with
-`retrain_stale=true`).
+run reused under another version is reported (`reproduce.py` says which, and trains them again
+with `retrain_other_code=true`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ line, exit 2) unless `--force`, and replaced files are kept in results/<table>/p
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -125,8 +126,8 @@ def describe_plan(table: Table, index: RunIndex, finished: dict, echo=print) -> 
             trained_by = read_identity(state.run_dir).get("code_version", "unknown (before identity.json)")
             if trained_by != code_version():
                 others += 1
-                echo(f"    warning: trained by code {trained_by}, this is {code_version()}: reused (move "
-                     f"{state.run_dir} away to train it again)")
+                echo(f"    warning: trained by code {trained_by}, this is {code_version()}: reused "
+                     f"(retrain_other_code=true trains it again)")
     stale = sum(evaluation_state(e, finished) == "stale" for e in evals)
     if stale:
         echo(f"  {stale} evaluation(s) are stale (computed with other decoding / generation settings or an older "
@@ -135,6 +136,54 @@ def describe_plan(table: Table, index: RunIndex, finished: dict, echo=print) -> 
     if others:
         echo(f"  {others} training(s) were trained by another code version (see above): reused, as their key "
              f"(what they train) is the same")
+
+
+def other_code_trainings(table: Table, index: RunIndex) -> list[tuple[Any, Path, str]]:
+    """(training, its done run folder, the code version that trained it) of every training of the
+    table that another code version than this one finished."""
+    found = []
+    for training in table.trainings():
+        state = index.state(training)
+        if state.status == "done":
+            trained_by = read_identity(state.run_dir).get("code_version", "unknown (before identity.json)")
+            if trained_by != code_version():
+                found.append((training, state.run_dir, trained_by))
+    return found
+
+
+def retrain_other_code(table: Table, cfg: DictConfig, log_dir: Path, echo=print) -> int:
+    """`retrain_other_code=true`: every training of the table finished by another code version is
+    trained again. Its folder is kept under another name (`<folder>.other-code-<time>`, with
+    `retired.json`: no longer counted as done), and the finished MLflow runs of its evaluations in the
+    table's experiment are tagged superseded (stale: they run again, their values stay in the results
+    marked stale until then). Returns how many trainings it set aside."""
+    import time
+
+    from loramcl.reproduce.state import RETIRED, SUPERSEDED_TAG, mlflow_client
+    from loramcl.utils.atomic import write_text_atomic
+
+    found = other_code_trainings(table, RunIndex(log_dir))
+    if not found:
+        return 0
+    finished = finished_evaluations(str(cfg.mlflow_uri), table.experiment)
+    client = mlflow_client(str(cfg.mlflow_uri)) if finished else None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for training, folder, trained_by in found:
+        write_text_atomic(folder / RETIRED, json.dumps({"reason": "retrain_other_code", "code_version": trained_by,
+                                                        "retrained_by": code_version(), "time": stamp}))
+        kept = folder
+        if folder == training.run_dir(log_dir):  # the table's own folder: the new training goes there
+            kept = folder.with_name(f"{folder.name}.other-code-{stamp}")
+            folder.rename(kept)
+        superseded = 0
+        for ev in table.evaluations(training):
+            run = finished.get((ev.group, ev.decoding))
+            if run is not None and client is not None:
+                client.set_tag(run.info.run_id, SUPERSEDED_TAG, f"{training.key} trained again by {code_version()}")
+                superseded += 1
+        echo(f"  {training.key}: trained by code {trained_by}: trained again (its run is kept in {kept}, "
+             f"{superseded} of its evaluations run again)")
+    return len(found)
 
 
 def status(table: Table, cfg: DictConfig, log_dir: Path, echo=print) -> dict[str, Any]:
@@ -256,8 +305,12 @@ def main(argv: Optional[list[str]] = None, root: Optional[Path] = None) -> int:
         if args.collect:
             collect(table, cfg, log_dir, index=index, force=args.force)
             return 0
+        if cfg.retrain_other_code and not args.dry_run and retrain_other_code(table, cfg, log_dir):
+            index, finished = RunIndex(log_dir), finished_evaluations(str(cfg.mlflow_uri), table.experiment)
         describe_plan(table, index, finished)
         if args.dry_run:
+            if cfg.retrain_other_code and other_code_trainings(table, index):
+                print("  retrain_other_code=true: the trainings of another code version above would train again")
             return 0
         check_resources(table, pending_configs(table, index, finished))
         if use_slurm:

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 GROUP_TAG = "loramcl.reproduce.group"
 TABLE_TAG = "loramcl.reproduce.table"
+SUPERSEDED_TAG = "loramcl.reproduce.superseded"  # on the evaluations of a training trained again: stale
 CONFIG = Path(".hydra") / "config.yaml"
+RETIRED = "retired.json"  # in a run folder set aside to be trained again: no longer counted
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,12 @@ class TrainingState:
 
 
 def run_folders(log_dir: Path) -> list[Path]:
-    """train.py run folders under `log_dir` (single runs and multirun jobs that saved a checkpoint folder)."""
+    """train.py run folders under `log_dir` (single runs and multirun jobs that saved a checkpoint
+    folder), without those set aside to be trained again (`RETIRED`)."""
     log_dir = Path(log_dir)
     found = list(log_dir.glob(f"*/runs/*/{CONFIG}")) + list(log_dir.glob(f"*/multiruns/*/*/{CONFIG}"))
-    return sorted(p.parents[1] for p in found if (p.parents[1] / "checkpoints").is_dir())
+    return sorted(p.parents[1] for p in found
+                  if (p.parents[1] / "checkpoints").is_dir() and not (p.parents[1] / RETIRED).exists())
 
 
 class RunIndex:
@@ -112,12 +116,15 @@ def finished_evaluations(tracking_uri: str, experiment: str) -> dict[tuple[str, 
 
 def evaluation_state(evaluation: Evaluation, finished: dict[tuple[str, str], Any]) -> str:
     """done, missing, or stale: the newest finished run was computed by an older metric definition
-    (METRICS_VERSION; runs from before the tag count as older) or with other decoding / generation
-    settings than the table's now (its eval key; runs from before the tag are not judged on it)."""
+    (METRICS_VERSION; runs from before the tag count as older), with other decoding / generation
+    settings than the table's now (its eval key; runs from before the tag are not judged on it), or
+    of a model since trained again (`SUPERSEDED_TAG`)."""
     run = finished.get((evaluation.group, evaluation.decoding))
     if run is None:
         return "missing"
     tags = run.data.tags
+    if tags.get(SUPERSEDED_TAG):  # its training was trained again (retrain_other_code)
+        return "stale"
     if tags.get(METRICS_VERSION_TAG) != str(METRICS_VERSION):
         return "stale"
     if evaluation.key and tags.get(EVAL_KEY_TAG, evaluation.key) != evaluation.key:

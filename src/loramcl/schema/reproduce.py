@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 from pydantic import ConfigDict
 
 from loramcl.schema.errors import validate
-from loramcl.schema.fields import Anything, Choice, Int, Mapping, Text, TextList
+from loramcl.schema.fields import Anything, Bool, Choice, Int, Mapping, Text, TextList
 from loramcl.schema.groups import Group, PathsSchema
 
 SLURM_TIME = r"(\d+-)?\d+(:\d{1,2}){0,2}"  # minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]] (sbatch --time)
@@ -68,6 +68,7 @@ class ReproduceSchema(Group):
     eval_overrides: TextList(empty=True, what="a list of eval.py overrides key=value") = ()
     results_dir: Text() = None
     mlflow_uri: Text() = None
+    retrain_other_code: Bool() = False
     slurm: SlurmSchema = SlurmSchema()
     local: Anything = None
 
