@@ -1,5 +1,6 @@
 """A table's values gathered into results/<table>/: CSV, LaTeX in the paper's layout, plot(s), and a
-side-by-side page of every method's candidates per group (`<table>[_<group>]_candidates.html`).
+side-by-side page of every method's candidates per group (`<table>[_<group>]_candidates.html`, the
+group's name with characters other than letters, digits, `.`, `_`, `-` as `_`, as the plots').
 
 Values come from the evaluations' MLflow runs (kind `eval`), from the training runs' summary.json
 (kind `toy`), or both (kind `bilingual`: the language columns of the bilingual run). Every row and
@@ -150,7 +151,7 @@ def side_by_side_pages(table: Table, lines: list[Line], out: Path) -> list[Path]
             groups.setdefault(line.row.group, []).append(line.eval_dir)
     written = []
     for group, folders in groups.items():
-        page = out / f"{table.name}{'_' + str(group) if group else ''}_candidates.html"
+        page = out / f"{table.name}{'_' + file_stem(str(group)) if group else ''}_candidates.html"
         try:
             written.append(write_side_by_side(list(dict.fromkeys(folders)), page))
         except (ValueError, OSError, KeyError) as err:  # e.g. evaluations of different test sets in one group
@@ -247,12 +248,12 @@ def lines_figure(table: Table, lines: list[Line]) -> tuple[Any, int]:
                                twin=table.scale != "paper")
 
 
-def plot_quality_diversity(table: Table, lines: list[Line], stem: Path) -> list[Path]:
-    """The quality-versus-diversity scatter of each group (marker area: forward passes): the table's
-    axes, and `<table>_semantic*` (oracle semantic similarity against semantic diversity) when the
-    evaluations have the semantic metrics."""
+def quality_diversity_figures(table: Table, lines: list[Line]) -> list[tuple[str, Any]]:
+    """(file stem, figure) of the quality-versus-diversity scatter of each group (marker area: forward
+    passes): the table's axes, and `<table>_semantic*` (oracle semantic similarity against semantic
+    diversity) when the evaluations have the semantic metrics."""
     spec = table.plot
-    paths: list[Path] = []
+    figures = []
     for group in dict.fromkeys(line.row.group for line in lines):
         rows = [{"scheme": line.row.label, "method": line.method, "experiment": f"{table.name} {group or ''}".strip(),
                  **line.values} for line in lines if line.row.group == group and line.status in WITH_VALUES]
@@ -260,13 +261,20 @@ def plot_quality_diversity(table: Table, lines: list[Line], stem: Path) -> list[
         if not any(quality in r for r in rows) and spec.get("fallback_y"):
             quality = spec["fallback_y"]
         suffix = f"_{file_stem(str(group))}" if group else ""
-        for (y, x), name in (((quality, spec["x"]), stem.name + suffix),
-                             (SEMANTIC_AXES, stem.name + "_semantic" + suffix)):
+        for (y, x), name in (((quality, spec["x"]), table.name + suffix),
+                             (SEMANTIC_AXES, table.name + "_semantic" + suffix)):
             if not any(y in r and x in r for r in rows):
                 log.info("%s%s: nothing to plot yet (%s against %s)", table.name, f" ({group})" if group else "", y, x)
                 continue
-            fig, _ = tables.quality_diversity_figure(rows, y, x)
-            paths += tables.save_figure(fig, stem.with_name(name))
+            figures.append((name, tables.quality_diversity_figure(rows, y, x)[0]))
+    return figures
+
+
+def plot_quality_diversity(table: Table, lines: list[Line], stem: Path) -> list[Path]:
+    """`<stem>[_semantic][_<group>].png` / `.pdf` of `quality_diversity_figures`."""
+    paths: list[Path] = []
+    for name, fig in quality_diversity_figures(table, lines):
+        paths += tables.save_figure(fig, stem.with_name(name))
     return paths
 
 
