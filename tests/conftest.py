@@ -90,3 +90,11 @@ def slurm(tmp_path_factory):
         yield env
     finally:
         stop_cluster(folder)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Chromium (Selenium) for the tests that open pages (browser_driver.py)."""
+    from browser_driver import chromium
+
+    yield from chromium()

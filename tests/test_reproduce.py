@@ -217,7 +217,8 @@ def test_pivot_table_with_paper_column_from_mlflow_runs(tmp_path):
 # A tiny rehearsal, interrupted and finished
 
 
-def test_rehearsal_interrupted_and_rerun_trains_and_evaluates_nothing_twice(tmp_path, translation_assets):
+def rehearsal_interrupted_and_rerun(tmp_path: Path, translation_assets: Path) -> list:
+    """The cut-down translation rehearsal, interrupted and run again; returns its finished evaluation runs."""
     args = [sys.executable, *map(str, reproduce_args(TINY_MT, translation_assets, tmp_path))]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # 1. interrupted while the second training runs (Ctrl-C on the whole process group)
@@ -283,6 +284,41 @@ def test_rehearsal_interrupted_and_rerun_trains_and_evaluates_nothing_twice(tmp_
     tex = (tmp_path / "results" / "rehearsal_mt_ende" / "mt_ende.tex").read_text()
     assert "LoRA-MLE, r = 16" in tex and "LoRA-MCL, K = 3" in tex and "LOO multi-ref BLEU" in tex
     assert (tmp_path / "results" / "rehearsal_mt_ende" / "mt_ende.png").stat().st_size > 10_000
+    return evals
+
+
+def test_rehearsal_interrupted_and_rerun_trains_and_evaluates_nothing_twice(tmp_path, translation_assets, browser):
+    evals = rehearsal_interrupted_and_rerun(tmp_path, translation_assets)
+
+    # the table's side-by-side page, opened in Chromium: each item shows every decoding method's
+    # candidates (as many as its predictions.jsonl holds) and its source; each method's link opens
+    # that item on the evaluation's own page
+    from browser_driver import screenshot, side_by_side_rows
+
+    from loramcl.utils.mlflow_store import artifact_dir
+
+    page = tmp_path / "results" / "rehearsal_mt_ende" / "mt_ende_candidates.html"
+    predictions = {}
+    for run in evals:
+        folder = artifact_dir(run)
+        if (folder / "predictions.jsonl").is_file():
+            predictions[run.data.params["eval.decoding"]] = [json.loads(x) for x in
+                                                             (folder / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(predictions) == ["mcl_beam1", "mle_beam", "test_loss"]
+    assert predictions.pop("test_loss") == []  # teacher-forced: no candidates, so not on the page
+    browser.get(page.as_uri())
+    rows = side_by_side_rows(browser)
+    first = next(iter(predictions.values()))
+    assert [r["id"] for r in rows] == [str(x["id"]) for x in first] and len(rows) == 4
+    for r in rows:
+        assert r["text"] and len(r["columns"]) == 2, r
+        counts = sorted(len(c) for c in r["columns"])
+        assert counts == sorted(len(next(x for x in recs if str(x["id"]) == r["id"])["candidates"])
+                                for recs in predictions.values()), r
+    screenshot(browser, "side_by_side_reproduce_mt_ende")
+    link = rows[2]["links"][0]
+    browser.get(link)
+    assert browser.execute_script(f"return document.getElementById('{link.rsplit('#', 1)[1]}').dataset.id") == rows[2]["id"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -593,3 +629,57 @@ def test_an_evaluation_by_older_metrics_or_other_decoding_settings_is_stale(tmp_
                         ({**current, EVAL_KEY_TAG: before}, "stale"), (current, "done")]:
         finished_run(**tags)
         assert evaluation_state(ev, finished_evaluations(uri, "table")) == state, tags
+
+
+def test_a_training_by_other_code_is_reused_with_a_warning_or_trained_again_on_request(tmp_path, capsys):
+    """A finished training whose identity.json names another code version is reused with a warning;
+    with retrain_other_code=true its folder is kept under another name (no longer counted), the
+    training is missing again, and its evaluations' finished MLflow runs are stale (they run again)."""
+    from omegaconf import OmegaConf
+
+    from loramcl.identity import EVAL_KEY_TAG, METRICS_VERSION, METRICS_VERSION_TAG, code_version, saved_key
+    from loramcl.reproduce.main import compose_all, main, retrain_other_code
+    from loramcl.reproduce.state import GROUP_TAG, RunIndex, evaluation_state, finished_evaluations
+    from loramcl.utils.mlflow_store import MLflowRun
+
+    log_dir = tmp_path / "logs"
+    args = ["table=mt_ende", "scale=demo", f"paths.log_dir={log_dir}", f"results_dir={tmp_path / 'results'}"]
+    cfg, table = compose_all(ROOT, args)
+    training = table.trainings()[0]
+    folder = training.run_dir(log_dir)
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "checkpoints").mkdir()
+    OmegaConf.save(table.configs[training.key], folder / ".hydra" / "config.yaml")
+    (folder / "metrics.json").write_text("{}")
+    (folder / "identity.json").write_text(json.dumps({"key": training.key, "world_size": 1,
+                                                      "code_version": "0.0.1+gold"}))
+    assert saved_key(folder) == training.key
+    evaluation = table.evaluations(training)[0]
+    run = MLflowRun(str(cfg.mlflow_uri), table.experiment, str(log_dir / "mlartifacts"), "old evaluation",
+                    tags={GROUP_TAG: evaluation.group, "loramcl.kind": "eval", EVAL_KEY_TAG: evaluation.key,
+                          METRICS_VERSION_TAG: str(METRICS_VERSION)})
+    run.log_params({"eval.decoding": evaluation.decoding})
+    run.log_metrics({"oracle_bleu": 12.0})
+    run.finish()
+    assert evaluation_state(evaluation, finished_evaluations(str(cfg.mlflow_uri), table.experiment)) == "done"
+
+    # by default: reused, and said so
+    assert main([*args, "--dry-run"], root=ROOT) == 0
+    said = capsys.readouterr().out
+    assert "[done]" in said and f"trained by code 0.0.1+gold, this is {code_version()}: reused" in said
+    assert RunIndex(log_dir).state(training).status == "done"
+
+    # on request: trained again, its evaluations run again, nothing lost
+    lines = []
+    assert retrain_other_code(table, cfg, log_dir, echo=lines.append) == 1
+    (kept,) = [p for p in folder.parent.iterdir() if p.name.startswith(folder.name + ".other-code-")]
+    assert json.loads((kept / "identity.json").read_text())["code_version"] == "0.0.1+gold"
+    assert (kept / "metrics.json").is_file() and not folder.exists()
+    assert any(str(kept) in line for line in lines)
+    assert RunIndex(log_dir).state(training).status == "missing"  # the kept folder is not counted
+    finished = finished_evaluations(str(cfg.mlflow_uri), table.experiment)
+    assert evaluation_state(evaluation, finished) == "stale"
+    assert finished[(evaluation.group, evaluation.decoding)].data.metrics["oracle_bleu"] == 12.0  # kept
+    assert retrain_other_code(table, cfg, log_dir, echo=lines.append) == 0  # nothing left to retrain
+    assert main([*args, "retrain_other_code=true", "--dry-run"], root=ROOT) == 0  # a dry run moves nothing
+    assert "[missing]" in capsys.readouterr().out

@@ -96,7 +96,8 @@ def _oracle(record: dict, primary: Optional[str], higher: bool) -> Optional[tupl
 
 
 def page_html(evaluations: list[Evaluation], inputs: dict[str, dict], out: Path) -> str:
-    """The side-by-side page (see the module text); `out`: where it goes (links are relative to it)."""
+    """The side-by-side page (see the module text); `out`: where it will be read from (its links are
+    relative to that folder)."""
     first = evaluations[0]
     ids = [i for i in first.order if all(i in e.records for e in evaluations)]
     primary = TASK_PRIMARY.get(str(first.info.get("task_type")))
@@ -160,11 +161,21 @@ for(const r of shown)body.appendChild(r);document.getElementById('shown').textCo
 """
 
 
-def write_side_by_side(folders: Sequence[Path], out: Path, with_inputs: bool = True) -> Path:
-    """The page for the evaluations in `folders` (see `find_evaluations`), written to `out`."""
+def write_side_by_side(folders: Sequence[Path], out: Path, with_inputs: bool = True,
+                       final: Optional[Path] = None) -> Path:
+    """The page for the evaluations in `folders` (see `find_evaluations`), written to `out`; `final`:
+    where it will be read from when that is elsewhere (a page written in a staging folder and moved:
+    its links to the evaluations' own pages are relative to `final`)."""
     from loramcl.utils.atomic import write_text_atomic
 
-    evaluations = [Evaluation.load(f) for f in folders]
+    evaluations = []
+    for evaluation in map(Evaluation.load, folders):
+        if evaluation.records:
+            evaluations.append(evaluation)
+        else:  # e.g. the teacher-forced test loss (decoding=test_loss)
+            log.info("%s decoded no candidates: not on the page", evaluation.label)
+    if not evaluations:
+        raise ValueError("none of these evaluations decoded candidates")
     kinds = {e.info.get("task_type") for e in evaluations}
     if len(kinds) > 1:
         raise ValueError(f"these evaluations are of different tasks ({', '.join(sorted(map(str, kinds)))}): "
@@ -175,7 +186,7 @@ def write_side_by_side(folders: Sequence[Path], out: Path, with_inputs: bool = T
         raise ValueError("these evaluations have no item in common (different test sets?)")
     inputs = run_inputs(first.info, ids) if with_inputs and first.info.get("train_run") else {}
     out = Path(out)
-    write_text_atomic(out, page_html(evaluations, inputs, out))
+    write_text_atomic(out, page_html(evaluations, inputs, Path(final or out)))
     return out
 
 

@@ -153,7 +153,8 @@ def side_by_side_pages(table: Table, lines: list[Line], out: Path) -> list[Path]
     for group, folders in groups.items():
         page = out / f"{table.name}{'_' + file_stem(str(group)) if group else ''}_candidates.html"
         try:
-            written.append(write_side_by_side(list(dict.fromkeys(folders)), page))
+            written.append(write_side_by_side(list(dict.fromkeys(folders)), page,  # written in a stage folder:
+                                              final=table.results_dir / page.name))  # links from where it ends up
         except (ValueError, OSError, KeyError) as err:  # e.g. evaluations of different test sets in one group
             log.info("%s: no side-by-side page for %s (%s)", table.name, group or "the table", err)
     return written
