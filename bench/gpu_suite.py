@@ -17,7 +17,7 @@ Decoding, per family, K = max(--ks) outputs per prompt, --new tokens each (no ea
     mcl_separate     K generate calls, one per hypothesis
     mle_beam         beam search with B = K beams, K returned sequences
     dbs              our diverse beam search, K groups of 1 beam (lambda 0.5)
-    dbs_loop         the same with the former per-prompt Python loop
+    dbs_loop         the same with the former per-candidate Python loop (the tests' reference, tests/dbs_reference.py)
 Prints markdown tables (time, peak memory, ratios to the goals of issue 12) and writes JSON.
 
     python bench/gpu_suite.py                                   # GPU: 7B shapes, ~6-8 min on one H100 / H200
@@ -149,6 +149,9 @@ class Suite:
     def decode(self, backbone) -> None:
         from loramcl.decoding.dbs import diverse_beam_search
 
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        import dbs_reference  # the former loop lives with the tests it is the reference of
+
         K, B, new = max(self.args.ks), self.args.decode_batch, self.args.new
         model = wrap(backbone, K).to(self.device).eval()
         prompts = shapes.prompts_of(shapes.example_batch(backbone, B, device=str(self.device)))
@@ -169,18 +172,17 @@ class Suite:
             model.generate(**prompts, hypothesis_idx=0, num_beams=K, num_return_sequences=K, early_stopping=False,
                            length_penalty=1.0, **common)
 
-        def dbs(implementation: str):
+        def dbs(search):
             def run():
                 with model.route(0):
-                    diverse_beam_search(model.base_model, prompts["input_ids"], prompts["attention_mask"], num_beams=K,
-                                        num_beam_groups=K, diversity_penalty=0.5, num_return_sequences=K,
-                                        max_new_tokens=new, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                        implementation=implementation,
-                                        **{k: v for k, v in prompts.items() if k not in ("input_ids", "attention_mask")})
+                    search(model.base_model, prompts["input_ids"], prompts["attention_mask"], num_beams=K,
+                           num_beam_groups=K, diversity_penalty=0.5, num_return_sequences=K,
+                           max_new_tokens=new, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                           **{k: v for k, v in prompts.items() if k not in ("input_ids", "attention_mask")})
             return run
 
         cells = {"mcl_batched": batched, "mcl_batched_ref": batched, "mcl_separate": separate, "mle_beam": beam,
-                 "dbs": dbs("vectorized"), "dbs_loop": dbs("loop")}
+                 "dbs": dbs(diverse_beam_search), "dbs_loop": dbs(dbs_reference.diverse_beam_search)}
         for name, fn in cells.items():
             if self.out_of_time():
                 self.record(section="decode", family=backbone.family, cell=name, K=K, status="skipped (time budget)")
