@@ -10,7 +10,7 @@ Training (forward, backward, AdamW), per family, gradient checkpointing off / on
     mle_KB           LoRA-MLE on K x B items (the same language-model rows as MCL)
     mcl_shared       LoRA-MCL(K), the frozen encoder run once per item and shared by the K replicas
     mcl_replicated   LoRA-MCL(K), the whole input replicated K times (encoder on K x B items)
-    mcl_shared_ref   mcl_shared with the former K-way layer (`implementation="reference"`), K = max
+    mcl_shared_ref   mcl_shared with the former K-way layer (`lora.implementation: reference`), K = max
 Decoding, per family, K = max(--ks) outputs per prompt, --new tokens each (no early stop):
     mcl_batched      the K hypotheses in one generate call (one routing id per row), greedy
     mcl_batched_ref  the same with the former K-way layer (per-row adapter gathers)
@@ -53,8 +53,8 @@ def strip_adapters(model: nn.Module) -> None:
             setattr(model.get_submodule(parent_name) if parent_name else model, child, module.base_layer)
 
 
-def wrap(backbone: shapes.Backbone, K: int, share_encoder: bool = True) -> MCLModel:
-    lora = LoRAConfig(dropout=0.0, **shapes.PAPER_LORA[backbone.family])
+def wrap(backbone: shapes.Backbone, K: int, share_encoder: bool = True, implementation: str = "fast") -> MCLModel:
+    lora = LoRAConfig(dropout=0.0, implementation=implementation, **shapes.PAPER_LORA[backbone.family])
     model = MCLModel(backbone.model, MCLConfig(num_hypotheses=K, mode="relaxed-wta", epsilon=0.05), lora,
                      share_encoder=share_encoder)
     with torch.no_grad():  # non-zero B so that every hypothesis differs (as after training)
@@ -99,7 +99,8 @@ class Suite:
             return
         k_model = 1 if name.startswith("mle") else K
         items = K * B if name == "mle_KB" else B
-        model = wrap(backbone, k_model, share_encoder=share).to(self.device)
+        implementation = "reference" if ref else "fast"
+        model = wrap(backbone, k_model, share_encoder=share, implementation=implementation).to(self.device)
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         inputs = shapes.example_batch(backbone, items, device=str(self.device))
@@ -109,11 +110,7 @@ class Suite:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        previous = set_implementation("reference" if ref else "fast")
-        try:
-            result = self.measure(step, model, inputs, opt)
-        finally:
-            set_implementation(previous)
+        result = self.measure(step, model, inputs, opt)
         tokens = int(inputs["attention_mask"].sum()) * (K if name.startswith("mcl") else 1)
         row = dict(section="train", family=backbone.family, cell=name, K=K, B=B, gc=gc, lm_rows=k_model * items,
                    tokens=tokens)
@@ -187,12 +184,10 @@ class Suite:
             if self.out_of_time():
                 self.record(section="decode", family=backbone.family, cell=name, K=K, status="skipped (time budget)")
                 continue
-            previous = set_implementation("reference" if name.endswith("_ref") else "fast")
-            try:
-                with torch.no_grad():
-                    result = self.measure(fn, model, prompts)
-            finally:
-                set_implementation(previous)
+            # one model for every cell: its layers switched to the former K-way layer for the _ref cells
+            set_implementation(lora_layers(model), "reference" if name.endswith("_ref") else "fast")
+            with torch.no_grad():
+                result = self.measure(fn, model, prompts)
             row = dict(section="decode", family=backbone.family, cell=name, K=K, B=B, new_tokens=new)
             if isinstance(result, str):
                 row.update(status=result)

@@ -228,8 +228,9 @@ def plan(cfg: DictConfig, gpu_gb: float = 80.0, device: Optional[str] = None, de
 
 
 def _probe_lora(lora: dict) -> dict:
-    """The LoRA config of a probe: the run's targets and rank, no dropout (no size changes)."""
-    return {k: v for k, v in lora.items() if k in ("r", "alpha", "target_modules", "exclude_modules", "adapt_encoders")}
+    """The LoRA config of a probe: the run's targets, rank and layer forward, no dropout (no size changes)."""
+    keep = ("r", "alpha", "target_modules", "exclude_modules", "adapt_encoders", "implementation")
+    return {k: v for k, v in lora.items() if k in keep}
 
 
 def _gib(n: float) -> str:
