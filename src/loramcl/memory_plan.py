@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from loramcl import shapes
 from loramcl.errors import ConfigError
-from loramcl.memory import GiB, Probe, decoder_layers, run_probe
+from loramcl.memory import GiB, Probe, run_probe
 
 # Worst-case item per data config (what the longest item of the dataset carries); "media" feeds shapes.
 WORST_ITEM = {
@@ -159,7 +159,7 @@ def plan(cfg: DictConfig, gpu_gb: float = 80.0, device: Optional[str] = None, de
          log: Any = print) -> MemoryPlan:
     """The memory plan of a composed train.py config (see the module docstring)."""
     from loramcl import LoRAConfig, MCLConfig
-    from loramcl.backbones import resolve_dtype
+    from loramcl.backbones import resolve_dtype, transformer_blocks
     from loramcl.model import build_model
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -187,7 +187,7 @@ def plan(cfg: DictConfig, gpu_gb: float = 80.0, device: Optional[str] = None, de
     if family == "alma" and data_name not in WORST_ITEM and "max_source_tokens" in cfg.data:
         worst = {**worst, "text_tokens": int(cfg.data.max_source_tokens)}
     size = shapes.sizes_from_config(meta.config, family, media, text_tokens or worst["text_tokens"])
-    layers = len(decoder_layers(meta)[0])
+    layers = len(transformer_blocks(meta)[0])
 
     # static bytes on the meta device: the model with its adapters, nothing allocated
     adapted = build_model(meta, mcl, LoRAConfig(**lora_dict))
