@@ -2,7 +2,7 @@
 
 Random-init models with the published configurations (`loramcl.shapes`: Qwen2-Audio-7B-Instruct with
 30 s of audio, LLaVA-1.6-Vicuna-7B with one 672 x 672 image = a base crop and a 2 x 2 tile set,
-ALMA-7B / Llama-2-7B on 256-token pairs), bf16 backbone under bf16 autocast (Lightning's
+ALMA-7B / Llama-2-7B on pairs of 256 source + 256 target tokens: `shapes.WORST_ITEM`), bf16 backbone under bf16 autocast (Lightning's
 `bf16-mixed`), fp32 adapters with the paper's targets and ranks. Nothing is downloaded.
 
 Training (forward, backward, AdamW), per family, gradient checkpointing off / on, K in --ks:
