@@ -2,7 +2,7 @@
 
 Random-init models with the published configurations (`loramcl.shapes`: Qwen2-Audio-7B-Instruct with
 30 s of audio, LLaVA-1.6-Vicuna-7B with one 672 x 672 image = a base crop and a 2 x 2 tile set,
-ALMA-7B / Llama-2-7B on 256-token pairs), bf16 backbone under bf16 autocast (Lightning's
+ALMA-7B / Llama-2-7B on pairs of 256 source + 256 target tokens: `shapes.WORST_ITEM`), bf16 backbone under bf16 autocast (Lightning's
 `bf16-mixed`), fp32 adapters with the paper's targets and ranks. Nothing is downloaded.
 
 Training (forward, backward, AdamW), per family, gradient checkpointing off / on, K in --ks:
@@ -10,14 +10,14 @@ Training (forward, backward, AdamW), per family, gradient checkpointing off / on
     mle_KB           LoRA-MLE on K x B items (the same language-model rows as MCL)
     mcl_shared       LoRA-MCL(K), the frozen encoder run once per item and shared by the K replicas
     mcl_replicated   LoRA-MCL(K), the whole input replicated K times (encoder on K x B items)
-    mcl_shared_ref   mcl_shared with the former K-way layer (`implementation="reference"`), K = max
+    mcl_shared_ref   mcl_shared with the former K-way layer (`lora.implementation: reference`), K = max
 Decoding, per family, K = max(--ks) outputs per prompt, --new tokens each (no early stop):
     mcl_batched      the K hypotheses in one generate call (one routing id per row), greedy
     mcl_batched_ref  the same with the former K-way layer (per-row adapter gathers)
     mcl_separate     K generate calls, one per hypothesis
     mle_beam         beam search with B = K beams, K returned sequences
     dbs              our diverse beam search, K groups of 1 beam (lambda 0.5)
-    dbs_loop         the same with the former per-prompt Python loop
+    dbs_loop         the same with the former per-candidate Python loop (the tests' reference, tests/dbs_reference.py)
 Prints markdown tables (time, peak memory, ratios to the goals of issue 12) and writes JSON.
 
     python bench/gpu_suite.py                                   # GPU: 7B shapes, ~6-8 min on one H100 / H200
@@ -53,8 +53,8 @@ def strip_adapters(model: nn.Module) -> None:
             setattr(model.get_submodule(parent_name) if parent_name else model, child, module.base_layer)
 
 
-def wrap(backbone: shapes.Backbone, K: int, share_encoder: bool = True) -> MCLModel:
-    lora = LoRAConfig(dropout=0.0, **shapes.PAPER_LORA[backbone.family])
+def wrap(backbone: shapes.Backbone, K: int, share_encoder: bool = True, implementation: str = "fast") -> MCLModel:
+    lora = LoRAConfig(dropout=0.0, implementation=implementation, **shapes.PAPER_LORA[backbone.family])
     model = MCLModel(backbone.model, MCLConfig(num_hypotheses=K, mode="relaxed-wta", epsilon=0.05), lora,
                      share_encoder=share_encoder)
     with torch.no_grad():  # non-zero B so that every hypothesis differs (as after training)
@@ -99,7 +99,8 @@ class Suite:
             return
         k_model = 1 if name.startswith("mle") else K
         items = K * B if name == "mle_KB" else B
-        model = wrap(backbone, k_model, share_encoder=share).to(self.device)
+        implementation = "reference" if ref else "fast"
+        model = wrap(backbone, k_model, share_encoder=share, implementation=implementation).to(self.device)
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         inputs = shapes.example_batch(backbone, items, device=str(self.device))
@@ -109,11 +110,7 @@ class Suite:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        previous = set_implementation("reference" if ref else "fast")
-        try:
-            result = self.measure(step, model, inputs, opt)
-        finally:
-            set_implementation(previous)
+        result = self.measure(step, model, inputs, opt)
         tokens = int(inputs["attention_mask"].sum()) * (K if name.startswith("mcl") else 1)
         row = dict(section="train", family=backbone.family, cell=name, K=K, B=B, gc=gc, lm_rows=k_model * items,
                    tokens=tokens)
@@ -149,6 +146,9 @@ class Suite:
     def decode(self, backbone) -> None:
         from loramcl.decoding.dbs import diverse_beam_search
 
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        import dbs_reference  # the former loop lives with the tests it is the reference of
+
         K, B, new = max(self.args.ks), self.args.decode_batch, self.args.new
         model = wrap(backbone, K).to(self.device).eval()
         prompts = shapes.prompts_of(shapes.example_batch(backbone, B, device=str(self.device)))
@@ -169,28 +169,25 @@ class Suite:
             model.generate(**prompts, hypothesis_idx=0, num_beams=K, num_return_sequences=K, early_stopping=False,
                            length_penalty=1.0, **common)
 
-        def dbs(implementation: str):
+        def dbs(search):
             def run():
                 with model.route(0):
-                    diverse_beam_search(model.base_model, prompts["input_ids"], prompts["attention_mask"], num_beams=K,
-                                        num_beam_groups=K, diversity_penalty=0.5, num_return_sequences=K,
-                                        max_new_tokens=new, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                        implementation=implementation,
-                                        **{k: v for k, v in prompts.items() if k not in ("input_ids", "attention_mask")})
+                    search(model.base_model, prompts["input_ids"], prompts["attention_mask"], num_beams=K,
+                           num_beam_groups=K, diversity_penalty=0.5, num_return_sequences=K,
+                           max_new_tokens=new, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                           **{k: v for k, v in prompts.items() if k not in ("input_ids", "attention_mask")})
             return run
 
         cells = {"mcl_batched": batched, "mcl_batched_ref": batched, "mcl_separate": separate, "mle_beam": beam,
-                 "dbs": dbs("vectorized"), "dbs_loop": dbs("loop")}
+                 "dbs": dbs(diverse_beam_search), "dbs_loop": dbs(dbs_reference.diverse_beam_search)}
         for name, fn in cells.items():
             if self.out_of_time():
                 self.record(section="decode", family=backbone.family, cell=name, K=K, status="skipped (time budget)")
                 continue
-            previous = set_implementation("reference" if name.endswith("_ref") else "fast")
-            try:
-                with torch.no_grad():
-                    result = self.measure(fn, model, prompts)
-            finally:
-                set_implementation(previous)
+            # one model for every cell: its layers switched to the former K-way layer for the _ref cells
+            set_implementation(lora_layers(model), "reference" if name.endswith("_ref") else "fast")
+            with torch.no_grad():
+                result = self.measure(fn, model, prompts)
             row = dict(section="decode", family=backbone.family, cell=name, K=K, B=B, new_tokens=new)
             if isinstance(result, str):
                 row.update(status=result)

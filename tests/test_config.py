@@ -49,6 +49,7 @@ def test_mcl_config_rejects_bad_values(kwargs, message):
         ({"target_modules": ""}, "target_modules must be a non-empty list of module-name suffixes"),
         ({"target_modules": []}, "target_modules must be a non-empty list of module-name suffixes, a valid regular expression or 'all-linear', got []"),
         ({"target_modules": ["q_proj", ""]}, "target_modules must be a non-empty list of module-name suffixes"),
+        ({"implementation": "gather"}, "implementation must be one of fast, reference, got 'gather'"),
     ],
 )
 def test_lora_config_rejects_bad_values(kwargs, message):

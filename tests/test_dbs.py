@@ -2,8 +2,8 @@
 
 The reference (a tiny seeded Llama and the ids / scores transformers 4.56.2 returned) is part of the
 repository: tests/fixtures/dbs_reference (its README says how it was made). The vectorised
-implementation (the default) returns exactly what the former per-candidate loop returns, on random
-tiny models, pooled or per group (`per_group=True`), with the group of each row (`return_groups`).
+implementation returns exactly what the former per-candidate loop (tests/dbs_reference.py) returns, on
+random tiny models, pooled or per group (`per_group=True`), with the group of each row (`return_groups`).
 """
 
 import json
@@ -15,10 +15,12 @@ from unittest import mock
 import pytest
 import torch
 
+import dbs_reference
 from helpers import FIXTURES
 from loramcl.decoding.dbs import diverse_beam_search
 
 REFERENCE = FIXTURES / "dbs_reference"
+SEARCHES = {"vectorized": diverse_beam_search, "loop": dbs_reference.diverse_beam_search}
 
 
 @lru_cache(maxsize=1)
@@ -122,18 +124,19 @@ def _decode(case_idx: int, implementation: str):
         checks.append((gen_len, result))
         return result
 
+    search = SEARCHES[implementation]
     with mock.patch.object(dbs._Hypotheses, "is_done", traced):
-        sequences, scores, groups = diverse_beam_search(
+        sequences, scores, groups = search(
             _eos_model(), input_ids, attention_mask, num_beams=K, num_beam_groups=G,
             diversity_penalty=diversity, num_return_sequences=n, max_new_tokens=MAX_NEW,
             eos_token_id=EOS, pad_token_id=PAD, length_penalty=length_penalty,
-            repetition_penalty=repetition, implementation=implementation, return_groups=True,
+            repetition_penalty=repetition, return_groups=True,
         )
     # the same search, every group's hypotheses returned (per_group, n = k = K / G)
-    every = diverse_beam_search(
+    every = search(
         _eos_model(), input_ids, attention_mask, num_beams=K, num_beam_groups=G, diversity_penalty=diversity,
         num_return_sequences=K // G, max_new_tokens=MAX_NEW, eos_token_id=EOS, pad_token_id=PAD,
-        length_penalty=length_penalty, repetition_penalty=repetition, implementation=implementation,
+        length_penalty=length_penalty, repetition_penalty=repetition,
         per_group=True, return_groups=True,
     )
     return sequences, scores, sorted(checks), groups, every
@@ -217,7 +220,7 @@ def test_vectorized_equals_loop_on_random_bigram_models(seed):
         kwargs.update(per_group=True, num_return_sequences=rng.randint(1, K // kwargs["num_beam_groups"]))
     attention_mask = torch.ones_like(input_ids)
     out = diverse_beam_search(model, input_ids, attention_mask, return_groups=True, **kwargs)
-    loop = diverse_beam_search(model, input_ids, attention_mask, implementation="loop", return_groups=True, **kwargs)
+    loop = dbs_reference.diverse_beam_search(model, input_ids, attention_mask, return_groups=True, **kwargs)
     for a, b in zip(out, loop):  # sequences, scores, groups
         assert torch.equal(a, b)
 
@@ -243,13 +246,12 @@ def test_unpenalised_padding_decodes_each_prompt_as_if_alone():
         batches = {}
         for implementation in ("vectorized", "loop"):
             for penalise_padding in (False, True):
-                batch = diverse_beam_search(model, input_ids, attention_mask, implementation=implementation,
-                                            penalise_padding=penalise_padding, **kwargs)
+                search = SEARCHES[implementation]
+                batch = search(model, input_ids, attention_mask, penalise_padding=penalise_padding, **kwargs)
                 batches[implementation, penalise_padding] = batch
                 for b in range(3):
-                    alone = diverse_beam_search(model, input_ids[b:b + 1, b:], attention_mask[b:b + 1, b:],
-                                                implementation=implementation, penalise_padding=penalise_padding,
-                                                **kwargs)
+                    alone = search(model, input_ids[b:b + 1, b:], attention_mask[b:b + 1, b:],
+                                   penalise_padding=penalise_padding, **kwargs)
                     rows = slice(b * K, (b + 1) * K)
                     same = torch.equal(batch[0][rows], alone[0]) and torch.equal(batch[1][rows], alone[1])
                     if not penalise_padding:
@@ -260,12 +262,3 @@ def test_unpenalised_padding_decodes_each_prompt_as_if_alone():
                                                          batches["loop", penalise_padding]))
     assert differs
 
-
-def test_unknown_implementation_is_rejected():
-    model, expected = _load()
-    with pytest.raises(ValueError, match="implementation must be one of"):
-        diverse_beam_search(
-            model, torch.tensor(expected["prompt_ids"]), torch.tensor(expected["attention_mask"]),
-            num_beams=2, num_beam_groups=2, diversity_penalty=0.5, num_return_sequences=2, max_new_tokens=2,
-            eos_token_id=2, pad_token_id=0, implementation="cuda",
-        )

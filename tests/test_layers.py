@@ -7,7 +7,6 @@ its formula y_k = W x + (alpha / r) B_k A_k dropout(x), written out by hand, and
 implementation against its reference one (outputs and gradients).
 """
 
-import contextlib
 import copy
 import math
 
@@ -352,21 +351,12 @@ def test_model_dropout_train_vs_eval():
 
 
 # ------------------------------------------------------------------------ fast vs reference implementation
-@contextlib.contextmanager
-def implementation(name):
-    previous = set_implementation(name)
-    try:
-        yield
-    finally:
-        set_implementation(previous)
-
-
-def outputs_and_grads(layer, x, routing, impl, autocast=False):
-    """(y, dL/dx, dL/dA, dL/dB[, dL/dR]) of one forward / backward under `impl`, for a fixed weighted-sum loss."""
+def outputs_and_grads(layer, x, routing, autocast=False):
+    """(y, dL/dx, dL/dA, dL/dB[, dL/dR]) of one forward / backward, for a fixed weighted-sum loss."""
     layer.zero_grad(set_to_none=True)
     layer.routing = routing
     x = x.detach().clone().requires_grad_(True)
-    with implementation(impl), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         y = layer(x)
     weights = torch.linspace(-1, 1, y.numel()).view(y.shape)  # every output element counts differently
     (y.float() * weights).sum().backward()
@@ -384,14 +374,19 @@ def assert_close_relative(got, expected, rel):
         assert (g.float() - e.float()).abs().max().item() <= rel * scale, (g, e)
 
 
-def kway_layer(K=5, r=4, d_in=48, d_out=40, dtype=torch.float32, router=False, seed=0):
+def kway_layer(K=5, r=4, d_in=48, d_out=40, dtype=torch.float32, router=False, seed=0, implementation="fast"):
     torch.manual_seed(seed)
-    layer = MultiLoRALinear(nn.Linear(d_in, d_out).to(dtype), K, r, 8.0, router=router)
+    layer = MultiLoRALinear(nn.Linear(d_in, d_out).to(dtype), K, r, 8.0, router=router, implementation=implementation)
     with torch.no_grad():
         layer.lora_B.normal_()
         if router:
             layer.router.weight.normal_()
     return layer
+
+
+def twins(**kwargs):
+    """(fast, reference): two layers with the same weights, one per implementation."""
+    return kway_layer(**kwargs), kway_layer(**kwargs, implementation="reference")
 
 
 K5 = 5
@@ -409,10 +404,10 @@ ROUTED_IDS = {  # (ids, rows of the batch): beam search repeats each row m times
 @pytest.mark.parametrize("shape", [(7,), (), (20,)], ids=["seq", "no-seq", "long-seq"])  # long: K L > 64
 def test_fast_routed_ids_equal_reference(case, shape):
     ids, rows = ROUTED_IDS[case]
-    layer = kway_layer()
+    layer, reference = twins()
     x = torch.randn(rows, *shape, 48)
-    expected = outputs_and_grads(layer, x, ids, "reference")
-    got = outputs_and_grads(layer, x, ids, "fast")
+    expected = outputs_and_grads(reference, x, ids)
+    got = outputs_and_grads(layer, x, ids)
     # same sums in another order, not bit for bit; parameter gradients sum over all rows and tokens
     assert_close_relative(got[:2], expected[:2], 1e-6)
     assert_close_relative(got[2:], expected[2:], 1e-5)
@@ -427,28 +422,28 @@ def test_fast_routed_ids_equal_reference(case, shape):
             assert got[0].equal(expected[0])
     # meaningful: the rows really go through different adapters
     if case != "one hypothesis":
-        with implementation("reference"), torch.no_grad():
-            layer.routing = 0
-            assert (layer(x) - expected[0]).abs().max() > 1e-2
+        with torch.no_grad():
+            reference.routing = 0
+            assert (reference(x) - expected[0]).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("routing", [2, Route.REPLICATED], ids=["int", "replicated"])
 def test_fast_int_and_replicated_routing_identical_to_reference(routing):
-    layer = kway_layer()
+    layer, reference = twins()
     x = torch.randn(10, 7, 48)
-    for g, e in zip(outputs_and_grads(layer, x, routing, "fast"), outputs_and_grads(layer, x, routing, "reference")):
+    for g, e in zip(outputs_and_grads(layer, x, routing), outputs_and_grads(reference, x, routing)):
         torch.testing.assert_close(g, e, rtol=0, atol=0)
 
 
 def test_fast_routed_plan_follows_in_place_edits_and_batch_size():
-    layer = kway_layer()
+    layer, reference = twins()
     ids = torch.arange(K5).repeat_interleave(2)
     x = torch.randn(30, 48)
     assert layer._routed_plan(ids, 10, x.device) is Route.REPLICATED
     assert layer._routed_plan(ids, 30, x.device) is Route.REPLICATED  # beams: m = 3 rows per id
     ids[0] = 4  # an in-place edit bumps the version counter: the cached plan is not reused
-    expected = outputs_and_grads(layer, x, ids, "reference")
-    got = outputs_and_grads(layer, x, ids, "fast")
+    expected = outputs_and_grads(reference, x, ids)
+    got = outputs_and_grads(layer, x, ids)
     assert_close_relative(got[:2], expected[:2], 1e-6)
     assert_close_relative(got[2:], expected[2:], 1e-5)
     assert isinstance(layer._plan[4], torch.Tensor)
@@ -459,27 +454,37 @@ def test_fast_routed_plan_follows_in_place_edits_and_batch_size():
 @pytest.mark.parametrize("routing", [2, Route.REPLICATED, Route.MIXTURE], ids=["int", "replicated", "mixture"])
 def test_fast_skips_the_fp32_copy_under_autocast_with_identical_results(routing):
     """bf16 -> fp32 -> bf16 is lossless, and the autocast matmuls cast to bf16 anyway: same bits."""
-    layer = kway_layer(dtype=torch.bfloat16, router=routing is Route.MIXTURE)
+    layer, reference = twins(dtype=torch.bfloat16, router=routing is Route.MIXTURE)
     x = torch.randn(10, 7, 48).to(torch.bfloat16)
-    expected = outputs_and_grads(layer, x, routing, "reference", autocast=True)
-    got = outputs_and_grads(layer, x, routing, "fast", autocast=True)
+    expected = outputs_and_grads(reference, x, routing, autocast=True)
+    got = outputs_and_grads(layer, x, routing, autocast=True)
     assert got[0].dtype == torch.bfloat16
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=0, atol=0)
 
 
 def test_fast_routed_ids_under_autocast_close_to_reference():
-    layer = kway_layer(dtype=torch.bfloat16)
+    layer, reference = twins(dtype=torch.bfloat16)
     ids, rows = ROUTED_IDS["random order, beams m=3"]
     x = torch.randn(rows, 7, 48).to(torch.bfloat16)
-    expected = outputs_and_grads(layer, x, ids, "reference", autocast=True)
-    assert_close_relative(outputs_and_grads(layer, x, ids, "fast", autocast=True), expected, 2e-2)  # bf16 ulps
+    expected = outputs_and_grads(reference, x, ids, autocast=True)
+    assert_close_relative(outputs_and_grads(layer, x, ids, autocast=True), expected, 2e-2)  # bf16 ulps
 
 
-def test_set_implementation_validates_and_returns_the_previous():
-    assert MultiLoRALinear.implementation == "fast"
-    with implementation("reference"):
-        assert MultiLoRALinear.implementation == "reference"
-    assert MultiLoRALinear.implementation == "fast"
+def test_implementation_comes_from_the_lora_config_and_is_per_layer():
+    """`lora.implementation` reaches every K-way layer of the model built from it; `set_implementation`
+    switches the given layers of a built model only (no process-wide state); bad names are refused."""
+    assert kway_layer().implementation == "fast"
+    targets = ["q_proj", "v_proj"]
+    fast = MCLModel(tiny_llama(0), MCLConfig(num_hypotheses=2), LoRAConfig(r=2, target_modules=targets))
+    ref = MCLModel(tiny_llama(0), MCLConfig(num_hypotheses=2),
+                   LoRAConfig(r=2, target_modules=targets, implementation="reference"))
+    assert {layer.implementation for layer in lora_layers(fast)} == {"fast"}
+    assert {layer.implementation for layer in lora_layers(ref)} == {"reference"}
+    set_implementation(lora_layers(ref), "fast")
+    assert {layer.implementation for layer in lora_layers(ref)} == {"fast"}
+    assert kway_layer().implementation == "fast"  # layers built later keep their own default
     with pytest.raises(ValueError, match="implementation must be one of fast, reference, got 'gather'"):
-        set_implementation("gather")
+        set_implementation(lora_layers(ref), "gather")
+    with pytest.raises(ValueError, match="implementation must be one of fast, reference, got 'gather'"):
+        kway_layer(implementation="gather")

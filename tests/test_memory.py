@@ -20,6 +20,27 @@ from loramcl.memory import PeakMeter, live_bytes, run_probe, time_and_peak
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.parametrize("family", shapes.FAMILIES)
+def test_one_block_recognition_for_the_memory_probe_and_fsdp(family):
+    """`backbones.transformer_blocks` (the probe's language-model layers) and the FSDP / activation
+    checkpointing policies see the same blocks: the language model's decoder layers and the encoder's
+    layers, nothing else (what the former regex `.*(Decoder|Encoder)Layer$` of distributed.py saw)."""
+    import re
+
+    from loramcl.backbones import transformer_blocks
+    from loramcl.distributed import BlockPolicy, LoRAWrapPolicy
+
+    backbone = shapes.build(family, "tiny", text_layers=3, encoder_layers=2)
+    lm, encoder = transformer_blocks(backbone.model)
+    assert len(lm) == 3 and len(encoder) == (0 if family == "alma" else 2)
+    assert all(type(m).__name__.endswith("DecoderLayer") for m in lm)
+    blocks = {id(m) for m in lm + encoder}
+    former = {id(m) for m in backbone.model.modules() if re.match(r".*(Decoder|Encoder)Layer$", type(m).__name__)}
+    assert former == blocks
+    for policy in (BlockPolicy(), LoRAWrapPolicy()):
+        assert {id(m) for m in backbone.model.modules() if policy.wraps(m)} == blocks
+
+
 def test_peak_meter_counts_the_allocations_of_the_block():
     keep = torch.ones(10)  # allocated before: not counted
     with PeakMeter("cpu") as meter:

@@ -94,7 +94,7 @@ def test_a_training_key_follows_what_is_trained_and_not_how_it_is_watched():
                       "trainer.val_check_interval=0.5", "trainer.log_every_n_steps=1", "task_name=other",
                       "logger=none", "extras.print_config=false", "data.num_workers=8", "data.val_batch_size=1",
                       "paths.log_dir=/elsewhere", "trainer=ddp", "model.gradient_checkpointing=true",
-                      "ckpt_path=auto"):
+                      "lora.implementation=reference", "ckpt_path=auto"):
         assert key(unrelated) == base, unrelated
     assert key("trainer=ddp", gpus=4) != base  # 4 processes: 4 times the global batch
     assert key("trainer=ddp", "data.batch_size=1", gpus=2) == base  # 2 x 1 = 1 x 2

@@ -101,6 +101,7 @@ TRAIN = {
     "lora.alpha": Flt(0, low_open=True),
     "lora.dropout": Flt(0, 1, high_open=True),
     "lora.adapt_encoders": BOOL,
+    "lora.implementation": Choice("fast", "reference"),
     "data.batch_size": Int(1),
     "data.val_batch_size": Int(1),
     "data.num_val_sequences": Int(1),

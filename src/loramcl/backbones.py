@@ -6,11 +6,13 @@ a Hub name or a local folder through the real `AutoModelForCausalLM.from_pretrai
 base with `auto_pretrain` is built on first use; a folder left by an interrupted build is refused
 with one line, never loaded).
 `meta_backbone` builds the module tree a model config describes on the meta device (no weights, no
-memory), so that the LoRA targets can be matched before anything is loaded.
+memory), so that the LoRA targets can be matched before anything is loaded. `block_kind` recognises
+the transformer blocks of a backbone (FSDP units, activation checkpointing, the memory probe).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -57,6 +59,24 @@ def disable_checkpointing(model: torch.nn.Module) -> torch.nn.Module:
     disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
     disable()
     return model
+
+
+# LlamaDecoderLayer, Qwen2DecoderLayer (language models); Qwen2AudioEncoderLayer, CLIPEncoderLayer (encoders)
+_BLOCK = re.compile(r"(Decoder|Encoder)Layer$")
+
+
+def block_kind(module: torch.nn.Module) -> Optional[str]:
+    """"decoder" for a language model's transformer block, "encoder" for an encoder's (audio or vision
+    tower), None for any other module; read from the class name, `...DecoderLayer` / `...EncoderLayer`
+    in transformers' backbones."""
+    found = _BLOCK.search(type(module).__name__)
+    return None if found is None else found.group(1).lower()
+
+
+def transformer_blocks(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[torch.nn.Module]]:
+    """(language-model blocks, encoder blocks) of `model`, in module order (see `block_kind`)."""
+    kinds = [(block_kind(m), m) for m in model.modules()]
+    return [m for kind, m in kinds if kind == "decoder"], [m for kind, m in kinds if kind == "encoder"]
 
 
 def _finish(model: torch.nn.Module, gradient_checkpointing: bool) -> torch.nn.Module:

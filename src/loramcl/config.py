@@ -87,6 +87,8 @@ class LoRAConfig:
         adapt_encoders: also adapt modules outside the language model (the audio / vision encoder
             of a multimodal backbone). Off by default, as in the paper: the frozen encoder then
             runs once per batch and its output is shared by the K replicas.
+        implementation: the K-way layer's forward, "fast" or "reference" (the former per-row
+            gather, kept to benchmark against); the same adapters either way (`MultiLoRALinear`).
     """
 
     r: int = 8
@@ -95,6 +97,7 @@ class LoRAConfig:
     target_modules: Union[str, Sequence[str]] = field(default_factory=lambda: ["q_proj", "v_proj"])
     exclude_modules: Optional[Union[str, Sequence[str]]] = None
     adapt_encoders: bool = False
+    implementation: str = "fast"  # the faster one; "reference" only for benchmarks
 
     def __post_init__(self) -> None:  # the rules live in the schema (loramcl.schema.groups.LoRASchema)
         checked = validate(LoRASchema, asdict(self))

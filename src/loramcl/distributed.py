@@ -1,10 +1,11 @@
 """FSDP for a K-way LoRA model; distribution itself is Lightning's (configs/trainer/ddp.yaml, fsdp.yaml).
 
-`LoRAWrapPolicy` puts every transformer block, every K-way layer's adapters and every frozen base
-linear of a K-way layer in units of their own, so no unit mixes frozen and trainable parameters
-(which would allocate gradients for the frozen weights); the adapter units are not sharded, so
-checkpoints are the plain adapter files of one device (`fsdp_strategy`), and `BlockPolicy` picks
-the blocks for activation checkpointing. Ranks and SLURM: `loramcl.cluster`.
+`LoRAWrapPolicy` puts every transformer block (`loramcl.backbones.block_kind`), every K-way layer's
+adapters and every frozen base linear of a K-way layer in units of their own, so no unit mixes
+frozen and trainable parameters (which would allocate gradients for the frozen weights); the
+adapter units are not sharded, so checkpoints are the plain adapter files of one device
+(`fsdp_strategy`), and `BlockPolicy` picks the blocks for activation checkpointing. Ranks and
+SLURM: `loramcl.cluster`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-BLOCK_PATTERN = r".*(Decoder|Encoder)Layer$"  # LlamaDecoderLayer, Qwen2AudioEncoderLayer, CLIPEncoderLayer, ...
+from loramcl.backbones import block_kind
 
 
 # ---------------------------------------------------------------------------------------------- FSDP
@@ -26,13 +27,19 @@ def _is_kway(module: nn.Module) -> bool:
 
 
 class _Policy:
-    """Base of the wrap policies: a torch `CustomPolicy` whose predicate is `wraps(module)`."""
+    """Base of the wrap policies: a torch `CustomPolicy` whose predicate is `wraps(module)`.
 
-    def __init__(self, block_pattern: str = BLOCK_PATTERN):
-        self.block_pattern = re.compile(block_pattern)
+    The transformer blocks are those `loramcl.backbones.block_kind` recognises, or, for a backbone
+    whose blocks are named otherwise, the classes whose name matches `block_pattern` (a regex).
+    """
+
+    def __init__(self, block_pattern: Optional[str] = None):
+        self.block_pattern = None if block_pattern is None else re.compile(block_pattern)
 
     def is_block(self, module: nn.Module) -> bool:
-        return bool(self.block_pattern.match(type(module).__name__))
+        if self.block_pattern is not None:
+            return bool(self.block_pattern.match(type(module).__name__))
+        return block_kind(module) is not None
 
     def policy(self) -> Any:
         from torch.distributed.fsdp.wrap import CustomPolicy
@@ -44,7 +51,7 @@ class _Policy:
 
 
 class BlockPolicy(_Policy):
-    """Transformer blocks (class name matching `block_pattern`): activation checkpointing units."""
+    """Transformer blocks: activation checkpointing units."""
 
     def wraps(self, module: nn.Module) -> bool:
         return self.is_block(module)
@@ -56,7 +63,7 @@ class LoRAWrapPolicy(_Policy):
     process keeps the whole adapters, a few MB, and all-reduces their gradients as DDP does). (torch
     visits parents before children, so a K-way layer is seen before its base.)"""
 
-    def __init__(self, block_pattern: str = BLOCK_PATTERN):
+    def __init__(self, block_pattern: Optional[str] = None):
         super().__init__(block_pattern)
         self._bases: set[int] = set()
 
@@ -120,7 +127,7 @@ def _adapter_fsdp_class() -> type:
     return AdapterFSDPStrategy
 
 
-def fsdp_strategy(block_pattern: str = BLOCK_PATTERN, activation_checkpointing: bool = False, **kwargs: Any) -> Any:
+def fsdp_strategy(block_pattern: Optional[str] = None, activation_checkpointing: bool = False, **kwargs: Any) -> Any:
     """FSDP for a K-way LoRA model (the `_target_` of configs/trainer/fsdp.yaml): `LoRAWrapPolicy`
     units, `use_orig_params`, adapter-only checkpoints as on one device, and, if asked, activation
     checkpointing of the transformer blocks."""

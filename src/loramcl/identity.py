@@ -5,7 +5,8 @@ A training's key (12 hex digits) hashes what changes its adapters and nothing el
 - the backbone (`model`, without `gradient_checkpointing`: memory, not arithmetic);
 - the data and its preparation (`data`, without where its files are, loader workers and the
   validation-only keys);
-- `lora`, `mcl`, `optim`, `seed` and the task (its runner and the runner's options);
+- `lora` (without `implementation`: the same adapters either way), `mcl`, `optim`, `seed` and the
+  task (its runner and the runner's options);
 - the schedule: `trainer.max_steps` / `max_epochs` / `limit_train_batches`,
   `accumulate_grad_batches`, gradient clipping, `precision`;
 - the global batch, data.batch_size x processes (trainer.devices x num_nodes) x
@@ -44,6 +45,7 @@ TRAINER_KEYS = ("max_steps", "max_epochs", "limit_train_batches", "accumulate_gr
 DATA_IGNORED = re.compile(r"^(root|.*_dir|prepare_hint|num_workers|pin_memory|persistent_workers|prefetch_factor"
                           r"|val_.*|.*_val_.*|num_val_.*|max_val_items|batch_size)$")
 MODEL_IGNORED = ("gradient_checkpointing",)
+LORA_IGNORED = ("implementation",)  # which forward the K-way layer runs: speed, not arithmetic
 
 
 def processes(trainer: Any, gpus: int = 1) -> tuple[int, int]:
@@ -88,6 +90,8 @@ def identity(cfg: Any, world_size: Optional[int] = None, gpus: int = 1, run_dir:
     out: dict[str, Any] = {group: tree.get(group) for group in GROUPS}
     if isinstance(out["model"], dict):
         out["model"] = {k: v for k, v in out["model"].items() if k not in MODEL_IGNORED}
+    if isinstance(out["lora"], dict):
+        out["lora"] = {k: v for k, v in out["lora"].items() if k not in LORA_IGNORED}
     data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
     out["data"] = {k: v for k, v in data.items() if not DATA_IGNORED.match(k)}
     trainer = tree.get("trainer") or {}

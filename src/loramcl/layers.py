@@ -13,7 +13,7 @@ rows). The routing is a plain attribute set by `set_routing` (or the `MCLModel.r
 Per-row routing avoids per-row adapter copies: ids that are K contiguous equal blocks in hypothesis
 order (batched decoding, beams included) take the replicated path; other ids, on short rows (a
 decoding step), multiply by all K adapters at once and keep each row's own block.
-`set_implementation("reference")` restores the former code (per-row gather), for benchmarks.
+`implementation="reference"` (`lora.implementation`) runs the former code (per-row gather), for benchmarks.
 
 With `router=True` the layer is a token-level LoRA mixture of experts (the LoRA-MoE baseline): a
 linear router g(x) = softmax(R x), R (K, d_in) zero-initialised (uniform gate 1/K at start), mixes
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from loramcl.config import LoRAConfig
+from loramcl.schema.groups import LORA_IMPLEMENTATIONS as IMPLEMENTATIONS  # "fast", "reference"
 
 
 class Route(enum.Enum):
@@ -45,7 +46,6 @@ class Route(enum.Enum):
 
 ROUTED = (Route.MIXTURE, Route.SAMPLED)  # need a token router
 Routing = Union[Route, int, torch.Tensor]  # a Route, hypothesis k, or one hypothesis id per row
-IMPLEMENTATIONS = ("fast", "reference")  # see `MultiLoRALinear.implementation`
 MASKED_TOKENS_MAX = 64  # per-row ids in any order: masked products up to K * (tokens per row) = 64, else gather
 
 
@@ -65,7 +65,8 @@ class MultiLoRALinear(nn.Module):
 
     `router=True` adds `router`, an fp32 `nn.Linear(d_in, K, bias=False)` initialised to zero.
 
-    Implementation (class attribute `implementation`, set with `set_implementation`), for benchmarks:
+    Implementation (argument and attribute `implementation`, `lora.implementation` in configs; switched
+    on a built model with `set_implementation`), for benchmarks:
         "fast" (default): per-row ids without per-row adapter copies (K contiguous blocks in hypothesis
             order take the replicated path; any other order computes h = x [A_1; ...; A_K]^T, zeroes all
             blocks but the row's own and multiplies by [B_1 ... B_K], unless rows are long: a prompt
@@ -76,13 +77,12 @@ class MultiLoRALinear(nn.Module):
     Both give the same outputs, bit for bit except per-row ids (same up to float rounding).
     """
 
-    implementation: str = "fast"
-
     def __init__(self, base_layer: nn.Linear, num_hypotheses: int, r: int, alpha: float, dropout: float = 0.0,
-                 router: bool = False):
+                 router: bool = False, implementation: str = "fast"):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"MultiLoRALinear wraps nn.Linear, got {type(base_layer).__name__}")
+        self.implementation = _checked_implementation(implementation)
         self.base_layer = base_layer
         self.num_hypotheses = num_hypotheses
         self.r = r
@@ -246,13 +246,18 @@ class MultiLoRALinear(nn.Module):
         return out
 
 
-def set_implementation(name: str) -> str:
-    """Select the forward of every `MultiLoRALinear` ("fast" or "reference"); return the previous one."""
+def _checked_implementation(name: str) -> str:
     if name not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {name!r}")
-    previous = MultiLoRALinear.implementation
-    MultiLoRALinear.implementation = name
-    return previous
+    return name
+
+
+def set_implementation(layers: Iterable[MultiLoRALinear], name: str) -> None:
+    """Switch the forward of these K-way layers of a built model ("fast" or "reference"; see
+    `MultiLoRALinear`), e.g. `set_implementation(lora_layers(model), "reference")` in a benchmark."""
+    name = _checked_implementation(name)
+    for layer in layers:
+        layer.implementation = name
 
 
 def _matches(name: str, spec: Union[str, Sequence[str]]) -> bool:
@@ -313,7 +318,8 @@ def inject_adapters(model: nn.Module, cfg: LoRAConfig, num_hypotheses: int, scop
                 f"lora.target_modules selects {name!r}, a {type(module).__name__}; only nn.Linear "
                 f"layers can carry K-way adapters (narrow target_modules)"
             )
-        setattr(parent, child, MultiLoRALinear(module, num_hypotheses, cfg.r, cfg.alpha, cfg.dropout, router=router))
+        setattr(parent, child, MultiLoRALinear(module, num_hypotheses, cfg.r, cfg.alpha, cfg.dropout, router=router,
+                                               implementation=cfg.implementation))
     return names
 
 

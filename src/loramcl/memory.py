@@ -204,16 +204,9 @@ class Probe:
         return int(rows * (self.peak_row + (layers - 1) * self.saved_layer))
 
 
-def decoder_layers(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
-    """(language-model blocks, encoder blocks): modules named `...DecoderLayer` / `...EncoderLayer`."""
-    lm = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
-    enc = [m for m in model.modules() if type(m).__name__.endswith("EncoderLayer")]
-    return lm, enc
-
-
 def run_probe(model: nn.Module, batch: dict[str, torch.Tensor], device: str, gradient_checkpointing: bool) -> Probe:
     """Measure `model` (an adapter model with one language-model layer) on a one-row `batch`."""
-    from loramcl.backbones import enable_checkpointing
+    from loramcl.backbones import enable_checkpointing, transformer_blocks
     from loramcl.layers import lora_layers
 
     start = time.perf_counter()
@@ -223,7 +216,7 @@ def run_probe(model: nn.Module, batch: dict[str, torch.Tensor], device: str, gra
     model.train()
     for layer in lora_layers(model):  # dropout changes no size; zero it so the probe is deterministic
         layer.lora_dropout = nn.Identity()
-    lm, _ = decoder_layers(base)
+    lm, _ = transformer_blocks(base)
     if len(lm) != 1:
         raise ValueError(f"a probe has one language-model layer, this model has {len(lm)}")
     adapters = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)

@@ -28,16 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from loramcl import shapes
 from loramcl.errors import ConfigError
-from loramcl.memory import GiB, Probe, decoder_layers, run_probe
+from loramcl.memory import GiB, Probe, run_probe
 
-# Worst-case item per data config (what the longest item of the dataset carries); "media" feeds shapes.
-WORST_ITEM = {
-    "clotho": {"media": {"seconds": 30.0}, "text_tokens": 48},  # clips of 15-30 s, captions of 8-20 words
-    "audiocaps": {"media": {"seconds": 10.0}, "text_tokens": 48},  # 10 s YouTube clips
-    "textcaps": {"media": {"image": 672}, "text_tokens": 48},  # the base crop + a 2 x 2 tile set
-    "textcaps_bilingual": {"media": {"image": 672}, "text_tokens": 48},
-    "wmt_ende": {"media": {}, "text_tokens": 256},  # max_source_tokens = max_target_tokens = 256 (paper)
-}
 RESERVE = 0.10  # of the GPU kept free for the CUDA context, cuBLAS workspaces and allocator fragmentation
 
 
@@ -159,7 +151,7 @@ def plan(cfg: DictConfig, gpu_gb: float = 80.0, device: Optional[str] = None, de
          log: Any = print) -> MemoryPlan:
     """The memory plan of a composed train.py config (see the module docstring)."""
     from loramcl import LoRAConfig, MCLConfig
-    from loramcl.backbones import resolve_dtype
+    from loramcl.backbones import resolve_dtype, transformer_blocks
     from loramcl.model import build_model
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -177,17 +169,9 @@ def plan(cfg: DictConfig, gpu_gb: float = 80.0, device: Optional[str] = None, de
         # minutes); in fp32 every activation is at least as large, so the plan is an upper bound
         probe_dtype, probe_autocast = torch.float32, False
 
-    data_name = str(cfg.data.get("name", ""))
-    worst = WORST_ITEM.get(data_name, {"media": {}, "text_tokens": 48})
-    media = dict(worst["media"])
-    if seconds is not None:
-        media["seconds"] = seconds
-    if image is not None:
-        media["image"] = image
-    if family == "alma" and data_name not in WORST_ITEM and "max_source_tokens" in cfg.data:
-        worst = {**worst, "text_tokens": int(cfg.data.max_source_tokens)}
-    size = shapes.sizes_from_config(meta.config, family, media, text_tokens or worst["text_tokens"])
-    layers = len(decoder_layers(meta)[0])
+    media, item_tokens = worst_item(cfg.data, family, seconds, image, text_tokens)
+    size = shapes.sizes_from_config(meta.config, family, media, item_tokens)
+    layers = len(transformer_blocks(meta)[0])
 
     # static bytes on the meta device: the model with its adapters, nothing allocated
     adapted = build_model(meta, mcl, LoRAConfig(**lora_dict))
@@ -227,9 +211,28 @@ def plan(cfg: DictConfig, gpu_gb: float = 80.0, device: Optional[str] = None, de
         gpu_bytes=int(gpu_gb * GiB), probe=probe, probe_other_gc=other, notes=notes)
 
 
+def worst_item(data: Any, family: str, seconds: Optional[float] = None, image: Optional[int] = None,
+               text_tokens: Optional[int] = None) -> tuple[dict, int]:
+    """(media, text tokens) of the worst-case item of a data config: `shapes.WORST_ITEM` for the paper's
+    data sets, else text only with 48 tokens or, for translation, the config's max_source_tokens; the
+    planner's `seconds`, `image` and `text_tokens` take precedence."""
+    data_name = str(data.get("name", ""))
+    worst = shapes.WORST_ITEM.get(data_name, {"media": {}, "text_tokens": 48})
+    media = dict(worst["media"])
+    if seconds is not None:
+        media["seconds"] = seconds
+    if image is not None:
+        media["image"] = image
+    tokens = worst["text_tokens"]
+    if family == "alma" and data_name not in shapes.WORST_ITEM and "max_source_tokens" in data:
+        tokens = int(data.max_source_tokens)
+    return media, text_tokens or tokens
+
+
 def _probe_lora(lora: dict) -> dict:
-    """The LoRA config of a probe: the run's targets and rank, no dropout (no size changes)."""
-    return {k: v for k, v in lora.items() if k in ("r", "alpha", "target_modules", "exclude_modules", "adapt_encoders")}
+    """The LoRA config of a probe: the run's targets, rank and layer forward, no dropout (no size changes)."""
+    keep = ("r", "alpha", "target_modules", "exclude_modules", "adapt_encoders", "implementation")
+    return {k: v for k, v in lora.items() if k in keep}
 
 
 def _gib(n: float) -> str:

@@ -6,8 +6,9 @@ costs exactly what the real checkpoint costs. Each family is built through the s
 the tiny bases (`loramcl.tiny_base`), with the sizes of a scale:
 
     7b    the published configurations (Qwen2-Audio-7B-Instruct, LLaVA-1.6-Vicuna-7B, ALMA-7B =
-          Llama-2-7B), with their real inputs: 30 s of audio (750 audio tokens), one 672 x 672
-          image (the base crop + a 2 x 2 tile set, 2928 image tokens), 256-token MT pairs;
+          Llama-2-7B), with the worst-case item of their paper data set (`WORST_ITEM`): 30 s of
+          audio (750 audio tokens), one 672 x 672 image (the base crop + a 2 x 2 tile set, 2928
+          image tokens), MT pairs of 256 source + 256 target tokens;
     mid   the same architectures at hidden 512 (CPU figures);
     tiny  the tiny bases' sizes (smoke tests).
 
@@ -38,7 +39,20 @@ PAPER_LORA = {
     "alma": {"r": 16, "alpha": 32, "target_modules": "all-linear"},
 }
 
-# Published sizes (the checkpoints' config.json); `media` is what one item carries.
+# The worst-case item of each paper data set (`data.name`), for the memory planner (`loramcl.memory_plan`)
+# and the 7b scale: "media" is what it carries (seconds of audio, image side in pixels), "text_tokens"
+# the tokens of its caption, or of its MT source and of its target each.
+WORST_ITEM = {
+    "clotho": {"media": {"seconds": 30.0}, "text_tokens": 48},  # clips of 15-30 s, captions of 8-20 words
+    "audiocaps": {"media": {"seconds": 10.0}, "text_tokens": 48},  # 10 s YouTube clips
+    "textcaps": {"media": {"image": 672}, "text_tokens": 48},  # the base crop + a 2 x 2 tile set
+    "textcaps_bilingual": {"media": {"image": 672}, "text_tokens": 48},
+    # configs/data/wmt_ende.yaml (paper): sources cut to max_source_tokens = 256, targets to max_target_tokens = 256
+    "wmt_ende": {"media": {}, "text_tokens": 256},
+}
+
+# Published sizes (the checkpoints' config.json); `media` is what one item carries (7b: the largest
+# item of the family's paper data sets).
 SIZES: dict[str, dict[str, dict]] = {
     "qwen2_audio": {
         "7b": {"feature_size": 128, "chunk_length": 30,
@@ -46,7 +60,7 @@ SIZES: dict[str, dict[str, dict]] = {
                "text": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
                         "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 156032,
                         "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "tie_word_embeddings": False},
-               "media": {"seconds": 30.0}, "text_tokens": 48},
+               **WORST_ITEM["clotho"]},
         "mid": {"feature_size": 128, "chunk_length": 10,
                 "audio": {"d_model": 384, "encoder_layers": 4, "encoder_attention_heads": 6, "encoder_ffn_dim": 1536},
                 "text": {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 6,
@@ -63,7 +77,7 @@ SIZES: dict[str, dict[str, dict]] = {
                "text": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
                         "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064,
                         "max_position_embeddings": 4096, "rms_norm_eps": 1e-5},
-               "media": {"image": 672}, "text_tokens": 32},
+               **WORST_ITEM["textcaps"]},
         "mid": {"image_size": 112, "patch_size": 14, "feature_layer": -2,
                 "grid": [[112, 224], [224, 112], [224, 224]],
                 "vision": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
@@ -77,7 +91,7 @@ SIZES: dict[str, dict[str, dict]] = {
         "7b": {"text": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
                         "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000,
                         "max_position_embeddings": 4096, "rms_norm_eps": 1e-5},
-               "media": {}, "text_tokens": 120},  # a 256-token pair: 120 source + 120 target tokens + prompt
+               **WORST_ITEM["wmt_ende"]},
         "mid": {"text": {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 6,
                          "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 8192,
                          "max_position_embeddings": 1024},

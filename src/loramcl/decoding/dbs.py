@@ -49,7 +49,7 @@ returned scores are the normalised scores; ``return_groups=True`` adds the group
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+from transformers import DynamicCache, RepetitionPenaltyLogitsProcessor
 
 __all__ = ["diverse_beam_search"]
 
@@ -99,7 +99,6 @@ def diverse_beam_search(
     pad_token_id: int,
     length_penalty: float = 1.0,
     repetition_penalty: float | None = None,
-    implementation: str = "vectorized",
     per_group: bool = False,
     return_groups: bool = False,
     penalise_padding: bool = True,
@@ -121,9 +120,8 @@ def diverse_beam_search(
     only ever moves inside its group, so a fixed row -> adapter routing (group g -> adapter g) holds
     for the whole search.
 
-    ``implementation="loop"`` runs the former per-candidate Python loop, which waits on the device
-    for every candidate; it gives the same results and is kept as the reference for tests and
-    benchmarks.
+    The former per-candidate Python loop, which gives the same results, is kept as the reference of
+    the equivalence tests (tests/dbs_reference.py).
     """
     if num_beams % num_beam_groups != 0:
         raise ValueError("num_beams must be divisible by num_beam_groups")
@@ -132,23 +130,25 @@ def diverse_beam_search(
     if per_group and num_return_sequences > num_beams // num_beam_groups:
         raise ValueError(f"per_group returns num_return_sequences per group: it must be <= num_beams / "
                          f"num_beam_groups = {num_beams // num_beam_groups}, got {num_return_sequences}")
-    if implementation not in _IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {sorted(_IMPLEMENTATIONS)}, got {implementation!r}")
-    B = input_ids.shape[0]
-    # media inputs of multimodal models (audio features, pixel values, ...): expanded to the beams
-    # and fed on the first step only; afterwards the cache holds what the encoder produced
-    media = {
-        key: value.repeat_interleave(num_beams, dim=0) if torch.is_tensor(value) and value.ndim and value.shape[0] == B
-        else value
-        for key, value in model_kwargs.items()
-    }
-    hyps = _IMPLEMENTATIONS[implementation](
+    hyps = _search(
         model, input_ids, attention_mask, num_beams, num_beam_groups, diversity_penalty,
-        max_new_tokens, eos_token_id, pad_token_id, length_penalty, repetition_penalty, penalise_padding, media,
+        max_new_tokens, eos_token_id, pad_token_id, length_penalty, repetition_penalty, penalise_padding,
+        _beam_media(model_kwargs, input_ids.shape[0], num_beams),
     )
     sequences, scores, groups = _select(hyps, num_return_sequences, per_group, max_new_tokens, eos_token_id,
                                         pad_token_id, input_ids.device)
     return (sequences, scores, groups) if return_groups else (sequences, scores)
+
+
+def _beam_media(model_kwargs: dict, B: int, K: int) -> dict:
+    """The media inputs of multimodal models (audio features, pixel values, ...) expanded to the K
+    beams of each of the B prompts; fed on the first step only, afterwards the cache holds what the
+    encoder produced."""
+    return {
+        key: value.repeat_interleave(K, dim=0) if torch.is_tensor(value) and value.ndim and value.shape[0] == B
+        else value
+        for key, value in model_kwargs.items()
+    }
 
 
 def _select(hyps, n, per_group, max_new_tokens, eos_token_id, pad_token_id, device):
@@ -172,7 +172,7 @@ def _select(hyps, n, per_group, max_new_tokens, eos_token_id, pad_token_id, devi
     return sequences, scores, groups
 
 
-def _dbs_vectorized(
+def _search(
     model, input_ids, attention_mask, num_beams, num_beam_groups, diversity_penalty,
     max_new_tokens, eos_token_id, pad_token_id, length_penalty, repetition_penalty, penalise_padding, media,
 ):
@@ -186,11 +186,7 @@ def _dbs_vectorized(
     K, G = num_beams, num_beam_groups
     k = K // G
     device = input_ids.device
-    penalty, seen_prompt = None, None
-    if repetition_penalty is not None and repetition_penalty != 1.0:
-        penalty = RepetitionPenaltyLogitsProcessor(penalty=repetition_penalty)
-        if not penalise_padding:  # the processor ignores ids >= V: the prompt's padding becomes one
-            seen_prompt = input_ids.masked_fill(attention_mask == 0, _NOT_A_TOKEN).repeat_interleave(K, dim=0)
+    penalty, seen_prompt = _repetition_penalty(input_ids, attention_mask, K, repetition_penalty, penalise_padding)
 
     # beam-expanded state: row b*K + j is beam j of prompt b
     ids = input_ids.repeat_interleave(K, dim=0)  # (B*K, P + t)
@@ -200,7 +196,6 @@ def _dbs_vectorized(
     beam_scores = beam_scores.view(-1)  # (B*K,)
     rows = torch.arange(B * K, device=device).view(B, G, k)
     group_rows = [rows[:, g].contiguous() for g in range(G)]  # (B, k): the rows of group g
-    rank = torch.arange(2 * k, device=device)
     ones = torch.ones(B, k, device=device)
 
     hyps = [[_Hypotheses(k, length_penalty) for _ in range(G)] for _ in range(B)]
@@ -210,42 +205,18 @@ def _dbs_vectorized(
     step_ids = ids  # tokens fed to the model this step
 
     for t in range(1, max_new_tokens + 1):
-        position_ids = mask.long().cumsum(-1) - 1
-        position_ids = position_ids.masked_fill(mask == 0, 1)[:, -step_ids.shape[1] :]
-        out = model(
-            input_ids=step_ids,
-            attention_mask=mask,
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,  # only the last position is scored: (B K, P, V) logits would be GBs at 7B
-            **(media if t == 1 else {}),
-        )
-        cache = out.past_key_values
-        logits = out.logits[:, -1, :].float()  # (B*K, V)
+        logits, cache = _next_logits(model, step_ids, mask, cache, media if t == 1 else {})  # (B*K, V)
         V = logits.shape[-1]
-
         counts = logits.new_zeros(B, V)  # tokens picked at this step by the groups before g
         seen = ids if seen_prompt is None else torch.cat([seen_prompt, ids[:, P:]], dim=1)  # for the penalty
         tokens, scores, sources, best_scores, best_flat = [], [], [], [], []
         for g in range(G):
             g_rows = group_rows[g].view(-1)  # (B*k,)
-            logp = torch.log_softmax(logits[g_rows], dim=-1)  # (B*k, V)
-            if g > 0:  # Hamming diversity against the groups 0..g-1 of the same prompt
-                logp = (logp.view(B, k, V) - (diversity_penalty * counts).unsqueeze(1)).view(B * k, V)
-            if penalty is not None:
-                logp = penalty(seen[g_rows], logp)
-            cand = (logp + beam_scores[g_rows].unsqueeze(-1)).view(B, k * V)  # (B, k*V)
-            top_scores, top_flat = torch.topk(cand, 2 * k, dim=1, largest=True, sorted=True)  # (B, 2k)
-            top_tok = top_flat % V
-            # the running beams are the first k non-EOS candidates in rank order; there are always k,
-            # as at most k of the 2k (beam, token) pairs have token EOS
-            running = top_tok != eos_token_id
-            kept = running & (running.cumsum(1) <= k)
-            pick = torch.where(kept, rank, rank + 2 * k).argsort(dim=1)[:, :k]  # (B, k) ranks, in order
-            tok = top_tok.gather(1, pick)
-            score = top_scores.gather(1, pick)
-            src = group_rows[g][:, :1] + torch.div(top_flat, V, rounding_mode="floor").gather(1, pick)
+            top_scores, top_flat = _group_candidates(
+                logits[g_rows], beam_scores[g_rows], counts if g > 0 else None, diversity_penalty,
+                penalty, seen[g_rows] if penalty is not None else None, k,
+            )  # (B, 2k) each
+            tok, score, src = _running_beams(top_scores, top_flat, group_rows[g], V, eos_token_id)
             if any(done[b][g] for b in range(B)):  # finished groups emit pad with score 0, rows unmoved
                 finished = done_mask[:, g : g + 1]
                 tok = tok.masked_fill(finished, pad_token_id)
@@ -272,146 +243,117 @@ def _dbs_vectorized(
         # the device is still busy; float64 holds the float32 scores and the flat indices exactly
         best = torch.stack([torch.stack(best_scores).double(), torch.stack(best_flat).double()])
         top_score, top_index = best.cpu().tolist()  # (G, B, k) each
-        newly_done = False
-        for b in range(B):
-            for g in range(G):
-                if done[b][g]:
-                    continue
-                for r in range(k):
-                    beam, tok = divmod(int(top_index[g][b][r]), V)
-                    if tok == eos_token_id:
-                        # a view, not a copy: ids tensors are replaced each step, never written in place
-                        hyps[b][g].add(prev_ids[b * K + g * k + beam, P:], top_score[g][b][r], t)
-                done[b][g] = hyps[b][g].is_done(top_score[g][b][0], t)
-                newly_done |= done[b][g]
+        newly_done = _finish(hyps, done, top_score, top_index, prev_ids[:, P:], t, V, eos_token_id)
         if all(all(d) for d in done):
             break
         if newly_done:
             done_mask = torch.tensor(done, device=device)
 
-    # finalise: offer the running beams of unfinished groups (`_select` picks the returned ones)
-    gen_len = ids.shape[1] - P
-    final_scores = beam_scores.tolist()
-    for b in range(B):
-        for g in range(G):
-            if done[b][g]:
-                continue
-            for j in range(k):
-                row = b * K + g * k + j
-                hyps[b][g].add(ids[row, P:], final_scores[row], gen_len)
+    _offer_running(hyps, done, ids[:, P:], beam_scores.tolist())
     return hyps
 
 
-def _dbs_loop(
-    model, input_ids, attention_mask, num_beams, num_beam_groups, diversity_penalty,
-    max_new_tokens, eos_token_id, pad_token_id, length_penalty, repetition_penalty, penalise_padding, media,
-):
-    """The former implementation: a Python loop over prompts, groups and candidates (returns ``hyps``)."""
-    B, P = input_ids.shape
-    K, G = num_beams, num_beam_groups
-    k = K // G
-    device = input_ids.device
+def _repetition_penalty(input_ids, attention_mask, K, repetition_penalty, penalise_padding):
+    """The repetition penalty (None without one) and, with ``penalise_padding=False``, the prompt
+    ids it looks at, expanded to the K beams (B*K, P), with the padding out of its reach (else None:
+    it looks at the beams' ids, padding included)."""
+    if repetition_penalty is None or repetition_penalty == 1.0:
+        return None, None
+    penalty = RepetitionPenaltyLogitsProcessor(penalty=repetition_penalty)
+    if penalise_padding:
+        return penalty, None
+    # the processor ignores ids >= V: the prompt's padding becomes one
+    return penalty, input_ids.masked_fill(attention_mask == 0, _NOT_A_TOKEN).repeat_interleave(K, dim=0)
 
-    processors = LogitsProcessorList()
-    if repetition_penalty is not None and repetition_penalty != 1.0:
-        # transformers 5's own way to leave the padding out: a prompt length to ignore per row of a group
-        padding = None if penalise_padding else (attention_mask == 0).sum(1).repeat_interleave(k)  # (B*k,)
-        processors.append(RepetitionPenaltyLogitsProcessor(penalty=repetition_penalty, prompt_ignore_length=padding))
 
-    # beam-expanded state: row b*K + j is beam j of prompt b
-    ids = input_ids.repeat_interleave(K, dim=0)  # (B*K, P + t)
-    mask = attention_mask.repeat_interleave(K, dim=0)  # (B*K, P + t)
-    beam_scores = torch.full((B, K), -1e9, dtype=torch.float, device=device)
-    beam_scores[:, ::k] = 0.0  # only the first beam of each group is alive at step 0
-    beam_scores = beam_scores.view(-1)  # (B*K,)
+def _next_logits(model, step_ids, mask, cache, media):
+    """One forward pass of all beams with the cache: the last position's fp32 logits (B*K, V), and
+    the cache."""
+    position_ids = mask.long().cumsum(-1) - 1
+    position_ids = position_ids.masked_fill(mask == 0, 1)[:, -step_ids.shape[1] :]
+    out = model(
+        input_ids=step_ids,
+        attention_mask=mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,  # only the last position is scored: (B K, P, V) logits would be GBs at 7B
+        **media,
+    )
+    return out.logits[:, -1, :].float(), out.past_key_values
 
-    hyps = [[_Hypotheses(k, length_penalty) for _ in range(G)] for _ in range(B)]
-    done = [[False] * G for _ in range(B)]
-    cache = DynamicCache()
-    step_ids = ids  # tokens fed to the model this step
 
-    for t in range(1, max_new_tokens + 1):
-        position_ids = mask.long().cumsum(-1) - 1
-        position_ids = position_ids.masked_fill(mask == 0, 1)[:, -step_ids.shape[1] :]
-        out = model(
-            input_ids=step_ids,
-            attention_mask=mask,
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-            **(media if t == 1 else {}),
-        )
-        cache = out.past_key_values
-        logits = out.logits[:, -1, :].float()  # (B*K, V)
-        V = logits.shape[-1]
+def _group_candidates(logits, beam_scores, counts, diversity_penalty, penalty, seen, k):
+    """The 2k best (beam, token) candidates of one group in every prompt, best first:
+    ``S_{b,v} = s_b + RP(log softmax(z_b)_v - lambda c_v)`` (module docstring).
 
-        current_tokens = torch.zeros(B * K, dtype=torch.long, device=device)  # chosen this step
-        reorder = torch.zeros(B * K, dtype=torch.long, device=device)  # source row per row
-        new_scores = beam_scores.clone()
+    ``logits``: (B*k, V) of the group's beams, ``beam_scores``: (B*k,) their running scores,
+    ``counts``: (B, V) the tokens the earlier groups picked at this step (None for group 0),
+    ``penalty``: the repetition penalty (or None) and ``seen`` (B*k, ·) the ids it looks at.
+    Returns the scores and flat indices ``beam * V + token`` (B, 2k) each.
+    """
+    V = logits.shape[-1]
+    B = logits.shape[0] // k
+    logp = torch.log_softmax(logits, dim=-1)  # (B*k, V)
+    if counts is not None:  # Hamming diversity against the groups 0..g-1 of the same prompt
+        logp = (logp.view(B, k, V) - (diversity_penalty * counts).unsqueeze(1)).view(B * k, V)
+    if penalty is not None:
+        logp = penalty(seen, logp)
+    cand = (logp + beam_scores.unsqueeze(-1)).view(B, k * V)  # (B, k*V)
+    return torch.topk(cand, 2 * k, dim=1, largest=True, sorted=True)  # (B, 2k)
 
-        for g in range(G):
-            rows = torch.tensor(
-                [b * K + g * k + j for b in range(B) for j in range(k)], device=device
-            )  # (B*k,)
-            g_ids = ids[rows]  # (B*k, P + t - 1)
-            logp = torch.log_softmax(logits[rows], dim=-1)  # (B*k, V)
-            if g > 0:  # Hamming diversity against the groups 0..g-1 of the same prompt
-                counts = torch.stack(
-                    [torch.bincount(current_tokens[b * K : b * K + g * k], minlength=V) for b in range(B)]
-                ).to(logp.dtype)  # (B, V)
-                logp = logp - diversity_penalty * counts.repeat_interleave(k, dim=0)
-            logp = processors(g_ids, logp)
-            cand = (logp + beam_scores[rows].unsqueeze(-1)).view(B, k * V)  # (B, k*V)
-            top_scores, top_flat = torch.topk(cand, 2 * k, dim=1, largest=True, sorted=True)
-            top_beam = torch.div(top_flat, V, rounding_mode="floor")  # (B, 2k) in 0..k-1
-            top_tok = top_flat % V
 
-            for b in range(B):
-                base = b * K + g * k
-                if done[b][g]:
-                    # finished group: emit pad with score 0 (source row is irrelevant)
-                    current_tokens[base : base + k] = pad_token_id
-                    new_scores[base : base + k] = 0.0
-                    reorder[base : base + k] = torch.arange(base, base + k, device=device)
-                    continue
-                kept = 0
-                for rank in range(2 * k):
-                    tok = int(top_tok[b, rank])
-                    src = base + int(top_beam[b, rank])
-                    score = float(top_scores[b, rank])
-                    if tok == eos_token_id:
-                        if rank >= k:
-                            continue
-                        hyps[b][g].add(ids[src, P:].clone(), score, t)
-                    else:
-                        current_tokens[base + kept] = tok
-                        new_scores[base + kept] = top_scores[b, rank]
-                        reorder[base + kept] = src
-                        kept += 1
-                    if kept == k:
-                        break
-                if kept < k:
-                    raise RuntimeError("not enough non-EOS candidates for the beam group")
-                done[b][g] = hyps[b][g].is_done(float(top_scores[b].max()), t)
+def _running_beams(top_scores, top_flat, rows, V, eos_token_id):
+    """The group's next running beams: the first k non-EOS candidates in rank order, as (token,
+    score, source row) (B, k) each; ``rows`` (B, k) are the group's rows. There are always k, as at
+    most k of the 2k (beam, token) pairs have token EOS."""
+    k = rows.shape[1]
+    rank = torch.arange(2 * k, device=top_flat.device)
+    top_tok = top_flat % V
+    running = top_tok != eos_token_id
+    kept = running & (running.cumsum(1) <= k)
+    pick = torch.where(kept, rank, rank + 2 * k).argsort(dim=1)[:, :k]  # (B, k) ranks, in order
+    tok = top_tok.gather(1, pick)
+    score = top_scores.gather(1, pick)
+    src = rows[:, :1] + torch.div(top_flat, V, rounding_mode="floor").gather(1, pick)
+    return tok, score, src
 
-        ids = torch.cat([ids[reorder], current_tokens.unsqueeze(-1)], dim=-1)
-        mask = torch.cat([mask, mask.new_ones(B * K, 1)], dim=-1)
-        beam_scores = new_scores
-        cache.reorder_cache(reorder)
-        step_ids = current_tokens.unsqueeze(-1)
-        if all(all(d) for d in done):
-            break
 
-    # finalise: offer the running beams of unfinished groups
-    gen_len = ids.shape[1] - P
-    for b in range(B):
-        for g in range(G):
+def _finish(hyps, done, top_score, top_index, generated, t, V, eos_token_id) -> bool:
+    """Host bookkeeping of step t: the EOS candidates of rank < k become finished hypotheses of
+    their (prompt, group), and groups that cannot improve any more are marked done (``done[b][g]``).
+
+    ``top_score``, ``top_index``: (G, B, k) the k best candidates' scores and flat indices
+    ``beam * V + token``; ``generated`` (B*K, t - 1): the ids the beams had generated before this
+    step. Returns whether a group finished at this step.
+    """
+    newly_done = False
+    for b, prompt in enumerate(hyps):
+        G = len(prompt)
+        for g, group in enumerate(prompt):
             if done[b][g]:
                 continue
-            for j in range(k):
-                row = b * K + g * k + j
-                hyps[b][g].add(ids[row, P:].clone(), float(beam_scores[row]), gen_len)
-    return hyps
+            k = group.n
+            for r in range(k):
+                beam, tok = divmod(int(top_index[g][b][r]), V)
+                if tok == eos_token_id:
+                    # a view, not a copy: ids tensors are replaced each step, never written in place
+                    group.add(generated[(b * G + g) * k + beam], top_score[g][b][r], t)
+            done[b][g] = group.is_done(top_score[g][b][0], t)
+            newly_done |= done[b][g]
+    return newly_done
 
 
-_IMPLEMENTATIONS = {"vectorized": _dbs_vectorized, "loop": _dbs_loop}
+def _offer_running(hyps, done, generated, final_scores) -> None:
+    """Finalisation: the running beams of the groups that are not done are offered to their group's
+    hypotheses (`_select` picks the returned ones); ``generated`` (B*K, T) are their ids and
+    ``final_scores`` (B*K,) their running scores."""
+    gen_len = generated.shape[1]
+    for b, prompt in enumerate(hyps):
+        G = len(prompt)
+        for g, group in enumerate(prompt):
+            if done[b][g]:
+                continue
+            for j in range(group.n):
+                row = (b * G + g) * group.n + j
+                group.add(generated[row], final_scores[row], gen_len)

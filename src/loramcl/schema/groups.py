@@ -22,6 +22,7 @@ MODES = (*MCL_MODES, "moe")  # "moe": K LoRA experts behind a token router, one 
 SCHEDULE_UNITS = ("step", "epoch")
 DTYPES = ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16")  # loramcl.backbones.DTYPES (torch-free here)
 REFERENCE_MODES = ("random", "all", "first")  # loramcl.data.collate.REFERENCE_MODES
+LORA_IMPLEMENTATIONS = ("fast", "reference")  # the K-way layer's forwards (loramcl.layers.MultiLoRALinear)
 SEED = Int(0, 2**32 - 1)  # numpy's seed range, which Lightning's seed_everything enforces
 
 
@@ -97,6 +98,7 @@ class LoRASchema(Group):
                           or (isinstance(v, (list, tuple)) and all(isinstance(t, str) and t.strip() for t in v)),
                           lambda v: v if v is None or isinstance(v, str) else list(v)) = None
     adapt_encoders: Bool() = False
+    implementation: Choice(*LORA_IMPLEMENTATIONS) = "fast"
 
 
 # ---------------------------------------------------------------------------------------- data and model
