@@ -45,20 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     from loramcl.metrics.semantic import DEFAULT_MODEL, load_embedder
 
     try:  # every input is read before the model loads: a bad path fails in a second
-        units = [H.load_unit(p) for p in H.find_units(args.paths)]
+        evaluations = [H.load_candidates(p) for p in H.find_evaluations(args.paths)]
         embedder = load_embedder(args.embedding_model or DEFAULT_MODEL)
     except (FileNotFoundError, ValueError, MissingResource) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     results = []
-    for unit in units:
-        doing(f"analysing {unit.source}")
-        result = H.analyse(unit, embedder, args.batch_size, args.seed)
-        files = H.write_report(result, unit.folder)
-        run = None if args.no_mlflow else H.log_to_mlflow(unit.source, result, files)
+    for evaluation in evaluations:
+        doing(f"analysing {evaluation.source}")
+        result = H.analyse(evaluation, embedder, args.batch_size, args.seed)
+        files = H.write_report(result, evaluation.folder)
+        run = None if args.no_mlflow else H.log_to_mlflow(evaluation.source, result, files)
         ident = result["identifiability"]
-        print(f"{unit.name}: " + (f"identifiability {ident['accuracy']:.1%} (chance {ident['chance']:.1%})"
-                                  if ident else result.get("note", "")) + f" -> {unit.folder / 'report.md'}"
+        print(f"{evaluation.name}: " + (f"identifiability {ident['accuracy']:.1%} (chance {ident['chance']:.1%})"
+                                  if ident else result.get("note", "")) + f" -> {evaluation.folder / 'report.md'}"
               + (f" (MLflow run {run})" if run else ""))
         results.append(result)
     table = H.comparison(results)

@@ -381,7 +381,7 @@ def read_csv(path: Path) -> list[dict]:
 def test_reproduce_collect_never_replaces_results_by_fewer(tmp_path, capsys):
     from loramcl.reproduce.main import collect, compose_all, main
     from loramcl.identity import EVAL_KEY_TAG, METRICS_VERSION, METRICS_VERSION_TAG
-    from loramcl.reproduce.state import GROUP_TAG
+    from loramcl.reproduce.state import SWEEP_TAG
 
     def current(ev) -> dict:  # computed now: the table's settings, today's metric definitions
         return {EVAL_KEY_TAG: ev.key, METRICS_VERSION_TAG: str(METRICS_VERSION)}
@@ -394,7 +394,7 @@ def test_reproduce_collect_never_replaces_results_by_fewer(tmp_path, capsys):
         if row.id in ours:
             (ev,) = row.evaluations
             run = MLflowRun(str(cfg.mlflow_uri), table.experiment, str(log_dir / "mlartifacts"), row.id,
-                            tags={GROUP_TAG: ev.group, "loramcl.kind": "eval", **current(ev)})
+                            tags={SWEEP_TAG: ev.sweep, "loramcl.kind": "eval", **current(ev)})
             run.log_params({"eval.decoding": ev.decoding, "eval.method": "Test loss (teacher-forced)"})
             run.log_metrics({"oracle_nll": ours[row.id]})
             run.finish()

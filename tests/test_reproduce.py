@@ -178,7 +178,7 @@ def test_pivot_table_with_paper_column_from_mlflow_runs(tmp_path):
     their group tag and land in the pivot CSV / LaTeX beside the paper's (unverified) figures."""
     from loramcl.reproduce.main import collect, compose_all
     from loramcl.identity import EVAL_KEY_TAG, METRICS_VERSION, METRICS_VERSION_TAG
-    from loramcl.reproduce.state import GROUP_TAG
+    from loramcl.reproduce.state import SWEEP_TAG
 
     def current(ev) -> dict:  # computed now: the table's settings, today's metric definitions
         return {EVAL_KEY_TAG: ev.key, METRICS_VERSION_TAG: str(METRICS_VERSION)}
@@ -193,7 +193,7 @@ def test_pivot_table_with_paper_column_from_mlflow_runs(tmp_path):
         if row.id in ours:
             (ev,) = row.evaluations
             run = MLflowRun(uri, table.experiment, str(log_dir / "mlartifacts"), row.id,
-                            tags={GROUP_TAG: ev.group, "loramcl.kind": "eval", **current(ev)})
+                            tags={SWEEP_TAG: ev.sweep, "loramcl.kind": "eval", **current(ev)})
             run.log_params({"eval.decoding": ev.decoding, "eval.method": "Test loss (teacher-forced)"})
             run.log_metrics({"oracle_nll": ours[row.id]})
             run.finish()
@@ -419,26 +419,26 @@ def quoted_overrides_parse_back(args: list[str]) -> dict:
 
 
 def test_evaluation_tags_stay_text_whatever_the_hash_looks_like(tmp_path):
-    """A group hash of 12 hex digits may read as a number (12e345678901 is inf): eval.py must get it
+    """A sweep hash of 12 hex digits may read as a number (12e345678901 is inf): eval.py must get it
     as the text it is, or the table never finds that evaluation again and reruns it for ever."""
     from types import SimpleNamespace
 
     from loramcl.reproduce.plan import Evaluation, Training
     from loramcl.reproduce.runner import eval_command
-    from loramcl.reproduce.state import GROUP_TAG, TABLE_TAG
+    from loramcl.reproduce.state import SWEEP_TAG, TABLE_TAG
 
-    class NumericGroup(Evaluation):
+    class NumericSweep(Evaluation):
         @property
-        def group(self) -> str:
+        def sweep(self) -> str:
             return self.decoding.split(":")[1]
 
     training = Training("0123456789ab", ("experiment=demo_translation_mcl",), "t", "finetune", "demo")
     table = SimpleNamespace(name="1e5", experiment="rehearsal_mt_ende")  # what eval_command reads of a Table
-    for group in ("12e345678901", "000000000012", "1234567890ab", "true", "null"):
-        ev = NumericGroup(training, f"mcl_beam1:{group}", ())
+    for sweep in ("12e345678901", "000000000012", "1234567890ab", "true", "null"):
+        ev = NumericSweep(training, f"mcl_beam1:{sweep}", ())
         args = eval_command([ev], tmp_path, table, ROOT, {"log_dir": str(tmp_path)}, "sqlite:///x.db", "python")
         tags = quoted_overrides_parse_back([str(a) for a in args])["mlflow.tags"]
-        assert tags == {GROUP_TAG: group, TABLE_TAG: "1e5"}, (group, tags)
+        assert tags == {SWEEP_TAG: sweep, TABLE_TAG: "1e5"}, (sweep, tags)
 
 
 SBATCH_LIMIT = """#!/bin/bash
@@ -599,7 +599,7 @@ def test_an_evaluation_by_older_metrics_or_other_decoding_settings_is_stale(tmp_
 
     from loramcl.identity import EVAL_KEY_TAG, METRICS_VERSION, METRICS_VERSION_TAG
     from loramcl.reproduce.plan import Evaluation, Training, eval_key
-    from loramcl.reproduce.state import GROUP_TAG, evaluation_state, finished_evaluations
+    from loramcl.reproduce.state import SWEEP_TAG, evaluation_state, finished_evaluations
 
     configs = tmp_path / "configs"
     shutil.copytree(ROOT / "configs", configs)
@@ -617,7 +617,7 @@ def test_an_evaluation_by_older_metrics_or_other_decoding_settings_is_stale(tmp_
     experiment = client.create_experiment("table")
 
     def finished_run(**tags: str) -> None:
-        run = client.create_run(experiment, tags={GROUP_TAG: ev.group, **tags})
+        run = client.create_run(experiment, tags={SWEEP_TAG: ev.sweep, **tags})
         client.log_param(run.info.run_id, "eval.decoding", "mcl_beam2")
         client.log_metric(run.info.run_id, "oracle_bleu", 12.5)
         client.set_terminated(run.info.run_id, "FINISHED")
@@ -639,7 +639,7 @@ def test_a_training_by_other_code_is_reused_with_a_warning_or_trained_again_on_r
 
     from loramcl.identity import EVAL_KEY_TAG, METRICS_VERSION, METRICS_VERSION_TAG, code_version, saved_key
     from loramcl.reproduce.main import compose_all, main, retrain_other_code
-    from loramcl.reproduce.state import GROUP_TAG, RunIndex, evaluation_state, finished_evaluations
+    from loramcl.reproduce.state import SWEEP_TAG, RunIndex, evaluation_state, finished_evaluations
     from loramcl.utils.mlflow_store import MLflowRun
 
     log_dir = tmp_path / "logs"
@@ -656,7 +656,7 @@ def test_a_training_by_other_code_is_reused_with_a_warning_or_trained_again_on_r
     assert saved_key(folder) == training.key
     evaluation = table.evaluations(training)[0]
     run = MLflowRun(str(cfg.mlflow_uri), table.experiment, str(log_dir / "mlartifacts"), "old evaluation",
-                    tags={GROUP_TAG: evaluation.group, "loramcl.kind": "eval", EVAL_KEY_TAG: evaluation.key,
+                    tags={SWEEP_TAG: evaluation.sweep, "loramcl.kind": "eval", EVAL_KEY_TAG: evaluation.key,
                           METRICS_VERSION_TAG: str(METRICS_VERSION)})
     run.log_params({"eval.decoding": evaluation.decoding})
     run.log_metrics({"oracle_bleu": 12.0})
@@ -679,7 +679,7 @@ def test_a_training_by_other_code_is_reused_with_a_warning_or_trained_again_on_r
     assert RunIndex(log_dir).state(training).status == "missing"  # the kept folder is not counted
     finished = finished_evaluations(str(cfg.mlflow_uri), table.experiment)
     assert evaluation_state(evaluation, finished) == "stale"
-    assert finished[(evaluation.group, evaluation.decoding)].data.metrics["oracle_bleu"] == 12.0  # kept
+    assert finished[(evaluation.sweep, evaluation.decoding)].data.metrics["oracle_bleu"] == 12.0  # kept
     assert retrain_other_code(table, cfg, log_dir, echo=lines.append) == 0  # nothing left to retrain
     assert main([*args, "retrain_other_code=true", "--dry-run"], root=ROOT) == 0  # a dry run moves nothing
     assert "[missing]" in capsys.readouterr().out

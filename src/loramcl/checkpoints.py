@@ -119,3 +119,40 @@ class Checkpoint:
                 if best.is_file():
                     return best
         return None
+
+
+@dataclass
+class CheckpointFolder:
+    """One model's checkpoint folder, every `*.ckpt` in it read once (mmap'd): the one scan behind
+    `newest` (what a run resumes from) and `best` (what an evaluation loads)."""
+
+    folder: Path
+    readable: dict[Path, Checkpoint]
+    unreadable: dict[Path, str]  # file -> why it cannot be read (truncated by a kill, corrupt, foreign)
+
+    @classmethod
+    def scan(cls, folder: Union[str, Path]) -> "CheckpointFolder":
+        folder = Path(folder)
+        readable, unreadable = {}, {}
+        for path in sorted(folder.glob("*.ckpt")):
+            try:
+                readable[path] = Checkpoint.load(path)
+            except (ConfigError, MissingResource) as err:
+                unreadable[path] = str(err)
+        return cls(folder, readable, unreadable)
+
+    def newest(self) -> Optional[Path]:
+        """The readable checkpoint with the most optimizer steps (last.ckpt wins ties); None if none."""
+        steps = {path: (int(c.raw.get("global_step", -1)), path.name == "last.ckpt") for path, c in self.readable.items()}
+        return max(steps, key=steps.get) if steps else None
+
+    def best(self) -> Optional[Path]:
+        """The best checkpoint ModelCheckpoint recorded in last.ckpt, else the newest other one (by
+        modification time), else last.ckpt; None when nothing is readable."""
+        last = self.readable.get(self.folder / "last.ckpt")
+        recorded = last.best_model_path() if last is not None else None
+        if recorded is not None and recorded in self.readable:
+            return recorded
+        others = sorted((p for p in self.readable if p.name != "last.ckpt"), key=lambda p: p.stat().st_mtime,
+                        reverse=True)
+        return others[0] if others else (last.path if last is not None else None)

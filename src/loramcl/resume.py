@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from loramcl.checkpoints import Checkpoint
+from loramcl.checkpoints import Checkpoint, CheckpointFolder
 from loramcl.errors import ConfigError, MissingResource
 
 log = logging.getLogger(__name__)
@@ -31,17 +31,10 @@ AUTO = "auto"
 def newest_checkpoint(folder: Path) -> Optional[Path]:
     """The readable checkpoint of `folder` with the most optimizer steps (last.ckpt wins ties); None
     when there is none. Unreadable files (e.g. truncated by a kill) are skipped with a warning."""
-    best: Optional[tuple[int, int, Path]] = None
-    for path in sorted(folder.glob("*.ckpt")):
-        try:
-            step = int(Checkpoint.load(path).raw.get("global_step", -1))
-        except (ConfigError, MissingResource) as err:
-            log.warning(f"skipping {path}: {err}")
-            continue
-        key = (step, int(path.name == "last.ckpt"), path)
-        if best is None or key[:2] > best[:2]:
-            best = key
-    return best[2] if best else None
+    scan = CheckpointFolder.scan(folder)
+    for path, why in scan.unreadable.items():
+        log.warning(f"skipping {path}: {why}")
+    return scan.newest()
 
 
 def resolve_ckpt_path(value: Optional[str], model_folder: str, output_dir: Optional[Path]) -> Optional[Path]:

@@ -26,6 +26,20 @@ RUN_MARKERS = (".hydra", "checkpoints", "metrics.json", "summary.json", "eval_me
                "mlflow_run.json")
 MODEL_GROUPS = ("model", "mcl", "lora")  # what a checkpoint's adapters mean; a resume must keep them
 RESUMING_RUNNER = "loramcl.training.run_finetune"
+CONFIG_FILE = Path(".hydra") / "config.yaml"  # a train.py run's config, as Hydra saved it
+RETIRED = "retired.json"  # in a run set aside to be trained again (reproduce.py retrain_other_code)
+
+
+def is_training_run(folder: Path) -> bool:
+    """A train.py run folder that saved checkpoints and was not set aside (`RETIRED`)."""
+    return (folder / CONFIG_FILE).is_file() and (folder / "checkpoints").is_dir() and not (folder / RETIRED).exists()
+
+
+def training_runs(log_dir: Path) -> list[Path]:
+    """Every training run under a log folder: logs/<task>/runs/<run> and logs/<task>/multiruns/<time>/<job>."""
+    log_dir = Path(log_dir)
+    found = [*log_dir.glob(f"*/runs/*/{CONFIG_FILE}"), *log_dir.glob(f"*/multiruns/*/*/{CONFIG_FILE}")]
+    return sorted(p.parents[1] for p in found if is_training_run(p.parents[1]))
 
 
 def run_markers(folder: Path) -> list[str]:

@@ -21,12 +21,12 @@ from typing import Any, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 
-from loramcl.checkpoints import Checkpoint, CheckpointMeta
+from loramcl.checkpoints import Checkpoint, CheckpointFolder, CheckpointMeta
 from loramcl.config import validated_configs
 from loramcl.errors import ConfigError, MissingResource
 from loramcl.model import build_model
+from loramcl.run_folders import CONFIG_FILE, is_training_run
 
-CONFIG_FILE = Path(".hydra") / "config.yaml"
 CHECKOUT = Path(__file__).resolve().parents[2]  # src/loramcl/runs.py -> the repository (configs/, data/, logs/)
 
 log = logging.getLogger(__name__)
@@ -88,48 +88,19 @@ class RunFolder:
         return {name: best_checkpoint(folder) for name, folder in self.model_folders().items()}
 
 
-def _readable(path: Path) -> Optional[Checkpoint]:
-    try:
-        return Checkpoint.load(path)
-    except (ConfigError, MissingResource):
-        return None
-
-
 def best_checkpoint(folder: Path) -> Path:
-    """The best checkpoint ModelCheckpoint recorded in `last.ckpt`, else the newest other one, else
-    last.ckpt. An unreadable file (truncated by a kill, corrupt) is passed over for the newest
-    readable one, with one warning naming both; none readable: MissingResource naming them."""
-    last = folder / "last.ckpt"
-    others = sorted((c for c in folder.glob("*.ckpt") if c.name != "last.ckpt"), key=lambda c: c.stat().st_mtime,
-                    reverse=True)
-    unreadable: list[Path] = []
-    chosen: Optional[Path] = None
-    if last.is_file():
-        checkpoint = _readable(last)
-        if checkpoint is None:
-            unreadable.append(last)
-        else:
-            best = checkpoint.best_model_path()
-            if best is not None and _readable(best) is not None:
-                return best
-            if best is not None:
-                unreadable.append(best)
-    for path in others:
-        if path in unreadable:
-            continue
-        if _readable(path) is not None:
-            chosen = path
-            break
-        unreadable.append(path)
-    if chosen is None and last.is_file() and last not in unreadable:
-        chosen = last
+    """The best checkpoint of a model's folder (`CheckpointFolder.best`). An unreadable file (truncated
+    by a kill, corrupt) is passed over for the newest readable one, with one warning naming both;
+    none readable: MissingResource naming them."""
+    scan = CheckpointFolder.scan(folder)
+    chosen = scan.best()
     if chosen is None:
-        if unreadable:
-            raise MissingResource(f"no readable checkpoint in {folder}: {', '.join(p.name for p in unreadable)} "
+        if scan.unreadable:
+            raise MissingResource(f"no readable checkpoint in {folder}: {', '.join(p.name for p in scan.unreadable)} "
                                   f"cannot be read (truncated or corrupt)")
         raise MissingResource(f"no checkpoint in {folder}")
-    if unreadable:
-        log.warning(f"{', '.join(map(str, unreadable))} cannot be read (truncated or corrupt): using {chosen}, "
+    if scan.unreadable:
+        log.warning(f"{', '.join(map(str, scan.unreadable))} cannot be read (truncated or corrupt): using {chosen}, "
                     f"the newest readable checkpoint")
     return chosen
 
@@ -139,7 +110,7 @@ def latest_run(path: Path) -> Path:
     their start time); any other path as it is."""
     if path.name != "latest" or path.exists() or not path.parent.is_dir():
         return path
-    runs = sorted(p for p in path.parent.iterdir() if p.is_dir() and (p / "checkpoints").is_dir())
+    runs = sorted(p for p in path.parent.iterdir() if is_training_run(p))
     if not runs:
         raise MissingResource(f"{path.parent} holds no run with checkpoints (ckpt_path=.../latest takes the newest)")
     return runs[-1]

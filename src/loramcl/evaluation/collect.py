@@ -36,11 +36,11 @@ from loramcl.evaluation.tables import (MAX_MARKER_AREA, SEMANTIC_AXES, best_rows
 from loramcl.metrics.registry import METRICS, PER_HYPOTHESIS_PREFIXES
 from loramcl.schemes import ORDER
 from loramcl.utils.atomic import guard_results, publish_files
+from loramcl.utils.mlflow_store import EVAL_FILTER, all_pages, open_store, sqlite_path
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///logs/mlflow.db"
-EVAL_FILTER = "tags.`loramcl.kind` = 'eval'"
 ID_COLUMNS = ["experiment", "scheme", "scheme_kind", "method", "decoding", "K", "task_type", "run_id"]
 
 
@@ -53,44 +53,26 @@ class CollectError(RuntimeError):
 
 
 def _client(tracking_uri: str):
-    from mlflow.tracking import MlflowClient
-
-    from loramcl.utils.mlflow_store import sqlite_path, store_lock
-
+    """The store's client; CollectError (one line) when there is no store or it cannot be read."""
     db = sqlite_path(tracking_uri)
-    if db is not None and not db.is_file():
-        # MlflowClient would silently create an empty store: say that there is none instead.
-        raise CollectError(f"no MLflow store at {db.resolve()} (tracking URI {tracking_uri}); run eval.py first "
-                           "or pass --tracking-uri")
-    client = MlflowClient(tracking_uri)
     try:
-        with store_lock(tracking_uri):  # the first touch may check the schema; never race a writer creating it
-            client.search_experiments(max_results=1)
+        client = open_store(tracking_uri)
     except Exception as err:  # noqa: BLE001 - any backend failure becomes one readable line
         raise CollectError(f"cannot read the MLflow store {tracking_uri}: {type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}") from err
+    if client is None:
+        raise CollectError(f"no MLflow store at {db.resolve()} (tracking URI {tracking_uri}); run eval.py first "
+                           "or pass --tracking-uri")
     return client
 
 
 def _all_experiments(client) -> list:
-    experiments, token = [], None
-    while True:
-        page = client.search_experiments(max_results=1000, page_token=token)
-        experiments.extend(page)
-        token = page.token
-        if not token:
-            return experiments
+    return all_pages(client.search_experiments)
 
 
-def _eval_runs(client, experiment_id: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=EVAL_FILTER, max_results=1000,
-                                  page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+def eval_runs(client, experiment_id: str) -> list:
+    """Every evaluation run (tag loramcl.kind = eval) of an experiment, whatever its status."""
+    return all_pages(client.search_runs, experiment_ids=[experiment_id], filter_string=EVAL_FILTER)
 
 
 def _is_table_metric(key: str) -> bool:
@@ -160,7 +142,7 @@ def collect(tracking_uri: str = DEFAULT_TRACKING_URI,
     for exp in chosen:
         kept: dict[tuple[str, str], list] = {}
         unfinished = 0
-        for run in _eval_runs(client, exp.experiment_id):
+        for run in eval_runs(client, exp.experiment_id):
             if run.info.status != "FINISHED":
                 unfinished += 1
                 continue

@@ -225,6 +225,30 @@ def load_train_config(path: str) -> DictConfig:
     return cfg
 
 
+def score_records(records: list[dict], task: Any, spec: Any, K: int, settings: EvalSettings,
+                  oracle: Optional[tuple[float, int]], language: Optional[str]) -> tuple[list[dict], dict, list]:
+    """Step 4: (records, metrics, notes). The corpus scores of the candidates (none for the
+    teacher-forced test loss), the oracle NLL and the cost; each candidate's sentence scores kept
+    beside it. With `language`, only the references in that language count."""
+    for record in records:
+        record.pop("_batch")
+    if language:
+        records = only_language(records, str(language))
+    decodes = spec.method != "teacher_forced"
+    candidates = [[c["text"] for c in r["candidates"]] for r in records]
+    doing(f"scoring the candidates ({spec.name})")
+    metrics, sentence, notes = score(task, candidates, [r["references"] for r in records], settings.metrics) \
+        if decodes else ({}, {}, [])
+    if oracle is not None:
+        metrics["oracle_nll"] = oracle[0] / max(oracle[1], 1)
+    if decodes:
+        metrics["forward_passes"] = float(spec.forward_passes(K))
+    for i, record in enumerate(records):
+        for j, cand in enumerate(record["candidates"]):
+            cand["metrics"] = {k: float(v[i][j]) for k, v in sentence.items()}
+    return records, metrics, notes
+
+
 def run_decoding_eval(settings: EvalSettings) -> dict[str, float]:
     """Steps 1-5 of the module docstring, from eval.py's validated settings."""
     top = settings.top
@@ -275,23 +299,8 @@ def run_decoding_eval(settings: EvalSettings) -> dict[str, float]:
             if rank > 0:
                 return {}
         decode_seconds = time.perf_counter() - start
-        for record in records:
-            record.pop("_batch")
-
-        if language:
-            records = only_language(records, str(language))
-        candidates = [[c["text"] for c in r["candidates"]] for r in records]
-        doing(f"scoring the candidates ({spec.name})")
-        metrics, sentence, notes = score(task, candidates, [r["references"] for r in records], settings.metrics) \
-            if decodes else ({}, {}, [])
-        if oracle is not None:
-            metrics["oracle_nll"] = oracle[0] / max(oracle[1], 1)
-        if decodes:
-            metrics["forward_passes"] = float(spec.forward_passes(K))
+        records, metrics, notes = score_records(records, task, spec, K, settings, oracle, language)
         metrics["decode_seconds"] = decode_seconds
-        for i, record in enumerate(records):  # sentence-level scores kept beside each candidate
-            for j, cand in enumerate(record["candidates"]):
-                cand["metrics"] = {k: float(v[i][j]) for k, v in sentence.items()}
 
         info = {"scheme": scheme.label, "scheme_kind": scheme.kind, "decoding": spec.name, "method": method_label,
                 "num_hypotheses": K, "task_type": task.name, "train_run": str(checkpoint.path), "model_name": name,

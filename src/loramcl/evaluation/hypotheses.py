@@ -47,7 +47,7 @@ TOP_WORDS = 8  # distinctive words listed per index
 
 
 @dataclass
-class Unit:
+class EvaluatedCandidates:
     """The candidates of one evaluation: texts[i][k] is candidate k of item i, labels[i][k] its index."""
 
     name: str  # e.g. "LoRA-MCL / mcl_beam1"
@@ -59,7 +59,7 @@ class Unit:
     reference_languages: bool = False  # the data are bilingual (references carry a language)
 
 
-def load_unit(path: Path) -> Unit:
+def load_candidates(path: Path) -> EvaluatedCandidates:
     """A predictions file, or an eval run folder holding predictions.jsonl (and metrics.json)."""
     path = Path(path)
     source = path / "predictions.jsonl" if path.is_dir() else path
@@ -93,10 +93,10 @@ def load_unit(path: Path) -> Unit:
     bilingual = any(r.get("reference_languages") for r in rows) or (
         summary.is_file() and "reference_language_shares" in json.loads(summary.read_text()))
     folder = source.parent / ("hypothesis_analysis" + (f"_{model}" if model else ""))
-    return Unit(name, folder, source, texts, labels, info, bilingual)
+    return EvaluatedCandidates(name, folder, source, texts, labels, info, bilingual)
 
 
-def find_units(paths: Sequence[Path]) -> list[Path]:
+def find_evaluations(paths: Sequence[Path]) -> list[Path]:
     """Predictions files named by `paths`: files, eval run folders, or folders searched recursively."""
     found: list[Path] = []
     for path in map(Path, paths):
@@ -207,18 +207,18 @@ def per_index_stats(texts: list[list[str]], labels: list[list[int]], languages: 
     return stats
 
 
-def analyse(unit: Unit, embedder: Any, batch_size: int = 64, seed: int = 0) -> dict:
-    """Every number of the report of `unit` (module docstring); `embeddings_2d` for the plot."""
+def analyse(evaluation: EvaluatedCandidates, embedder: Any, batch_size: int = 64, seed: int = 0) -> dict:
+    """Every number of the report of `evaluation` (module docstring); `embeddings_2d` for the plot."""
     from sklearn.decomposition import PCA
 
     from loramcl.metrics.semantic import embed
 
-    flat = [t for row in unit.texts for t in row]
-    labels = np.array([l for row in unit.labels for l in row])
-    items = np.repeat(np.arange(len(unit.texts)), len(unit.texts[0]))
+    flat = [t for row in evaluation.texts for t in row]
+    labels = np.array([l for row in evaluation.labels for l in row])
+    items = np.repeat(np.arange(len(evaluation.texts)), len(evaluation.texts[0]))
     vectors = embed(flat, embedder, batch_size)
-    result: dict[str, Any] = {"name": unit.name, "source": str(unit.source), "K": len(unit.texts[0]),
-                              "items": len(unit.texts), "info": unit.info}
+    result: dict[str, Any] = {"name": evaluation.name, "source": str(evaluation.source), "K": len(evaluation.texts[0]),
+                              "items": len(evaluation.texts), "info": evaluation.info}
     try:
         ident = identifiability(vectors, labels, items, seed)
         result["identifiability"] = {k: v for k, v in ident.items() if k != "predicted"}
@@ -229,7 +229,7 @@ def analyse(unit: Unit, embedder: Any, batch_size: int = 64, seed: int = 0) -> d
     result["embeddings_2d"] = PCA(n_components=n_components, random_state=seed).fit_transform(vectors) \
         if n_components == 2 else np.zeros((len(flat), 2))
     result["labels"] = labels
-    result["per_index"] = per_index_stats(unit.texts, unit.labels, unit.reference_languages)
+    result["per_index"] = per_index_stats(evaluation.texts, evaluation.labels, evaluation.reference_languages)
     return result
 
 

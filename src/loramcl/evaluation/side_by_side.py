@@ -193,7 +193,7 @@ def write_side_by_side(folders: Sequence[Path], out: Path, with_inputs: bool = T
 def experiment_evaluations(tracking_uri: str, experiment: str) -> list[Path]:
     """The artifact folders of an MLflow experiment's finished evaluation runs (each holds its
     predictions.jsonl and metrics.json), newest run of each decoding first kept."""
-    from loramcl.evaluation.collect import _client, _eval_runs
+    from loramcl.evaluation.collect import _client, eval_runs
     from loramcl.utils.mlflow_store import artifact_dir
 
     client = _client(tracking_uri)
@@ -201,7 +201,7 @@ def experiment_evaluations(tracking_uri: str, experiment: str) -> list[Path]:
     if found is None:
         raise FileNotFoundError(f"no MLflow experiment {experiment!r} in {tracking_uri}")
     folders, seen = [], set()
-    for run in sorted(_eval_runs(client, found.experiment_id), key=lambda r: -r.info.start_time):
+    for run in sorted(eval_runs(client, found.experiment_id), key=lambda r: -r.info.start_time):
         folder = artifact_dir(run)
         key = (run.data.params.get("eval.scheme"), run.data.params.get("eval.decoding"))
         if run.info.status == "FINISHED" and folder is not None and (folder / "predictions.jsonl").is_file() \

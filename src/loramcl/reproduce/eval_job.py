@@ -95,7 +95,7 @@ def sweep_spec(run: str, decodings: list[str], overrides: list[str], python: str
     from omegaconf import OmegaConf
 
     from loramcl.reproduce.runner import hydra_string
-    from loramcl.reproduce.state import GROUP_TAG
+    from loramcl.reproduce.state import SWEEP_TAG
 
     root = Path(__file__).resolve().parents[3]
     folder = Path(run).expanduser().resolve()
@@ -111,7 +111,7 @@ def sweep_spec(run: str, decodings: list[str], overrides: list[str], python: str
         experiment = f"eval_{saved.data.get('name', 'data')}"
     group = hashlib.sha256(json.dumps([str(folder), sorted(overrides)]).encode()).hexdigest()[:12]
     command = [python, str(root / "eval.py"), "-m", f"ckpt_path={folder}", f"decoding={','.join(decodings)}",
-               *overrides, f"mlflow.experiment={experiment}", f"mlflow.tags={{{GROUP_TAG}:{hydra_string(group)}}}"]
+               *overrides, f"mlflow.experiment={experiment}", f"mlflow.tags={{{SWEEP_TAG}:{hydra_string(group)}}}"]
     return {"tracking_uri": str(cfg.mlflow.tracking_uri), "experiment": str(experiment),
             "groups": [{"group": group, "decodings": decodings, "command": command}]}
 

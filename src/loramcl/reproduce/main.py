@@ -159,14 +159,16 @@ def retrain_other_code(table: Table, cfg: DictConfig, log_dir: Path, echo=print)
     marked stale until then). Returns how many trainings it set aside."""
     import time
 
-    from loramcl.reproduce.state import RETIRED, SUPERSEDED_TAG, mlflow_client
+    from loramcl.reproduce.state import SUPERSEDED_TAG
+    from loramcl.run_folders import RETIRED
+    from loramcl.utils.mlflow_store import open_store
     from loramcl.utils.atomic import write_text_atomic
 
     found = other_code_trainings(table, RunIndex(log_dir))
     if not found:
         return 0
     finished = finished_evaluations(str(cfg.mlflow_uri), table.experiment)
-    client = mlflow_client(str(cfg.mlflow_uri)) if finished else None
+    client = open_store(str(cfg.mlflow_uri)) if finished else None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for training, folder, trained_by in found:
         write_text_atomic(folder / RETIRED, json.dumps({"reason": "retrain_other_code", "code_version": trained_by,
@@ -177,7 +179,7 @@ def retrain_other_code(table: Table, cfg: DictConfig, log_dir: Path, echo=print)
             folder.rename(kept)
         superseded = 0
         for ev in table.evaluations(training):
-            run = finished.get((ev.group, ev.decoding))
+            run = finished.get((ev.sweep, ev.decoding))
             if run is not None and client is not None:
                 client.set_tag(run.info.run_id, SUPERSEDED_TAG, f"{training.key} trained again by {code_version()}")
                 superseded += 1
@@ -215,7 +217,7 @@ def status(table: Table, cfg: DictConfig, log_dir: Path, echo=print) -> dict[str
         t_status = job_status(jobs.get("trainings", {}).get(row.training.key), state.status == "done")
         if t_status == "missing" and state.status == "partial":
             t_status = "partial"
-        e_status = [job_status(jobs.get("evaluations", {}).get(f"{ev.group}/{ev.decoding}"),
+        e_status = [job_status(jobs.get("evaluations", {}).get(f"{ev.sweep}/{ev.decoding}"),
                                evaluation_done(ev, finished)) for ev in row.evaluations]
         e_status = [("stale" if s == "missing" and evaluation_state(ev, finished) == "stale" else s)
                     for s, ev in zip(e_status, row.evaluations)]  # older metrics / other settings: runs again
@@ -260,7 +262,7 @@ def print_lines(table: Table, lines: list, echo=print) -> None:
     header = f"  {'row':<34} {'method':<26} " + " ".join(f"{column_label(c)[0][:12]:>12}" for c in cols)
     echo(header)
     for line in lines:
-        label = f"{line.row.label}" + (f" [{line.row.group}]" if line.row.group else "")
+        label = f"{line.row.label}" + (f" [{line.row.section}]" if line.row.section else "")
         cells = []
         for c in cols:
             value = line.values.get(c)

@@ -65,9 +65,10 @@ class Evaluation:
     key: str = ""  # its resolved decoding / generation settings (`loramcl.identity.evaluation_key`)
 
     @property
-    def group(self) -> str:
-        """Identifies (training, overrides): evaluations of one group run in one `eval.py -m` call and
-        are found in MLflow by this tag plus their `eval.decoding` param."""
+    def sweep(self) -> str:
+        """The eval.py multirun it is part of, (training, eval.py overrides) hashed: the evaluations of
+        one sweep run in one `eval.py -m` call and are found in MLflow by this value (tag `SWEEP_TAG`)
+        plus their `eval.decoding` param."""
         text = json.dumps([self.training.key, sorted(self.overrides)])
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -76,7 +77,7 @@ class Evaluation:
 class Row:
     name: str  # the row's key in the table config
     label: str
-    group: Optional[str]  # its group (dataset) in tables with groups, else its `section` (LaTeX section, plot)
+    section: Optional[str]  # its dataset in tables with `groups`, else its `section` (LaTeX section, plot panel)
     training: Training
     evaluations: list[Evaluation]
     # the paper's figures: {metric: value}, or per method {decoding: {metric: value}} (both may mix)
@@ -85,7 +86,7 @@ class Row:
 
     @property
     def id(self) -> str:
-        return f"{self.name}/{self.group}" if self.group else self.name
+        return f"{self.name}/{self.section}" if self.section else self.name
 
     def paper_values(self, decoding: str = "") -> dict[str, float]:
         """The paper's figures for this row and method (row-wide ones, overridden by the method's)."""
@@ -122,7 +123,7 @@ class Table:
         for row in self.rows:
             for ev in row.evaluations:
                 if training is None or ev.training.key == training.key:
-                    seen.setdefault((ev.group, ev.decoding), ev)
+                    seen.setdefault((ev.sweep, ev.decoding), ev)
         return list(seen.values())
 
 

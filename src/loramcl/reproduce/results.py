@@ -64,7 +64,7 @@ class Line:
         return self.row.paper_values(self.decoding)
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"group": self.row.group or "", "row": self.row.name, "label": self.row.label,
+        out: dict[str, Any] = {"group": self.row.section or "", "row": self.row.name, "label": self.row.label,
                                "method": self.method, "decoding": self.decoding, "status": self.status}
         out.update(self.values)
         return out
@@ -125,14 +125,14 @@ def gather(table: Table, trainings: dict[str, Any], finished: dict[tuple[str, st
             lines.append(Line(row, "", "", status, {**values, **extra}, run_dir))
             continue
         for ev in row.evaluations:
-            run = finished.get((ev.group, ev.decoding))
+            run = finished.get((ev.sweep, ev.decoding))
             if run is not None:
                 metrics = {k: float(v) for k, v in run.data.metrics.items()}
                 method = run.data.params.get("eval.method") or ev.decoding
                 lines.append(Line(row, method, ev.decoding, evaluation_state(ev, finished), {**metrics, **extra},
                                   run_dir, artifact_dir(run)))
             else:
-                status = _status((ev.group, ev.decoding), failed, running)
+                status = _status((ev.sweep, ev.decoding), failed, running)
                 if status == "missing":
                     status = _status(row.training.key, failed, running)
                 lines.append(Line(row, ev.decoding, ev.decoding, status, dict(extra), run_dir))
@@ -148,7 +148,7 @@ def side_by_side_pages(table: Table, lines: list[Line], out: Path) -> list[Path]
     for line in lines:
         if line.status in WITH_VALUES and line.eval_dir is not None and \
                 all((line.eval_dir / name).is_file() for name in ("predictions.jsonl", "metrics.json")):
-            groups.setdefault(line.row.group, []).append(line.eval_dir)
+            groups.setdefault(line.row.section, []).append(line.eval_dir)
     written = []
     for group, folders in groups.items():
         page = out / f"{table.name}{'_' + file_stem(str(group)) if group else ''}_candidates.html"
@@ -191,7 +191,7 @@ def write_csv(table: Table, lines: list[Line], path: Path) -> Path:
 
 
 def _entries(lines: list[Line]) -> list[tables.Entry]:
-    return [tables.Entry(line.row.label, line.method, line.values, line.paper, line.row.group) for line in lines]
+    return [tables.Entry(line.row.label, line.method, line.values, line.paper, line.row.section) for line in lines]
 
 
 def _layout(table: Table, lines: list[Line]) -> tables.Layout:
@@ -235,8 +235,8 @@ def lines_figure(table: Table, lines: list[Line]) -> tuple[Any, int]:
     spec = table.plot
     metric, x_field = spec["y"], spec["x"]
     panels = []
-    for group in dict.fromkeys(line.row.group for line in lines):
-        mine = [line for line in lines if line.row.group == group]
+    for group in dict.fromkeys(line.row.section for line in lines):
+        mine = [line for line in lines if line.row.section == group]
         series = []
         for name in dict.fromkeys(line.row.fields.get("series", line.row.label) for line in mine):
             pts = sorted(((line.row.fields.get(x_field), line.values.get(metric), line.paper.get(metric))
@@ -255,9 +255,9 @@ def quality_diversity_figures(table: Table, lines: list[Line]) -> list[tuple[str
     diversity) when the evaluations have the semantic metrics."""
     spec = table.plot
     figures = []
-    for group in dict.fromkeys(line.row.group for line in lines):
+    for group in dict.fromkeys(line.row.section for line in lines):
         rows = [{"scheme": line.row.label, "method": line.method, "experiment": f"{table.name} {group or ''}".strip(),
-                 **line.values} for line in lines if line.row.group == group and line.status in WITH_VALUES]
+                 **line.values} for line in lines if line.row.section == group and line.status in WITH_VALUES]
         quality = spec["y"]
         if not any(quality in r for r in rows) and spec.get("fallback_y"):
             quality = spec["fallback_y"]

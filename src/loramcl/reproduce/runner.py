@@ -29,7 +29,7 @@ from typing import Optional
 
 from loramcl.interrupts import Interrupted, doing, run_child
 from loramcl.reproduce.plan import Evaluation, Table, Training
-from loramcl.reproduce.state import GROUP_TAG, TABLE_TAG, RunIndex, evaluation_done, finished_evaluations
+from loramcl.reproduce.state import SWEEP_TAG, TABLE_TAG, RunIndex, evaluation_done, finished_evaluations
 
 
 def train_command(training: Training, root: Path, paths: dict[str, str], python: str) -> list[str]:
@@ -57,7 +57,7 @@ def eval_command(evaluations: list[Evaluation], run_dir: Path, table: Table, roo
     """One eval.py multirun over the decodings of `evaluations` (one group: same training, same overrides)."""
     first = evaluations[0]
     # quoted: Hydra would read an unquoted hash such as 12e345678901 as a number (inf)
-    tags = f"{{{GROUP_TAG}:{hydra_string(first.group)},{TABLE_TAG}:{hydra_string(table.name)}}}"
+    tags = f"{{{SWEEP_TAG}:{hydra_string(first.sweep)},{TABLE_TAG}:{hydra_string(table.name)}}}"
     return [python, str(root / "eval.py"), "-m", f"ckpt_path={run_dir}",
             "decoding=" + ",".join(ev.decoding for ev in evaluations), *first.overrides,
             f"paths.log_dir={paths['log_dir']}",
@@ -70,11 +70,11 @@ def hydra_string(value: str) -> str:
     return "'" + str(value).replace("'", "\\'") + "'"  # (a backslash is literal unless a quote follows)
 
 
-def groups_of(evaluations: list[Evaluation]) -> list[list[Evaluation]]:
+def sweeps_of(evaluations: list[Evaluation]) -> list[list[Evaluation]]:
     """Evaluations split by group, in order."""
     out: dict[str, list[Evaluation]] = {}
     for ev in evaluations:
-        out.setdefault(ev.group, []).append(ev)
+        out.setdefault(ev.sweep, []).append(ev)
     return list(out.values())
 
 
@@ -170,15 +170,15 @@ class LocalRunner:
             done = len(self.table.evaluations(training)) - len(pending)
             if done:
                 self.echo(f"  evaluation: {done} method(s) done before")
-            for group in groups_of(pending):
+            for group in sweeps_of(pending):
                 names = ",".join(ev.decoding for ev in group)
-                log_file = self.job_logs / f"eval-{group[0].group}.log"
+                log_file = self.job_logs / f"eval-{group[0].sweep}.log"
                 command = eval_command(group, run_dir, self.table, self.root, self.paths, self.tracking_uri, self.python)
                 ok = self._run(command, log_file, f"evaluation ({names})")
                 finished = finished_evaluations(self.tracking_uri, self.table.experiment)
                 for ev in group:
                     if evaluation_done(ev, finished):
-                        outcome.evaluated.append((ev.group, ev.decoding))
+                        outcome.evaluated.append((ev.sweep, ev.decoding))
                     elif not ok:
-                        outcome.failed[(ev.group, ev.decoding)] = log_file
+                        outcome.failed[(ev.sweep, ev.decoding)] = log_file
         return outcome

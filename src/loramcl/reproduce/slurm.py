@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 
 from loramcl.errors import ConfigError
 from loramcl.reproduce.plan import Table
-from loramcl.reproduce.runner import eval_command, groups_of, quoted, set_aside, train_command
+from loramcl.reproduce.runner import eval_command, sweeps_of, quoted, set_aside, train_command
 from loramcl.reproduce.state import RunIndex, evaluation_done, finished_evaluations
 
 
@@ -172,7 +172,7 @@ class TableSubmission:
         self.to_train = [t for t in self.trainings if self.states[t.key].status != "done" and t.key not in self.running]
         queued = {key for key, job in (self.previous.get("evaluations") or {}).items() if job in self.active}
         self.pending = {t.key: [ev for ev in table.evaluations(t) if not evaluation_done(ev, finished)
-                                and f"{ev.group}/{ev.decoding}" not in queued] for t in self.trainings}
+                                and f"{ev.sweep}/{ev.decoding}" not in queued] for t in self.trainings}
 
     def run(self) -> dict[str, Any]:
         if not self.to_train and not any(self.pending.values()):
@@ -248,10 +248,10 @@ class TableSubmission:
             spec = self.folder / f"eval-{training.key}.json"
             spec.write_text(json.dumps({
                 "tracking_uri": self.tracking_uri, "experiment": self.table.experiment,
-                "groups": [{"group": group[0].group, "decodings": [ev.decoding for ev in group],
+                "groups": [{"group": group[0].sweep, "decodings": [ev.decoding for ev in group],
                             "command": eval_command(group, run_dir, self.table, self.root, self.paths,
                                                     self.tracking_uri, self.python)}
-                           for group in groups_of(pending)]}, indent=2))
+                           for group in sweeps_of(pending)]}, indent=2))
             script = self.folder / f"eval-{training.key}.sh"
             header = self._header("eval", f"eval-{training.key}-%j.out", self.slurm.time_eval, requeue=True)
             body = self.setup + ["exec " + quoted([self.python, "-m", "loramcl.reproduce.eval_job", str(spec)])]
@@ -259,7 +259,7 @@ class TableSubmission:
             after = self.record.record["trainings"].get(training.key) if state.status != "done" else None
             job = sbatch(script, dependency=f"afterok:{after}" if after else None)
             jobs.append(job)
-            self.record.record["evaluations"].update({f"{ev.group}/{ev.decoding}": job for ev in pending})
+            self.record.record["evaluations"].update({f"{ev.sweep}/{ev.decoding}": job for ev in pending})
             self.record.add("evaluation_jobs", training.key, job)
             self.echo(f"submitted the {len(pending)} evaluation(s) of {training.key} as job {job}"
                       + (f" (after {after})" if after else ""))

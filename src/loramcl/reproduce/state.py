@@ -8,7 +8,7 @@ folder under logs/ (a run trained by hand with the same config is reused). A fol
 without that file is *partial*: training it again with `ckpt_path=auto` resumes it.
 
 An evaluation is *done* when the table's MLflow experiment holds a FINISHED eval.py run tagged
-`loramcl.reproduce.group=<group>` with `eval.decoding=<decoding>`, computed with the table's decoding
+`loramcl.reproduce.group=<its sweep>` with `eval.decoding=<decoding>`, computed with the table's decoding
 settings and the current metric definitions (`evaluation_state`: else it is *stale* and runs again).
 """
 
@@ -22,29 +22,20 @@ from typing import Any, Optional
 
 from loramcl.identity import EVAL_KEY_TAG, METRICS_VERSION, METRICS_VERSION_TAG, saved_key
 from loramcl.reproduce.plan import Evaluation, Training
+from loramcl.run_folders import CONFIG_FILE, training_runs
 
 log = logging.getLogger(__name__)
 
-GROUP_TAG = "loramcl.reproduce.group"
+SWEEP_TAG = "loramcl.reproduce.group"  # its value: Evaluation.sweep (the tag's name is kept: earlier runs carry it)
 TABLE_TAG = "loramcl.reproduce.table"
 SUPERSEDED_TAG = "loramcl.reproduce.superseded"  # on the evaluations of a training trained again: stale
-CONFIG = Path(".hydra") / "config.yaml"
-RETIRED = "retired.json"  # in a run folder set aside to be trained again: no longer counted
+CONFIG = CONFIG_FILE
 
 
 @dataclass(frozen=True)
 class TrainingState:
     status: str  # done | partial | missing
     run_dir: Optional[Path]  # the run folder (done, partial) or where it will be (missing)
-
-
-def run_folders(log_dir: Path) -> list[Path]:
-    """train.py run folders under `log_dir` (single runs and multirun jobs that saved a checkpoint
-    folder), without those set aside to be trained again (`RETIRED`)."""
-    log_dir = Path(log_dir)
-    found = list(log_dir.glob(f"*/runs/*/{CONFIG}")) + list(log_dir.glob(f"*/multiruns/*/*/{CONFIG}"))
-    return sorted(p.parents[1] for p in found
-                  if (p.parents[1] / "checkpoints").is_dir() and not (p.parents[1] / RETIRED).exists())
 
 
 class RunIndex:
@@ -57,7 +48,7 @@ class RunIndex:
     def keys(self) -> dict[Path, str]:
         if self._keys is None:
             self._keys = {}
-            for folder in run_folders(self.log_dir):
+            for folder in training_runs(self.log_dir):
                 try:
                     self._keys[folder] = saved_key(folder)
                 except Exception as err:  # noqa: BLE001 - an unreadable config is not ours to judge here
@@ -76,42 +67,22 @@ class RunIndex:
         return TrainingState("missing", own)
 
 
-def mlflow_client(tracking_uri: str) -> Optional[Any]:
-    """A client of the store, or None when the (sqlite) store does not exist yet."""
-    from mlflow.tracking import MlflowClient
-
-    from loramcl.utils.mlflow_store import sqlite_path, store_lock
-
-    db = sqlite_path(tracking_uri)
-    if db is not None and not db.is_file():
-        return None
-    with store_lock(tracking_uri):  # the first touch may migrate the schema: never race a writer
-        client = MlflowClient(tracking_uri)
-        client.search_experiments(max_results=1)
-    return client
-
-
 def finished_evaluations(tracking_uri: str, experiment: str) -> dict[tuple[str, str], Any]:
     """{(group, decoding): the newest FINISHED eval run} of the table's MLflow experiment."""
-    client = mlflow_client(tracking_uri)
-    if client is None:
-        return {}
-    exp = client.get_experiment_by_name(experiment)
+    from loramcl.utils.mlflow_store import all_pages, open_store
+
+    client = open_store(tracking_uri)
+    exp = client.get_experiment_by_name(experiment) if client is not None else None
     if exp is None:
         return {}
     found: dict[tuple[str, str], Any] = {}
-    token = None
-    while True:
-        page = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
-                                  max_results=1000, page_token=token, order_by=["attributes.start_time ASC"])
-        for run in page:
-            group = run.data.tags.get(GROUP_TAG)
-            decoding = run.data.params.get("eval.decoding")
-            if group and decoding:
-                found[(group, decoding)] = run  # ascending start time: the newest wins
-        token = page.token
-        if not token:
-            return found
+    for run in all_pages(client.search_runs, experiment_ids=[exp.experiment_id],
+                         filter_string="attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"]):
+        group = run.data.tags.get(SWEEP_TAG)
+        decoding = run.data.params.get("eval.decoding")
+        if group and decoding:
+            found[(group, decoding)] = run  # ascending start time: the newest wins
+    return found
 
 
 def evaluation_state(evaluation: Evaluation, finished: dict[tuple[str, str], Any]) -> str:
@@ -119,7 +90,7 @@ def evaluation_state(evaluation: Evaluation, finished: dict[tuple[str, str], Any
     (METRICS_VERSION; runs from before the tag count as older), with other decoding / generation
     settings than the table's now (its eval key; runs from before the tag are not judged on it), or
     of a model since trained again (`SUPERSEDED_TAG`)."""
-    run = finished.get((evaluation.group, evaluation.decoding))
+    run = finished.get((evaluation.sweep, evaluation.decoding))
     if run is None:
         return "missing"
     tags = run.data.tags

@@ -22,6 +22,35 @@ def sqlite_path(tracking_uri: str) -> Optional[Path]:
     return Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
 
 
+EVAL_FILTER = "tags.`loramcl.kind` = 'eval'"  # eval.py's runs
+
+
+def open_store(tracking_uri: str) -> Optional[Any]:
+    """A client of the store, or None when it is a sqlite file that does not exist (MlflowClient
+    would silently create an empty one). The first touch runs under the store's lock: it may create
+    or migrate the schema, which must never race a writer. Backend errors propagate."""
+    from mlflow.tracking import MlflowClient
+
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():
+        return None
+    with store_lock(tracking_uri):
+        client = MlflowClient(tracking_uri)
+        client.search_experiments(max_results=1)
+    return client
+
+
+def all_pages(search: Any, **kwargs: Any) -> list:
+    """Every result of an MLflow search (`client.search_experiments`, `client.search_runs`), page by page."""
+    found, token = [], None
+    while True:
+        page = search(max_results=1000, page_token=token, **kwargs)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
 def artifact_dir(run: Any) -> Optional[Path]:
     """The local folder of an MLflow run's artifacts (None for a remote artifact store)."""
     from urllib.parse import unquote, urlparse
