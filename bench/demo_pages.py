@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE_STATE = """
 const done = arguments[arguments.length - 1];
 (async () => {
+  if (document.readyState !== 'complete') await new Promise(ok => window.addEventListener('load', ok));
   const out = [];
   for (const r of document.querySelectorAll('tr.item')) {
     r.scrollIntoView();

@@ -39,6 +39,7 @@ class Evaluation:
     info: dict
     records: dict[str, dict] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
+    name: Optional[str] = None  # its column's title; None: "<scheme> / <method>" from metrics.json
 
     @classmethod
     def load(cls, folder: Path) -> "Evaluation":
@@ -49,7 +50,8 @@ class Evaluation:
 
     @property
     def label(self) -> str:
-        return f"{self.info.get('scheme', '?')} / {self.info.get('method') or self.info.get('decoding', '?')}"
+        method = self.info.get("method") or self.info.get("decoding", "?")
+        return self.name or f"{self.info.get('scheme', '?')} / {method}"
 
     @property
     def is_mcl(self) -> bool:
@@ -162,14 +164,16 @@ for(const r of shown)body.appendChild(r);document.getElementById('shown').textCo
 
 
 def write_side_by_side(folders: Sequence[Path], out: Path, with_inputs: bool = True,
-                       final: Optional[Path] = None) -> Path:
+                       final: Optional[Path] = None, names: Optional[Sequence[str]] = None) -> Path:
     """The page for the evaluations in `folders` (see `find_evaluations`), written to `out`; `final`:
     where it will be read from when that is elsewhere (a page written in a staging folder and moved:
-    its links to the evaluations' own pages are relative to `final`)."""
+    its links to the evaluations' own pages are relative to `final`); `names`: the columns' titles
+    (default "<scheme> / <method>", which two trainings of one scheme share, e.g. two LoRA ranks)."""
     from loramcl.utils.atomic import write_text_atomic
 
     evaluations = []
-    for evaluation in map(Evaluation.load, folders):
+    for i, evaluation in enumerate(map(Evaluation.load, folders)):
+        evaluation.name = names[i] if names else None
         if evaluation.records:
             evaluations.append(evaluation)
         else:  # e.g. the teacher-forced test loss (decoding=test_loss)

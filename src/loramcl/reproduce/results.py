@@ -144,17 +144,17 @@ def side_by_side_pages(table: Table, lines: list[Line], out: Path) -> list[Path]
     evaluations that kept their predictions (evaluation.side_by_side)."""
     from loramcl.evaluation.side_by_side import write_side_by_side
 
-    groups: dict[Optional[str], list[Path]] = {}
+    groups: dict[Optional[str], dict[Path, str]] = {}  # section -> {evaluation folder: column title}
     for line in lines:
         if line.status in WITH_VALUES and line.eval_dir is not None and \
                 all((line.eval_dir / name).is_file() for name in ("predictions.jsonl", "metrics.json")):
-            groups.setdefault(line.row.section, []).append(line.eval_dir)
+            groups.setdefault(line.row.section, {}).setdefault(line.eval_dir, f"{line.row.label} / {line.method}")
     written = []
     for group, folders in groups.items():
         page = out / f"{table.name}{'_' + file_stem(str(group)) if group else ''}_candidates.html"
         try:
-            written.append(write_side_by_side(list(dict.fromkeys(folders)), page,  # written in a stage folder:
-                                              final=table.results_dir / page.name))  # links from where it ends up
+            written.append(write_side_by_side(list(folders), page, names=list(folders.values()),
+                                              final=table.results_dir / page.name))  # written in a stage folder
         except (ValueError, OSError, KeyError) as err:  # e.g. evaluations of different test sets in one group
             log.info("%s: no side-by-side page for %s (%s)", table.name, group or "the table", err)
     return written
