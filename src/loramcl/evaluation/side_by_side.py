@@ -150,7 +150,7 @@ SIDE_STYLE = """
 table.side{border-collapse:collapse;width:100%} table.side td,table.side th{border:1px solid #e3e3e3;padding:6px}
 table.side thead th{position:sticky;top:86px;background:#fff} .cands{margin:0;padding-left:0;list-style:none}
 .cands .idx{color:#888;display:inline-block;min-width:1.5em} .cands .score{color:#888;font-size:12px}
-.cands li.oracle{background:#e6f4e6;font-weight:600} td.what{max-width:280px} tr.item.hidden{display:none}
+.cands li.oracle{background:#e6f4e6;font-weight:600} td.what{max-width:280px} td.what audio{width:100%} tr.item.hidden{display:none}
 tr.item{content-visibility:auto;contain-intrinsic-size:auto 160px}
 """
 SIDE_JS = """
