@@ -123,7 +123,7 @@ def describe_plan(table: Table, index: RunIndex, finished: dict, echo=print) -> 
              f"evaluations {done}/{len(mine)} done" + (f", {stale} stale" if stale else "")
              + (f" ({state.run_dir})" if state.status != "missing" else ""))
         if state.status == "done":
-            trained_by = read_identity(state.run_dir).get("code_version", "unknown (before identity.json)")
+            trained_by = trained_by_code(state.run_dir)
             if trained_by != code_version():
                 others += 1
                 echo(f"    warning: trained by code {trained_by}, this is {code_version()}: reused "
@@ -138,16 +138,19 @@ def describe_plan(table: Table, index: RunIndex, finished: dict, echo=print) -> 
              f"(what they train) is the same")
 
 
+def trained_by_code(run_dir: Path) -> str:
+    """The code version that trained a run (identity.json), or what stands for it before identity.json."""
+    return read_identity(run_dir).get("code_version", "unknown (before identity.json)")
+
+
 def other_code_trainings(table: Table, index: RunIndex) -> list[tuple[Any, Path, str]]:
     """(training, its done run folder, the code version that trained it) of every training of the
     table that another code version than this one finished."""
     found = []
     for training in table.trainings():
         state = index.state(training)
-        if state.status == "done":
-            trained_by = read_identity(state.run_dir).get("code_version", "unknown (before identity.json)")
-            if trained_by != code_version():
-                found.append((training, state.run_dir, trained_by))
+        if state.status == "done" and trained_by_code(state.run_dir) != code_version():
+            found.append((training, state.run_dir, trained_by_code(state.run_dir)))
     return found
 
 
